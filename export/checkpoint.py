@@ -1,0 +1,82 @@
+"""Reads what an embedder checkpoint directory says about itself (Hugging Face / sentence-transformers layout)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+POOLING_KEYS = {
+    "pooling_mode_mean_tokens": "mean",
+    "pooling_mode_cls_token": "cls",
+    "pooling_mode_lasttoken": "lasttoken",
+}
+
+
+@dataclass(frozen=True)
+class EmbedderCheckpoint:
+    root: Path
+    transformer_dir: Path
+    pooling: str
+    normalize: bool
+    max_length: int
+    width: int
+    prompts: tuple[tuple[str, str], ...]
+    default_prompt: str | None
+    matryoshka_dims: tuple[int, ...]
+
+    @property
+    def tokenizer_json(self) -> Path:
+        for folder in (self.transformer_dir, self.root):
+            if (folder / "tokenizer.json").exists():
+                return folder / "tokenizer.json"
+        raise FileNotFoundError(f"no tokenizer.json in {self.transformer_dir} or {self.root}")
+
+
+def _read_json(path: Path) -> dict:
+    return json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+
+
+def read_checkpoint(root: str | Path, pooling: str | None = None) -> EmbedderCheckpoint:
+    """Pooling, normalisation, prompts and limits from `modules.json` and friends.
+
+    A bare Hugging Face checkpoint (no modules.json) needs `pooling` from the caller.
+    """
+    root = Path(root)
+    if not (root / "config.json").exists() and not (root / "modules.json").exists():
+        raise FileNotFoundError(f"{root} holds neither config.json nor modules.json")
+    modules = _read_json(root / "modules.json") or []
+    by_type = {m["type"].rsplit(".", 1)[-1]: root / m.get("path", "") for m in modules}
+    transformer_dir = by_type.get("Transformer", root)
+    hf_config = _read_json(transformer_dir / "config.json")
+
+    pool_cfg = _read_json(by_type["Pooling"] / "config.json") if "Pooling" in by_type else {}
+    found = [mode for key, mode in POOLING_KEYS.items() if pool_cfg.get(key)]
+    if pooling is None:
+        if len(found) != 1:
+            raise ValueError(f"{root}: cannot tell the pooling mode (found {found or 'none'}); pass --pooling")
+        pooling = found[0]
+
+    st_config = _read_json(transformer_dir / "sentence_bert_config.json") or _read_json(
+        root / "sentence_bert_config.json"
+    )
+    max_length = st_config.get("max_seq_length") or hf_config.get("max_position_embeddings") or 512
+    width = pool_cfg.get("word_embedding_dimension") or hf_config.get("hidden_size")
+    if not width:
+        raise ValueError(f"{root}: no hidden_size in config.json")
+
+    st_meta = _read_json(root / "config_sentence_transformers.json")
+    prompts = tuple(sorted((st_meta.get("prompts") or {}).items()))
+    # Matryoshka dims a model card may declare (e.g. {"matryoshka_dims": [768, 512, ...]}).
+    dims = tuple(st_meta.get("matryoshka_dims") or hf_config.get("matryoshka_dimensions") or ())
+    return EmbedderCheckpoint(
+        root=root,
+        transformer_dir=transformer_dir,
+        pooling=pooling,
+        normalize="Normalize" in by_type,
+        max_length=int(max_length),
+        width=int(width),
+        prompts=prompts,
+        default_prompt=st_meta.get("default_prompt_name"),
+        matryoshka_dims=tuple(int(d) for d in dims),
+    )

@@ -1,0 +1,71 @@
+"""Triton `config.pbtxt` built and parsed through `tritonclient`'s `model_config_pb2` (no string templates)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2 as mc
+
+CONFIG_FILE = "config.pbtxt"
+WARMUP_DIR = "warmup"
+
+
+def python_model_config(
+    name: str,
+    *,
+    inputs: Sequence[tuple[str, int, Sequence[int]]],
+    outputs: Sequence[tuple[str, int, Sequence[int]]],
+    max_batch_size: int,
+    parameters: Mapping[str, str],
+    instance_count: int = 1,
+    max_queue_delay_us: int = 2000,
+    warmup: Mapping[str, str] | None = None,
+) -> mc.ModelConfig:
+    """A Python-backend model with dynamic batching on CPU instances.
+
+    `inputs`/`outputs` are (name, DataType, dims); `warmup` maps an input name to a file under
+    `warmup/` holding one serialized batch-1 value.
+    """
+    config = mc.ModelConfig(name=name, backend="python", max_batch_size=max_batch_size)
+    for tensor_name, dtype, dims in inputs:
+        config.input.add(name=tensor_name, data_type=dtype, dims=list(dims))
+    for tensor_name, dtype, dims in outputs:
+        config.output.add(name=tensor_name, data_type=dtype, dims=list(dims))
+    config.dynamic_batching.max_queue_delay_microseconds = max_queue_delay_us
+    config.instance_group.add(kind=mc.ModelInstanceGroup.KIND_CPU, count=instance_count)
+    for key, value in parameters.items():
+        config.parameters[key].string_value = value
+    if warmup:
+        sample = config.model_warmup.add(name="warmup", batch_size=1)
+        by_name = {t.name: t for t in config.input}
+        for tensor_name, file_name in warmup.items():
+            spec = sample.inputs[tensor_name]
+            spec.data_type = by_name[tensor_name].data_type
+            spec.dims.extend(by_name[tensor_name].dims)
+            spec.input_data_file = file_name
+    return config
+
+
+def write_config(config: mc.ModelConfig, model_dir: str | Path) -> Path:
+    path = Path(model_dir) / CONFIG_FILE
+    path.write_text(text_format.MessageToString(config), encoding="utf-8")
+    return path
+
+
+def read_config(model_dir: str | Path) -> mc.ModelConfig:
+    return text_format.Parse((Path(model_dir) / CONFIG_FILE).read_text(encoding="utf-8"), mc.ModelConfig())
+
+
+def string_parameters(config: mc.ModelConfig) -> dict[str, str]:
+    return {k: v.string_value for k, v in config.parameters.items()}
+
+
+def write_bytes_warmup(model_dir: str | Path, file_name: str, values: Sequence[bytes]) -> None:
+    """Triton's serialized BYTES layout: each element as a 4-byte little-endian length, then its bytes."""
+    folder = Path(model_dir) / WARMUP_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    blob = b"".join(np.uint32(len(v)).tobytes() + v for v in values)
+    (folder / file_name).write_bytes(blob)

@@ -1,0 +1,110 @@
+"""The embed pipeline: texts → tokens → ONNX (encoder + pooling + normalize) → Matryoshka → precision.
+
+Used by the Triton model (serving/models/embed.py), by the exporter's parity gate and by the
+in-process baseline of the benchmark, so all three run the same code.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from nestrank.errors import BackendError, NestrankError
+from nestrank.serving.batching import length_buckets
+from nestrank.serving.embed_config import EmbedderConfig, EmbedOptions, parse_options, validate_texts
+from nestrank.serving.matryoshka import truncate_dimensions
+from nestrank.serving.quantization import quantize
+from nestrank.serving.tokenization import TextTokenizer, pad
+
+MODEL_FILE = "model.onnx"
+TOKENIZER_FILE = "tokenizer.json"
+CALIBRATION_FILE = "calibration.npz"
+
+
+@dataclass
+class EmbedJob:
+    """One request's texts and options; `result` is filled by Embedder.run."""
+
+    texts: Sequence[str]
+    options: EmbedOptions
+    result: np.ndarray | NestrankError | None = field(default=None)
+
+
+class Embedder:
+    def __init__(self, config: EmbedderConfig, tokenizer: TextTokenizer, session, ranges: Mapping[int, np.ndarray]):
+        self.config = config
+        self.tokenizer = tokenizer
+        self.session = session
+        self.ranges = dict(ranges)
+
+    @classmethod
+    def load(cls, model_dir: str | Path, config: EmbedderConfig, providers: tuple[str, ...] | None = None) -> Embedder:
+        from nestrank.serving.runtime import create_session  # onnxruntime only where a model runs
+
+        model_dir = Path(model_dir)
+        tokenizer = TextTokenizer(model_dir / TOKENIZER_FILE, config.max_length)
+        session = create_session(model_dir / MODEL_FILE, intra_op_threads=config.intra_op_threads, providers=providers)
+        ranges: dict[int, np.ndarray] = {}
+        if (model_dir / CALIBRATION_FILE).exists():
+            with np.load(model_dir / CALIBRATION_FILE) as stored:
+                ranges = {int(k): stored[k] for k in stored.files}
+        return cls(config, tokenizer, session, ranges)
+
+    def encode(self, sequences: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """Token ids → (normalised embeddings, pooled embeddings), both [N, width] float32, in order."""
+        normalized = np.empty((len(sequences), self.config.width), dtype=np.float32)
+        pooled = np.empty_like(normalized)
+        buckets = length_buckets(
+            [len(s) for s in sequences], self.config.max_sequences_per_batch, self.config.max_tokens_per_batch
+        )
+        for idx in buckets:
+            input_ids, attention_mask = pad([sequences[i] for i in idx], self.tokenizer.pad_id)
+            out_norm, out_pooled = self.session.run(
+                ["embeddings", "pooled_embeddings"], {"input_ids": input_ids, "attention_mask": attention_mask}
+            )
+            normalized[idx] = out_norm
+            pooled[idx] = out_pooled
+        return normalized, pooled
+
+    def run(self, jobs: Sequence[EmbedJob]) -> Sequence[EmbedJob]:
+        """Embeds every job's texts in one sorted pass; a bad job gets its error, others their results."""
+        sequences: list[np.ndarray] = []
+        spans: list[tuple[EmbedJob, int, int]] = []
+        for job in jobs:
+            try:
+                validate_texts(job.texts)
+                prompt = self.config.prompt_for(job.options.input_type)
+                ids = self.tokenizer.encode(
+                    [prompt + t for t in job.texts] if prompt else job.texts,
+                    truncate=job.options.truncate,
+                    direction=job.options.truncation_direction,
+                )
+            except NestrankError as err:
+                job.result = err
+                continue
+            spans.append((job, len(sequences), len(sequences) + len(ids)))
+            sequences.extend(ids)
+        if not sequences:
+            return jobs
+        normalized, pooled = self.encode(sequences)
+        for job, start, end in spans:
+            opts = job.options
+            source = normalized if opts.normalize else pooled
+            vectors = truncate_dimensions(source[start:end], opts.dimensions, opts.normalize)
+            try:
+                job.result = quantize(vectors, opts.precision, self.ranges.get(opts.dimensions))
+            except ValueError as err:  # e.g. a model exported without calibration ranges
+                job.result = BackendError(f"precision {opts.precision}: {err}")
+        return jobs
+
+    def embed(self, texts: Sequence[str], **options: Any) -> np.ndarray:
+        """In-process convenience: one request, errors raised."""
+        job = EmbedJob(list(texts), parse_options(options, self.config))
+        self.run([job])
+        if isinstance(job.result, Exception):
+            raise job.result
+        return job.result
