@@ -1,0 +1,57 @@
+"""`nestrank export embedder ...`"""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+DEFAULT_REPOSITORY = "model_repository"
+
+
+def _dims(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(d) for d in text.split(",") if d.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--dims takes comma-separated integers, got {text!r}") from None
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="nestrank export", description="Compile a checkpoint for Triton.")
+    kinds = p.add_subparsers(dest="kind", required=True)
+    e = kinds.add_parser("embedder", help="a (Matryoshka) embedder: encoder + pooling + normalize in one ONNX graph")
+    e.add_argument("--checkpoint", required=True, help="Hugging Face / sentence-transformers checkpoint directory")
+    e.add_argument("--name", required=True, help="Triton model name (the folder under the repository)")
+    e.add_argument("--repository", default=DEFAULT_REPOSITORY)
+    e.add_argument("--precision", choices=("fp32", "fp16", "int8"), default="fp32", help="weights of the graph")
+    e.add_argument("--max-length", type=int, help="tokens, special tokens included (default: the checkpoint's)")
+    e.add_argument("--dims", type=_dims, help="served Matryoshka dimensions, e.g. 384,256,128,64,32")
+    e.add_argument("--pooling", choices=("mean", "cls", "lasttoken"), help="override the checkpoint's pooling")
+    e.add_argument("--max-batch-size", type=int, default=64, help="texts per Triton request and batch")
+    e.add_argument("--instances", type=int, default=1, help="model instances (each runs its own ORT session)")
+    e.add_argument("--threads", type=int, default=0, help="ORT intra-op threads per instance (0: all cores)")
+    return p
+
+
+def main(argv: list[str]) -> int:
+    args = parser().parse_args(argv)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # checkpoints come from disk, never from a hub
+    from nestrank.export.embedder import ParityError, export_embedder
+
+    try:
+        result = export_embedder(
+            args.checkpoint,
+            args.name,
+            args.repository,
+            precision=args.precision,
+            max_length=args.max_length,
+            dimensions=args.dims,
+            pooling=args.pooling,
+            max_batch_size=args.max_batch_size,
+            instance_count=args.instances,
+            intra_op_threads=args.threads,
+        )
+    except (ParityError, FileNotFoundError, ValueError) as err:
+        print(f"nestrank export: {err}")
+        return 1
+    print(f"wrote {result.model_dir} (dims {', '.join(map(str, result.config.dimensions))})")
+    return 0
