@@ -51,17 +51,28 @@ def read_checkpoint(root: str | Path, pooling: str | None = None) -> EmbedderChe
     hf_config = _read_json(transformer_dir / "config.json")
 
     pool_cfg = _read_json(by_type["Pooling"] / "config.json") if "Pooling" in by_type else {}
-    found = [mode for key, mode in POOLING_KEYS.items() if pool_cfg.get(key)]
+    # sentence-transformers >= 6 writes "pooling_mode": "<mode>"; older versions one boolean per mode.
+    found = [pool_cfg["pooling_mode"]] if "pooling_mode" in pool_cfg else []
+    found += [mode for key, mode in POOLING_KEYS.items() if pool_cfg.get(key)]
     if pooling is None:
-        if len(found) != 1:
-            raise ValueError(f"{root}: cannot tell the pooling mode (found {found or 'none'}); pass --pooling")
+        if len(found) != 1 or found[0] not in POOLING_KEYS.values():
+            raise ValueError(f"{root}: cannot serve pooling {found or 'none'}; pass --pooling mean|cls|lasttoken")
         pooling = found[0]
 
     st_config = _read_json(transformer_dir / "sentence_bert_config.json") or _read_json(
         root / "sentence_bert_config.json"
     )
-    max_length = st_config.get("max_seq_length") or hf_config.get("max_position_embeddings") or 512
-    width = pool_cfg.get("word_embedding_dimension") or hf_config.get("hidden_size")
+    tokenizer_config = _read_json(transformer_dir / "tokenizer_config.json")
+    max_length = (
+        st_config.get("max_seq_length")
+        or tokenizer_config.get("model_max_length")  # where sentence-transformers >= 6 keeps it
+        or hf_config.get("max_position_embeddings")
+        or 512
+    )
+    max_length = min(int(max_length), int(hf_config.get("max_position_embeddings") or max_length))
+    width = (
+        pool_cfg.get("embedding_dimension") or pool_cfg.get("word_embedding_dimension") or hf_config.get("hidden_size")
+    )
     if not width:
         raise ValueError(f"{root}: no hidden_size in config.json")
 

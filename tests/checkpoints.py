@@ -1,0 +1,76 @@
+"""Tiny random checkpoints of real architectures, built offline in a second for tests.
+
+Norm weights are randomised too: transformers initialises some to zero or one, and parity over a
+model whose norms do nothing proves little.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from nestrank.texts import PARITY_TEXTS, realistic_texts
+
+
+def word_level_tokenizer(eos: bool = True):
+    """A WordLevel tokenizer over the words the tests use, wrapped for transformers."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["<pad>", "<unk>", "<eos>", "<bos>"]
+    words = sorted({w for t in (*PARITY_TEXTS, *realistic_texts(300, seed=7)) for w in t.lower().split()})
+    vocab = {tok: i for i, tok in enumerate(specials + words[:400])}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.normalizer = normalizers.Lowercase()
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    if eos:
+        tok.post_processor = processors.TemplateProcessing(single="$A <eos>", special_tokens=[("<eos>", 2)])
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, pad_token="<pad>", unk_token="<unk>", eos_token="<eos>", bos_token="<bos>"
+    )
+
+
+def randomize_norms(model: torch.nn.Module, seed: int = 0) -> None:
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "norm" in name.lower() and param.ndim == 1:
+                param.copy_(1.0 + 0.3 * torch.randn(param.shape, generator=gen))
+
+
+def tiny_decoder_embedder(out_dir: Path, seed: int = 0) -> Path:
+    """A Qwen3-style decoder embedder (last-token pooling, normalised, query prompt), in
+    sentence-transformers layout."""
+    from sentence_transformers import SentenceTransformer, models
+    from transformers import Qwen3Config, Qwen3Model
+
+    torch.manual_seed(seed)
+    tokenizer = word_level_tokenizer()
+    config = Qwen3Config(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        max_position_embeddings=512,
+        pad_token_id=0,
+        eos_token_id=2,
+    )
+    model = Qwen3Model(config).eval()
+    randomize_norms(model, seed)
+    hf_dir = Path(out_dir) / "hf"
+    model.save_pretrained(hf_dir)
+    tokenizer.save_pretrained(hf_dir)
+    transformer = models.Transformer(str(hf_dir), max_seq_length=96)
+    pooling = models.Pooling(64, pooling_mode="lasttoken")
+    st = SentenceTransformer(
+        modules=[transformer, pooling, models.Normalize()],
+        prompts={"query": "instruct: find the answer query: ", "document": ""},
+        device="cpu",
+    )
+    st_dir = Path(out_dir) / "st"
+    st.save(str(st_dir))
+    return st_dir

@@ -1,0 +1,49 @@
+"""One real tritonserver per session on free loopback ports, serving models exported on the fly."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+import pytest
+
+from nestrank.export.embedder import export_embedder
+from nestrank.serving.launcher import ServerConfig, TritonServer
+
+MINILM = "all-minilm-l6-v2"
+MINILM_INT8 = "all-minilm-l6-v2-int8"
+TINY_DECODER = "tiny-decoder"
+
+
+def free_ports(count: int) -> list[int]:
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
+@pytest.fixture(scope="session")
+def repository(tmp_path_factory, minilm_dir, tiny_decoder_dir) -> Path:
+    repo = tmp_path_factory.mktemp("model_repository")
+    quiet = lambda _: None  # noqa: E731
+    export_embedder(minilm_dir, MINILM, repo, log=quiet)
+    export_embedder(minilm_dir, MINILM_INT8, repo, precision="int8", log=quiet)
+    export_embedder(tiny_decoder_dir, TINY_DECODER, repo, max_batch_size=16, log=quiet)
+    return repo
+
+
+@pytest.fixture(scope="session")
+def server(repository):
+    grpc_port, http_port, metrics_port = free_ports(3)
+    config = ServerConfig(repository, grpc_port=grpc_port, http_port=http_port, metrics_port=metrics_port)
+    with TritonServer(config) as running:
+        yield running
+
+
+@pytest.fixture(scope="session")
+def grpc_url(server) -> str:
+    return server.config.grpc_url

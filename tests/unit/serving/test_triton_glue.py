@@ -1,0 +1,58 @@
+import types
+
+import numpy as np
+import pytest
+
+from nestrank import errors
+from nestrank.serving.triton_glue import decode_texts, error_response, model_parameters
+
+# The code names pb_utils.TritonError documents (python_backend README, "Error Handling").
+TRITON_CODES = ("UNKNOWN", "INTERNAL", "NOT_FOUND", "INVALID_ARG", "UNAVAILABLE", "UNSUPPORTED", "ALREADY_EXISTS")
+
+
+class FakeTritonError:
+    def __init__(self, message, code):
+        self.message, self.code = message, code
+
+
+for name in TRITON_CODES:
+    setattr(FakeTritonError, name, name)
+
+fake_pb_utils = types.SimpleNamespace(
+    TritonError=FakeTritonError, InferenceResponse=lambda error: types.SimpleNamespace(error=error)
+)
+
+
+def test_decode_texts_handles_bytes_and_shapes():
+    arr = np.array([["a".encode()], ["é".encode()]], dtype=object)
+    assert decode_texts(arr, "text") == ["a", "é"]
+
+
+def test_invalid_utf8_names_the_index():
+    arr = np.array([b"ok", b"\xff\xfe bad"], dtype=object)
+    with pytest.raises(errors.ValidationError, match=r"text\[1\]: not valid UTF-8"):
+        decode_texts(arr, "text")
+
+
+def test_missing_tensor():
+    with pytest.raises(errors.ValidationError, match="text: missing input tensor"):
+        decode_texts(None, "text")
+
+
+@pytest.mark.parametrize(
+    "cls", [c for c in vars(errors).values() if isinstance(c, type) and issubclass(c, errors.NestrankError)]
+)
+def test_every_error_maps_to_a_real_triton_code(cls):
+    assert cls.triton_code in TRITON_CODES
+
+
+def test_error_response_keeps_the_message_and_code():
+    response = error_response(fake_pb_utils, errors.ValidationError("dimensions", "too big"))
+    assert response.error.code == "INVALID_ARG"
+    assert response.error.message == "dimensions: too big"
+    response = error_response(fake_pb_utils, KeyError("x"))
+    assert response.error.code == "INTERNAL" and "KeyError" in response.error.message
+
+
+def test_model_parameters():
+    assert model_parameters({"parameters": {"a": {"string_value": "1"}}}) == {"a": "1"}
