@@ -26,7 +26,7 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--max-length", type=int, help="tokens, special tokens included (default: the checkpoint's)")
     e.add_argument("--dims", type=_dims, help="served Matryoshka dimensions, e.g. 384,256,128,64,32")
     e.add_argument("--pooling", choices=("mean", "cls", "lasttoken"), help="override the checkpoint's pooling")
-    e.add_argument("--max-batch-size", type=int, default=64, help="texts per Triton request and batch")
+    e.add_argument("--max-batch-size", type=int, default=256, help="texts per Triton request and dynamic batch")
     e.add_argument("--instances", type=int, default=1, help="model instances (each runs its own ORT session)")
     e.add_argument("--threads", type=int, default=0, help="ORT intra-op threads per instance (0: all cores)")
     return p

@@ -158,7 +158,7 @@ def export_embedder(
     max_length: int | None = None,
     dimensions: tuple[int, ...] | None = None,
     pooling: str | None = None,
-    max_batch_size: int = 64,
+    max_batch_size: int = 256,
     instance_count: int = 1,
     intra_op_threads: int = 0,
     log=print,

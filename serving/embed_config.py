@@ -31,7 +31,7 @@ class EmbedderConfig:
     default_prompt: str | None = None
     precisions: tuple[str, ...] = PRECISIONS
     weights: str = "fp32"
-    max_tokens_per_batch: int = 16384
+    max_tokens_per_batch: int = 8192
     max_sequences_per_batch: int = 64
     intra_op_threads: int = 0
 

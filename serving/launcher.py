@@ -7,6 +7,7 @@ import collections
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import sysconfig
@@ -59,6 +60,18 @@ class TritonInstall:
     python_backend: Path | None = None
     stub: Path | None = None
     caches: Path | None = None
+
+
+def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
+    """Ports the OS says are free now (for tests and benchmarks that start their own server)."""
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for s in sockets:
+            s.bind((host, 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
 
 
 def find_tritonserver(explicit: Path | None = None) -> TritonInstall:

@@ -2,28 +2,16 @@
 
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 
 import pytest
 
 from nestrank.export.embedder import export_embedder
-from nestrank.serving.launcher import ServerConfig, TritonServer
+from nestrank.serving.launcher import ServerConfig, TritonServer, free_ports
 
 MINILM = "all-minilm-l6-v2"
 MINILM_INT8 = "all-minilm-l6-v2-int8"
 TINY_DECODER = "tiny-decoder"
-
-
-def free_ports(count: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for s in sockets:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
 
 
 @pytest.fixture(scope="session")

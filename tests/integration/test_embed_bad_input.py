@@ -33,7 +33,7 @@ BAD_REQUESTS = {
     "dimensions over width": ([b"x"], {"dimensions": 385}, "dimensions: 385 is not served"),
     "unknown precision": ([b"x"], {"precision": "int4"}, "precision: must be one of float32, float16, int8"),
     "over max length": ([b"ok", LONG_TEXT.encode()], {"truncate": False}, "text[1]: 402 tokens exceed max_length 256"),
-    "too many texts": ([b"x"] * 65, {}, "batch-size must be <= 64"),
+    "too many texts": ([b"x"] * 257, {}, "batch-size must be <= 256"),
     "unknown parameter": ([b"x"], {"temperature": 1}, "temperature: unknown parameter; accepted: dimensions"),
 }
 

@@ -39,7 +39,7 @@ def rowwise_cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 def test_info(client):
     info = client.info()
-    assert (info.width, info.max_length, info.max_batch_size) == (384, 256, 64)
+    assert (info.width, info.max_length, info.max_batch_size) == (384, 256, 256)
     assert info.dimensions == (384, 256, 128, 64, 32)
     assert "ubinary" in info.precisions
 

@@ -15,9 +15,16 @@ def test_buckets_cover_every_index_once_within_limits(seed):
         assert len(bucket) <= 32
         padded = len(bucket) * max(lengths[i] for i in bucket)
         assert padded <= 2048 or len(bucket) == 1
-    # Sorted: padding waste stays small compared with arrival order.
-    sorted_cost = sum(len(b) * max(lengths[i] for i in b) for b in buckets)
-    assert sorted_cost < 1.2 * sum(lengths)
+    # Bounded padding: each batch is at least 90% real tokens or smaller than 512 padded tokens.
+    for bucket in buckets:
+        padded = len(bucket) * max(lengths[i] for i in bucket)
+        assert sum(lengths[i] for i in bucket) >= 0.9 * padded or padded <= 512 or len(bucket) == 1
+
+
+def test_mixed_lengths_do_not_share_a_batch():
+    buckets = length_buckets([10] * 20 + [200] * 20, max_batch=64, max_tokens=100_000)
+    assert all(len({int(i) < 20 for i in bucket}) == 1 for bucket in buckets)
+    assert sorted(len(b) for b in buckets) == [20, 20]
 
 
 def test_an_item_longer_than_the_budget_gets_its_own_bucket():

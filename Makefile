@@ -1,0 +1,34 @@
+# One command each, on a fresh machine: `make serve` (the main job) and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+PYVER := $(shell $(PYTHON) -c 'import sys; print(f"{sys.version_info[0]}.{sys.version_info[1]}")')
+
+.PHONY: setup serve test bench lint clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	@# The Python backend stub bundled with nvidia-pytriton links the system libpython.
+	@ldconfig -p | grep -q "libpython$(PYVER).so.1.0" || \
+		(apt-get update -qq && apt-get install -y -qq "libpython$(PYVER)")
+	$(PYTHON) -m venv $(VENV)
+	@# The local CPU build of torch first, so that no resolver pulls CUDA torch.
+	$(BIN)/pip install --quiet "torch==2.13.0"
+	$(BIN)/pip install --quiet -e ".[all]"
+	touch $@
+
+serve: setup
+	$(BIN)/nestrank serve
+
+test: setup
+	$(BIN)/python -m pytest
+
+bench: setup
+	$(BIN)/nestrank bench embed
+
+lint: setup
+	$(BIN)/pip install --quiet ruff && $(BIN)/ruff check . && $(BIN)/ruff format --check .
+
+clean:
+	rm -rf $(VENV) model_repository/*/ bench/out
