@@ -63,15 +63,21 @@ _MODULES = (
 
 def _docstring_sentences() -> list[str]:
     import importlib
+    import warnings
 
     sentences: list[str] = []
     for name in _MODULES:
         try:
-            module = importlib.import_module(name)
+            with warnings.catch_warnings():  # typing's deprecated io/re aliases warn on access
+                warnings.simplefilter("ignore", DeprecationWarning)
+                module = importlib.import_module(name)
+                members = sorted(vars(module).items())
         except ImportError:
             continue
-        for _, obj in sorted(vars(module).items()):
-            doc = inspect.getdoc(obj) if callable(obj) or inspect.ismodule(obj) else None
+        for _, obj in members:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", DeprecationWarning)
+                doc = inspect.getdoc(obj) if callable(obj) or inspect.ismodule(obj) else None
             if not doc:
                 continue
             for sentence in re.split(r"(?<=[.!?])\s+", " ".join(doc.split())):

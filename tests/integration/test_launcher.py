@@ -21,3 +21,34 @@ def test_a_model_that_fails_to_load_stops_the_server_with_its_reason(repository,
     message = str(err.value)
     assert "tritonserver exited" in message
     assert TINY_DECODER in message and "UNAVAILABLE" in message
+
+
+def test_serve_command_runs_until_sigterm_and_exits_cleanly(repository, tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    repo = tmp_path / "repo"
+    shutil.copytree(repository / TINY_DECODER, repo / TINY_DECODER)
+    grpc_port, http_port, metrics_port = free_ports(3)
+    ports = ["--grpc-port", str(grpc_port), "--http-port", str(http_port), "--metrics-port", str(metrics_port)]
+    cmd = [sys.executable, "-m", "nestrank", "serve", "--repository", str(repo), "--no-default-models", *ports]
+    process = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        ready = False
+        while time.monotonic() < deadline and process.poll() is None and not ready:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/v2/health/ready", timeout=2) as r:
+                    ready = r.status == 200
+            except OSError:
+                time.sleep(0.5)
+        assert ready, process.stdout.read() if process.poll() is not None else "not ready in 120 s"
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=60) == 0
+        assert "nestrank: serving" in process.stdout.read()
+    finally:
+        if process.poll() is None:
+            process.kill()
