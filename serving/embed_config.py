@@ -6,12 +6,12 @@ with the message the server would give.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from nestrank.errors import ValidationError
+from nestrank.serving.parameters import as_bool, as_int, as_str, from_parameters, to_parameters
 from nestrank.serving.quantization import PRECISIONS
 
 POOLING_MODES = ("mean", "cls", "lasttoken")
@@ -74,19 +74,11 @@ class EmbedderConfig:
         return ""
 
     def to_parameters(self) -> dict[str, str]:
-        """Every field as a JSON string (Triton parameters are string maps)."""
-        return {k: json.dumps(v) for k, v in self.__dict__.items()}
+        return to_parameters(self)
 
     @classmethod
     def from_parameters(cls, parameters: Mapping[str, str]) -> EmbedderConfig:
-        known = cls.__dataclass_fields__
-        values: dict[str, Any] = {k: json.loads(v) for k, v in parameters.items() if k in known}
-        for name in ("dimensions", "precisions"):
-            if name in values:
-                values[name] = tuple(values[name])
-        if "prompts" in values:
-            values["prompts"] = tuple((k, v) for k, v in values["prompts"])
-        return cls(**values)
+        return from_parameters(cls, parameters)
 
 
 @dataclass(frozen=True)
@@ -101,30 +93,6 @@ class EmbedOptions:
     input_type: str | None = None
 
 
-def _as_bool(name: str, value: Any) -> bool:
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, str) and value.lower() in ("true", "false"):
-        return value.lower() == "true"
-    raise ValidationError(name, f"must be a boolean, got {value!r}")
-
-
-def _as_int(name: str, value: Any) -> int:
-    if isinstance(value, bool):
-        raise ValidationError(name, f"must be an integer, got {value!r}")
-    if isinstance(value, int):
-        return value
-    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
-        return int(value)
-    raise ValidationError(name, f"must be an integer, got {value!r}")
-
-
-def _as_str(name: str, value: Any) -> str:
-    if not isinstance(value, str):
-        raise ValidationError(name, f"must be a string, got {value!r}")
-    return value
-
-
 def parse_options(parameters: Mapping[str, Any], config: EmbedderConfig) -> EmbedOptions:
     """Request parameters → EmbedOptions; unknown names and out-of-range values are refused."""
     allowed = EmbedOptions.__dataclass_fields__
@@ -132,28 +100,28 @@ def parse_options(parameters: Mapping[str, Any], config: EmbedderConfig) -> Embe
     if unknown:
         raise ValidationError(unknown[0], f"unknown parameter; accepted: {', '.join(allowed)}")
     p = dict(parameters)
-    dims = _as_int("dimensions", p["dimensions"]) if "dimensions" in p else config.width
+    dims = as_int("dimensions", p["dimensions"]) if "dimensions" in p else config.width
     if dims not in config.dimensions:
         served = ", ".join(map(str, config.dimensions))
         raise ValidationError("dimensions", f"{dims} is not served; choose one of {served} (width {config.width})")
-    precision = _as_str("precision", p.get("precision", "float32"))
+    precision = as_str("precision", p.get("precision", "float32"))
     if precision not in config.precisions:
         raise ValidationError("precision", f"must be one of {', '.join(config.precisions)}, got {precision!r}")
-    normalize = _as_bool("normalize", p.get("normalize", True))
+    normalize = as_bool("normalize", p.get("normalize", True))
     if precision in ("int8", "uint8") and not normalize:
         raise ValidationError("precision", f"{precision} is calibrated for normalised embeddings; send normalize=true")
-    direction = _as_str("truncation_direction", p.get("truncation_direction", "right"))
+    direction = as_str("truncation_direction", p.get("truncation_direction", "right"))
     if direction not in TRUNCATION_DIRECTIONS:
         raise ValidationError(
             "truncation_direction", f"must be one of {', '.join(TRUNCATION_DIRECTIONS)}, got {direction!r}"
         )
-    input_type = _as_str("input_type", p["input_type"]) if "input_type" in p else None
+    input_type = as_str("input_type", p["input_type"]) if "input_type" in p else None
     config.prompt_for(input_type)  # validates the name
     return EmbedOptions(
         dimensions=dims,
         normalize=normalize,
         precision=precision,
-        truncate=_as_bool("truncate", p.get("truncate", True)),
+        truncate=as_bool("truncate", p.get("truncate", True)),
         truncation_direction=direction,
         input_type=input_type,
     )

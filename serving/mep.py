@@ -1,0 +1,50 @@
+"""MEP (Matryoshka embedding pooling) of passage token states, as KaLM-Reranker-V1 defines it.
+
+A mask-aware mean over each consecutive group of `ratio` token states; a group is valid if any of
+its tokens is. Each group keeps its token count, so any coarser ratio is re-pooled *exactly* from
+stored states (a count-weighted mean of means): one stored ratio serves all its multiples.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+RATIOS = (1, 2, 4, 8, 16, 32)
+
+
+def check_ratio(ratio: int, allowed: tuple[int, ...] = RATIOS) -> None:
+    if ratio not in allowed:
+        raise ValueError(f"compression ratio must be one of {', '.join(map(str, allowed))}, got {ratio}")
+
+
+def pool(states: np.ndarray, mask: np.ndarray, ratio: int) -> tuple[np.ndarray, np.ndarray]:
+    """[B, L, H] states, [B, L] mask → ([B, ceil(L/r), H] float32 means, [B, ceil(L/r)] int32 counts)."""
+    return repool(states, mask.astype(np.int32), ratio)
+
+
+def repool(pooled: np.ndarray, counts: np.ndarray, factor: int) -> tuple[np.ndarray, np.ndarray]:
+    """Groups of `factor` consecutive (mean, count) pairs → their count-weighted means and summed counts.
+
+    With counts of 0/1 this is MEP itself; with counts from an earlier pooling it is exact re-pooling.
+    """
+    if factor < 1:
+        raise ValueError(f"factor must be >= 1, got {factor}")
+    batch, length, hidden = pooled.shape
+    groups = -(-length // factor)
+    pad = groups * factor - length
+    weights = counts.astype(np.float32)
+    if pad:
+        pooled = np.concatenate([pooled, np.zeros((batch, pad, hidden), pooled.dtype)], axis=1)
+        weights = np.concatenate([weights, np.zeros((batch, pad), np.float32)], axis=1)
+    weights = weights.reshape(batch, groups, factor)
+    sums = np.einsum("bgf,bgfh->bgh", weights, pooled.reshape(batch, groups, factor, hidden).astype(np.float32))
+    totals = weights.sum(axis=2)
+    means = sums / np.maximum(totals, 1.0)[..., None]
+    return means.astype(np.float32), totals.astype(np.int32)
+
+
+def trim(pooled: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """One passage's [G, H] / [G] without its trailing empty groups (padding)."""
+    valid = np.flatnonzero(counts > 0)
+    end = int(valid[-1]) + 1 if valid.size else 0
+    return pooled[:end], counts[:end]

@@ -1,0 +1,111 @@
+"""What an exported FBNL reranker serves (its Triton `parameters`), and one rerank request's options.
+
+Pure Python: the client validates with the same rules before sending.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from nestrank.errors import ValidationError
+from nestrank.serving.mep import RATIOS
+from nestrank.serving.parameters import as_bool, as_int, as_str, from_parameters, to_parameters
+
+# KaLM-Reranker-V1's templates (model card, "Prompt Template").
+DOCUMENT_TEMPLATE = "<Document>: {document}"
+KALM_PROMPT_TEMPLATE = (
+    "<bos><start_of_turn>user\n"
+    "Judge whether the Document meets the requirements based on the Query and the Instruct provided. "
+    'Note that the answer can only be "yes" or "no".\n\n'
+    "<Instruct>: {instruction}\n"
+    "<Query>: {query}<end_of_turn>\n"
+    "<start_of_turn>model\n\n\n\n"
+)
+# The same words without Gemma's chat markers, for T5-family checkpoints.
+PLAIN_PROMPT_TEMPLATE = (
+    "Judge whether the Document meets the requirements based on the Query and the Instruct provided. "
+    'Note that the answer can only be "yes" or "no".\n\n'
+    "<Instruct>: {instruction}\n"
+    "<Query>: {query}\n"
+)
+DEFAULT_INSTRUCTION = "Given a query, retrieve documents that answer the query."
+
+
+@dataclass(frozen=True)
+class RerankerConfig:
+    architecture: str
+    hidden_size: int
+    yes_token_id: int
+    no_token_id: int
+    ratios: tuple[int, ...] = RATIOS
+    default_ratio: int = 4
+    max_query_tokens: int = 512
+    max_passage_tokens: int = 1024
+    prompt_template: str = KALM_PROMPT_TEMPLATE
+    document_template: str = DOCUMENT_TEMPLATE
+    default_instruction: str = DEFAULT_INSTRUCTION
+    decoder_start_token_id: int | None = None  # prepended to the prompt (T5); None when the template has <bos>
+    weights: str = "fp32"
+    max_candidates: int = 1000
+    score_batch_tokens: int = 16384  # candidates x pooled length per scorer run
+    intra_op_threads: int = 0
+
+    def __post_init__(self):
+        if self.architecture not in ("t5gemma2", "t5"):
+            raise ValueError(f"architecture must be t5gemma2 or t5, got {self.architecture!r}")
+        bad = [r for r in self.ratios if r not in RATIOS]
+        if bad or not self.ratios:
+            raise ValueError(f"ratios must be a non-empty subset of {RATIOS}, got {self.ratios}")
+        if self.default_ratio not in self.ratios:
+            raise ValueError(f"default_ratio {self.default_ratio} is not among the exported ratios {self.ratios}")
+        for name in ("{instruction}", "{query}"):
+            if name not in self.prompt_template:
+                raise ValueError(f"prompt_template lacks {name}")
+        if "{document}" not in self.document_template:
+            raise ValueError("document_template lacks {document}")
+        if self.max_query_tokens < 8 or self.max_passage_tokens < 2 or self.max_candidates < 1:
+            raise ValueError("max_query_tokens >= 8, max_passage_tokens >= 2 and max_candidates >= 1")
+
+    def to_parameters(self) -> dict[str, str]:
+        return to_parameters(self)
+
+    @classmethod
+    def from_parameters(cls, parameters: Mapping[str, str]) -> RerankerConfig:
+        return from_parameters(cls, parameters)
+
+
+@dataclass(frozen=True)
+class RerankOptions:
+    compression_ratio: int
+    instruction: str
+    top_n: int | None = None
+    return_documents: bool = False
+    truncate: bool = True
+
+
+def parse_rerank_options(parameters: Mapping[str, Any], config: RerankerConfig) -> RerankOptions:
+    allowed = RerankOptions.__dataclass_fields__
+    unknown = sorted(set(parameters) - set(allowed))
+    if unknown:
+        raise ValidationError(unknown[0], f"unknown parameter; accepted: {', '.join(allowed)}")
+    ratio = as_int("compression_ratio", parameters.get("compression_ratio", config.default_ratio))
+    if ratio not in config.ratios:
+        exported = ", ".join(map(str, config.ratios))
+        raise ValidationError("compression_ratio", f"{ratio} was not exported; choose one of {exported}")
+    instruction = as_str("instruction", parameters.get("instruction", config.default_instruction))
+    if not instruction.strip():
+        raise ValidationError("instruction", "empty; omit it to use the default instruction")
+    top_n = parameters.get("top_n")
+    if top_n is not None:
+        top_n = as_int("top_n", top_n)
+        if top_n < 1:
+            raise ValidationError("top_n", f"must be >= 1, got {top_n}")
+    return RerankOptions(
+        compression_ratio=ratio,
+        instruction=instruction,
+        top_n=top_n,
+        return_documents=as_bool("return_documents", parameters.get("return_documents", False)),
+        truncate=as_bool("truncate", parameters.get("truncate", True)),
+    )
