@@ -23,6 +23,7 @@ def python_model_config(
     instance_count: int = 1,
     max_queue_delay_us: int = 2000,
     warmup: Mapping[str, str] | None = None,
+    optional: Sequence[str] = (),
 ) -> mc.ModelConfig:
     """A Python-backend model with dynamic batching on CPU instances.
 
@@ -31,10 +32,11 @@ def python_model_config(
     """
     config = mc.ModelConfig(name=name, backend="python", max_batch_size=max_batch_size)
     for tensor_name, dtype, dims in inputs:
-        config.input.add(name=tensor_name, data_type=dtype, dims=list(dims))
+        config.input.add(name=tensor_name, data_type=dtype, dims=list(dims), optional=tensor_name in optional)
     for tensor_name, dtype, dims in outputs:
         config.output.add(name=tensor_name, data_type=dtype, dims=list(dims))
-    config.dynamic_batching.max_queue_delay_microseconds = max_queue_delay_us
+    if max_batch_size > 0:  # the dynamic batcher needs a batch dimension
+        config.dynamic_batching.max_queue_delay_microseconds = max_queue_delay_us
     config.instance_group.add(kind=mc.ModelInstanceGroup.KIND_CPU, count=instance_count)
     for key, value in parameters.items():
         config.parameters[key].string_value = value

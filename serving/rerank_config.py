@@ -50,6 +50,7 @@ class RerankerConfig:
     weights: str = "fp32"
     max_candidates: int = 1000
     score_batch_tokens: int = 16384  # candidates x pooled length per scorer run
+    passage_cache_bytes: int = 512 << 20
     intra_op_threads: int = 0
 
     def __post_init__(self):
@@ -83,6 +84,8 @@ class RerankOptions:
     top_n: int | None = None
     return_documents: bool = False
     truncate: bool = True
+    warm: bool = False  # encode and cache the documents, score nothing
+    states_ratio: int | None = None  # ratio of client-sent passage states (default: compression_ratio)
 
 
 def parse_rerank_options(parameters: Mapping[str, Any], config: RerankerConfig) -> RerankOptions:
@@ -102,8 +105,17 @@ def parse_rerank_options(parameters: Mapping[str, Any], config: RerankerConfig) 
         top_n = as_int("top_n", top_n)
         if top_n < 1:
             raise ValidationError("top_n", f"must be >= 1, got {top_n}")
+    states_ratio = parameters.get("states_ratio")
+    if states_ratio is not None:
+        states_ratio = as_int("states_ratio", states_ratio)
+        if states_ratio < 1 or ratio % states_ratio:
+            raise ValidationError(
+                "states_ratio", f"{states_ratio} must divide compression_ratio {ratio} (states re-pool to multiples)"
+            )
     return RerankOptions(
         compression_ratio=ratio,
+        warm=as_bool("warm", parameters.get("warm", False)),
+        states_ratio=states_ratio,
         instruction=instruction,
         top_n=top_n,
         return_documents=as_bool("return_documents", parameters.get("return_documents", False)),

@@ -25,8 +25,7 @@ class TextTokenizer:
         self.max_length = max_length
         self.field = field
         self._by_direction: dict[str, Tokenizer] = {}
-        probe = self._tokenizer("right")
-        self.pad_id = self._pad_id(probe)
+        self.pad_id = pad_token_id(self._tokenizer("right"))
 
     def _tokenizer(self, direction: str) -> Tokenizer:
         # Truncation is state of a Tokenizer object, so keep one per direction.
@@ -36,14 +35,6 @@ class TextTokenizer:
             tok.enable_truncation(self.max_length, direction=direction)
             self._by_direction[direction] = tok
         return self._by_direction[direction]
-
-    @staticmethod
-    def _pad_id(tok: Tokenizer) -> int:
-        for name in ("[PAD]", "<pad>", "<|endoftext|>", "</s>"):
-            token_id = tok.token_to_id(name)
-            if token_id is not None:
-                return token_id
-        return 0
 
     def count_tokens(self, text: str) -> int:
         """Untruncated length, special tokens included (only for error messages)."""
@@ -67,6 +58,14 @@ class TextTokenizer:
                         "(send truncate=true to cut it)",
                     )
         return [np.asarray(enc.ids, dtype=np.int64) for enc in encodings]
+
+
+def pad_token_id(tok: Tokenizer) -> int:
+    for name in ("[PAD]", "<pad>", "<|endoftext|>", "</s>"):
+        token_id = tok.token_to_id(name)
+        if token_id is not None:
+            return token_id
+    return 0
 
 
 def pad(sequences: Sequence[np.ndarray], pad_id: int) -> tuple[np.ndarray, np.ndarray]:

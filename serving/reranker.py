@@ -1,0 +1,196 @@
+"""FBNL reranking: passages → encoder → MEP (query-independent, cacheable); prompt + pooled states → scorer.
+
+Used by the Triton models (serving/models/rerank*.py), by the exporter's parity gate and by the
+benchmark's in-process paths.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from tokenizers import Tokenizer
+
+from nestrank.errors import ValidationError
+from nestrank.serving import mep
+from nestrank.serving.batching import length_buckets
+from nestrank.serving.rerank_config import RerankerConfig
+from nestrank.serving.tokenization import pad, pad_token_id
+
+ENCODER_FILE = "encoder.onnx"
+SCORER_FILE = "scorer.onnx"
+TOKENIZER_FILE = "tokenizer.json"
+
+
+@dataclass(frozen=True)
+class PooledPassage:
+    """One passage's MEP states at `ratio`: [G, H] float32 means and [G] int32 token counts."""
+
+    states: np.ndarray
+    counts: np.ndarray
+    ratio: int
+
+    @property
+    def nbytes(self) -> int:
+        return self.states.nbytes + self.counts.nbytes
+
+    def at_ratio(self, ratio: int) -> PooledPassage:
+        """Exact re-pooling to a multiple of the stored ratio."""
+        if ratio == self.ratio:
+            return self
+        if ratio % self.ratio:
+            raise ValidationError("compression_ratio", f"{ratio} is not a multiple of the stored ratio {self.ratio}")
+        states, counts = mep.repool(self.states[None], self.counts[None], ratio // self.ratio)
+        return PooledPassage(states[0], counts[0], ratio)
+
+
+class RerankTokenizer:
+    """Passage side: the document template with the tokenizer's special tokens, cut at max_passage_tokens.
+    Query side: the rendered prompt template (its own special tokens), at most max_query_tokens."""
+
+    def __init__(self, tokenizer_json: str | Path, config: RerankerConfig):
+        self.config = config
+        self._passages = Tokenizer.from_file(str(tokenizer_json))
+        self._passages.no_padding()
+        self._passages.enable_truncation(config.max_passage_tokens)
+        self._prompts = Tokenizer.from_file(str(tokenizer_json))
+        self._prompts.no_padding()
+        self._prompts.no_truncation()
+        self.pad_id = pad_token_id(self._passages)
+
+    def encode_documents(self, documents: Sequence[str], field: str = "documents") -> list[np.ndarray]:
+        for i, doc in enumerate(documents):
+            if not doc:
+                raise ValidationError(f"{field}[{i}]", "empty string; send at least one character")
+        texts = [self.config.document_template.format(document=d) for d in documents]
+        return [np.asarray(e.ids, dtype=np.int64) for e in self._passages.encode_batch(texts)]
+
+    def _ids(self, text: str) -> list[int]:
+        return self._prompts.encode(text, add_special_tokens=False).ids
+
+    def encode_prompt(self, query: str, instruction: str, truncate: bool = True) -> np.ndarray:
+        if not query.strip():
+            raise ValidationError("query", "empty; send the query text")
+        start = [] if self.config.decoder_start_token_id is None else [self.config.decoder_start_token_id]
+        template = self.config.prompt_template
+        ids = start + self._ids(template.format(instruction=instruction, query=query))
+        limit = self.config.max_query_tokens
+        if len(ids) <= limit:
+            return np.asarray(ids, dtype=np.int64)
+        if not truncate:
+            raise ValidationError(
+                "query", f"prompt of {len(ids)} tokens exceeds max_query_tokens {limit} (send truncate=true to cut it)"
+            )
+        # Cut the query, never the template around it: the answer position must stay where training put it.
+        before, after = template.split("{query}", 1)
+        head = start + self._ids(before.format(instruction=instruction))
+        tail = self._ids(after)
+        budget = limit - len(head) - len(tail)
+        if budget < 1:
+            raise ValidationError("instruction", f"leaves no room for the query within max_query_tokens {limit}")
+        return np.asarray(head + self._ids(query)[:budget] + tail, dtype=np.int64)
+
+
+class PassageEncoder:
+    """Documents → PooledPassage at a ratio, length-bucketed like the embedder."""
+
+    def __init__(self, config: RerankerConfig, tokenizer: RerankTokenizer, session):
+        self.config = config
+        self.tokenizer = tokenizer
+        self.session = session
+
+    def encode_ids(self, sequences: Sequence[np.ndarray], ratios: int | Sequence[int]) -> list[PooledPassage]:
+        """Token ids → pooled passages; `ratios` is one ratio for all, or one per sequence."""
+        ratios = [ratios] * len(sequences) if isinstance(ratios, int) else list(ratios)
+        out: list[PooledPassage | None] = [None] * len(sequences)
+        lengths = [len(s) for s in sequences]
+        for idx in length_buckets(lengths, 64, 8 * self.config.max_passage_tokens):
+            input_ids, attention_mask = pad([sequences[i] for i in idx], self.tokenizer.pad_id)
+            (states,) = self.session.run(["token_states"], {"input_ids": input_ids, "attention_mask": attention_mask})
+            for row, i in enumerate(idx):
+                pooled, counts = mep.pool(states[row : row + 1], attention_mask[row : row + 1], ratios[i])
+                out[i] = PooledPassage(*mep.trim(pooled[0], counts[0]), ratios[i])
+        return out
+
+    def encode(self, documents: Sequence[str], ratio: int) -> list[PooledPassage]:
+        return self.encode_ids(self.tokenizer.encode_documents(documents), ratio)
+
+
+class Scorer:
+    """One prompt against many pooled passages: candidates bucketed by pooled length, no padding to the longest."""
+
+    def __init__(self, config: RerankerConfig, session):
+        self.config = config
+        self.session = session
+
+    def margins(self, prompt_ids: np.ndarray, passages: Sequence[PooledPassage]) -> np.ndarray:
+        """logit(yes) - logit(no) per passage, in input order."""
+        margins = np.empty(len(passages), dtype=np.float32)
+        lengths = [len(p.counts) for p in passages]
+        budget = max(self.config.score_batch_tokens, max(lengths, default=1))
+        for idx in length_buckets(lengths, 256, budget, min_fill=0.8):
+            longest = max(lengths[i] for i in idx)
+            states = np.zeros((len(idx), longest, self.config.hidden_size), dtype=np.float32)
+            mask = np.zeros((len(idx), longest), dtype=np.int64)
+            for row, i in enumerate(idx):
+                states[row, : lengths[i]] = passages[i].states
+                mask[row, : lengths[i]] = passages[i].counts > 0
+            decoder_ids = np.broadcast_to(prompt_ids, (len(idx), len(prompt_ids))).copy()
+            (batch_margins,) = self.session.run(
+                ["margins"], {"decoder_input_ids": decoder_ids, "passage_states": states, "passage_mask": mask}
+            )
+            margins[idx] = batch_margins
+        return margins
+
+
+def stack(passages: Sequence[PooledPassage], dtype=np.float32) -> tuple[np.ndarray, np.ndarray]:
+    """Pooled passages → zero-padded [N, G, H] states and [N, G] counts (0 marks padding), for the wire."""
+    longest = max((len(p.counts) for p in passages), default=0)
+    hidden = passages[0].states.shape[1] if passages else 0
+    states = np.zeros((len(passages), longest, hidden), dtype=dtype)
+    counts = np.zeros((len(passages), longest), dtype=np.int32)
+    for row, p in enumerate(passages):
+        states[row, : len(p.counts)] = p.states
+        counts[row, : len(p.counts)] = p.counts
+    return states, counts
+
+
+def unstack(states: np.ndarray, counts: np.ndarray, ratio: int) -> list[PooledPassage]:
+    return [PooledPassage(*mep.trim(s.astype(np.float32), c.astype(np.int32)), ratio) for s, c in zip(states, counts)]
+
+
+def sigmoid(x: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-x))
+
+
+def rank(scores: np.ndarray, top_n: int | None) -> np.ndarray:
+    """Indices by descending score (stable for ties), cut to top_n."""
+    order = np.argsort(-scores, kind="stable")
+    return order[:top_n] if top_n else order
+
+
+@dataclass
+class FBNLReranker:
+    """The in-process pipeline, on an exported model directory's files."""
+
+    config: RerankerConfig
+    tokenizer: RerankTokenizer
+    encoder: PassageEncoder
+    scorer: Scorer
+
+    @classmethod
+    def load(cls, files: str | Path, config: RerankerConfig, providers: tuple[str, ...] | None = None) -> FBNLReranker:
+        from nestrank.serving.runtime import create_session
+
+        files = Path(files)
+        tokenizer = RerankTokenizer(files / TOKENIZER_FILE, config)
+        threads = config.intra_op_threads
+        encoder = create_session(files / ENCODER_FILE, intra_op_threads=threads, providers=providers)
+        scorer = create_session(files / SCORER_FILE, intra_op_threads=threads, providers=providers)
+        return cls(config, tokenizer, PassageEncoder(config, tokenizer, encoder), Scorer(config, scorer))
+
+    def margins(self, query: str, documents: Sequence[str], ratio: int, instruction: str | None = None) -> np.ndarray:
+        prompt = self.tokenizer.encode_prompt(query, instruction or self.config.default_instruction)
+        return self.scorer.margins(prompt, self.encoder.encode(documents, ratio))
