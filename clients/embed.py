@@ -9,9 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import itertools
-import random
-import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -21,32 +18,14 @@ import numpy as np
 import tritonclient.grpc as grpcclient
 import tritonclient.grpc.aio as grpcclient_aio
 from tqdm.auto import tqdm
-from tritonclient.utils import InferenceServerException
 
-from nestrank.errors import DeadlineExceededError, NestrankError, ValidationError, from_grpc_status
+from nestrank.clients.transport import DEFAULT_URL, AsyncEndpoints, Endpoints, RetryPolicy, model_parameters
+from nestrank.errors import NestrankError, ValidationError
 from nestrank.serving.batching import split_by_length
 from nestrank.serving.embed_config import EmbedderConfig, EmbedOptions, parse_options
 from nestrank.serving.quantization import OUTPUT_DTYPES, output_width
 
-DEFAULT_URL = "127.0.0.1:8001"
 DEFAULT_MODEL = "all-minilm-l6-v2"
-
-
-@dataclass(frozen=True)
-class RetryPolicy:
-    """Retries for UNAVAILABLE / RESOURCE_EXHAUSTED, with exponential backoff and jitter, within a deadline."""
-
-    attempts: int = 4
-    initial_backoff_s: float = 0.05
-    max_backoff_s: float = 2.0
-    deadline_s: float = 120.0
-
-    def __post_init__(self):
-        if self.attempts < 1 or self.initial_backoff_s < 0 or self.max_backoff_s < self.initial_backoff_s:
-            raise ValueError("attempts >= 1 and 0 <= initial_backoff_s <= max_backoff_s")
-
-    def backoff_s(self, attempt: int) -> float:
-        return random.uniform(0.5, 1.0) * min(self.max_backoff_s, self.initial_backoff_s * 2**attempt)
 
 
 @dataclass(frozen=True)
@@ -75,13 +54,8 @@ class ModelInfo:
 
     @classmethod
     def from_model_config(cls, model_config: dict) -> ModelInfo:
-        config = model_config.get("config", model_config)  # as_json responses wrap it in "config"
-        parameters = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
-        return cls(config["name"], int(config.get("max_batch_size", 0)), EmbedderConfig.from_parameters(parameters))
-
-
-def _typed_error(err: InferenceServerException) -> NestrankError:
-    return from_grpc_status(err.status(), err.message())
+        name, max_batch_size, parameters = model_parameters(model_config)
+        return cls(name, max_batch_size, EmbedderConfig.from_parameters(parameters))
 
 
 def _options(info: ModelInfo, dimensions, precision, normalize, input_type, truncate, direction) -> EmbedOptions:
@@ -152,32 +126,12 @@ class EmbedClient:
         retry: RetryPolicy = RetryPolicy(),
         concurrency: int = 4,
     ):
-        urls = [url] if isinstance(url, str) else list(url)
-        if not urls:
-            raise ValueError("at least one url")
         self.model = model
         self.timeout_s = timeout_s
-        self.retry = retry
         self.concurrency = concurrency
-        self._endpoints = [grpcclient.InferenceServerClient(u) for u in urls]
-        self._turn = itertools.count()
+        self._endpoints = Endpoints(url, retry)
+        self._call = self._endpoints.call
         self._info: ModelInfo | None = None
-
-    def _call(self, fn):
-        """fn(endpoint) with retries over endpoints; raises a typed error."""
-        deadline = time.monotonic() + self.retry.deadline_s
-        for attempt in range(self.retry.attempts):
-            endpoint = self._endpoints[next(self._turn) % len(self._endpoints)]
-            try:
-                return fn(endpoint)
-            except InferenceServerException as exc:
-                err = _typed_error(exc)
-            last = attempt == self.retry.attempts - 1
-            pause = self.retry.backoff_s(attempt)
-            if not err.retryable or last or time.monotonic() + pause > deadline:
-                raise err
-            time.sleep(pause)
-        raise DeadlineExceededError("retries exhausted")  # unreachable: the loop raises or returns
 
     def info(self) -> ModelInfo:
         if self._info is None:
@@ -221,8 +175,7 @@ class EmbedClient:
         return plan.out
 
     def close(self) -> None:
-        for endpoint in self._endpoints:
-            endpoint.close()
+        self._endpoints.close()
 
     def __enter__(self) -> EmbedClient:
         return self
@@ -243,31 +196,12 @@ class AsyncEmbedClient:
         retry: RetryPolicy = RetryPolicy(),
         concurrency: int = 4,
     ):
-        urls = [url] if isinstance(url, str) else list(url)
-        if not urls:
-            raise ValueError("at least one url")
         self.model = model
         self.timeout_s = timeout_s
-        self.retry = retry
         self.concurrency = concurrency
-        self._endpoints = [grpcclient_aio.InferenceServerClient(u) for u in urls]
-        self._turn = itertools.count()
+        self._endpoints = AsyncEndpoints(url, retry)
+        self._call = self._endpoints.call
         self._info: ModelInfo | None = None
-
-    async def _call(self, fn):
-        deadline = time.monotonic() + self.retry.deadline_s
-        for attempt in range(self.retry.attempts):
-            endpoint = self._endpoints[next(self._turn) % len(self._endpoints)]
-            try:
-                return await fn(endpoint)
-            except InferenceServerException as exc:
-                err = _typed_error(exc)
-            last = attempt == self.retry.attempts - 1
-            pause = self.retry.backoff_s(attempt)
-            if not err.retryable or last or time.monotonic() + pause > deadline:
-                raise err
-            await asyncio.sleep(pause)
-        raise DeadlineExceededError("retries exhausted")
 
     async def info(self) -> ModelInfo:
         if self._info is None:
@@ -313,8 +247,7 @@ class AsyncEmbedClient:
         return plan.out
 
     async def close(self) -> None:
-        for endpoint in self._endpoints:
-            await endpoint.close()
+        await self._endpoints.close()
 
     async def __aenter__(self) -> AsyncEmbedClient:
         return self

@@ -29,12 +29,22 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--max-batch-size", type=int, default=256, help="texts per Triton request and dynamic batch")
     e.add_argument("--instances", type=int, default=1, help="model instances (each runs its own ORT session)")
     e.add_argument("--threads", type=int, default=0, help="ORT intra-op threads per instance (0: all cores)")
+    r = kinds.add_parser("reranker", help="an FBNL reranker (T5Gemma 2 / T5): passage encoder + scorer graphs")
+    r.add_argument("--checkpoint", required=True, help="checkpoint directory (e.g. a KaLM-Reranker-V1 download)")
+    r.add_argument("--name", required=True, help="Triton model name; also writes NAME_encode and NAME_score")
+    r.add_argument("--repository", default=DEFAULT_REPOSITORY)
+    r.add_argument("--ratios", type=_dims, help="MEP compression ratios to serve (default 1,2,4,8,16,32)")
+    r.add_argument("--max-query-tokens", type=int, default=512)
+    r.add_argument("--max-passage-tokens", type=int, default=1024)
+    r.add_argument("--precision", choices=("fp32", "fp16", "int8"), default="fp32")
     return p
 
 
 def main(argv: list[str]) -> int:
     args = parser().parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # checkpoints come from disk, never from a hub
+    if args.kind == "reranker":
+        return export_reranker_main(args)
     from nestrank.export.embedder import ParityError, export_embedder
 
     try:
@@ -54,4 +64,24 @@ def main(argv: list[str]) -> int:
         print(f"nestrank export: {err}")
         return 1
     print(f"wrote {result.model_dir} (dims {', '.join(map(str, result.config.dimensions))})")
+    return 0
+
+
+def export_reranker_main(args) -> int:
+    from nestrank.export.reranker import ParityError, export_reranker
+
+    try:
+        result = export_reranker(
+            args.checkpoint,
+            args.name,
+            args.repository,
+            ratios=args.ratios,
+            max_query_tokens=args.max_query_tokens,
+            max_passage_tokens=args.max_passage_tokens,
+            precision=args.precision,
+        )
+    except (ParityError, FileNotFoundError, ValueError) as err:
+        print(f"nestrank export: {err}")
+        return 1
+    print("wrote " + ", ".join(str(d) for d in result.model_dirs))
     return 0

@@ -120,7 +120,7 @@ def export_graphs(model: torch.nn.Module, config: RerankerConfig, out_dir: Path)
     groups, prompt_len = torch.export.Dim("groups"), torch.export.Dim("prompt")
     # dynamo: TorchScript bakes T5's relative-position buckets for the example lengths.
     torch.onnx.export(
-        ScorerGraph(model, config.yes_token_id, config.no_token_id),
+        ScorerGraph(model, config.yes_token_id, config.no_token_id).eval(),
         (prompt, states, passage_mask),
         str(out_dir / SCORER_FILE),
         input_names=["decoder_input_ids", "passage_states", "passage_mask"],

@@ -9,7 +9,8 @@ import sys
 SUBCOMMANDS = {
     "export": ("nestrank.export.cli", "compile a checkpoint into a Triton model directory"),
     "serve": ("nestrank.serving.cli", "start Triton on a model repository (exports the default model if missing)"),
-    "embed": ("nestrank.clients.cli", "embed texts through a running server"),
+    "embed": ("nestrank.clients.cli:main", "embed texts through a running server"),
+    "rerank": ("nestrank.clients.cli:rerank_main", "rerank documents for a query through a running server"),
     "bench": ("nestrank.bench.cli", "measure throughput and latency"),
 }
 
@@ -27,8 +28,8 @@ def main(argv: list[str] | None = None) -> int:
     if argv[0] not in SUBCOMMANDS:
         print(f"nestrank: unknown command {argv[0]!r}\n\n{usage()}", file=sys.stderr)
         return 2
-    module = importlib.import_module(SUBCOMMANDS[argv[0]][0])
-    return module.main(argv[1:]) or 0
+    module_name, _, function = SUBCOMMANDS[argv[0]][0].partition(":")
+    return getattr(importlib.import_module(module_name), function or "main")(argv[1:]) or 0
 
 
 if __name__ == "__main__":

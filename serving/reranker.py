@@ -181,15 +181,24 @@ class FBNLReranker:
     scorer: Scorer
 
     @classmethod
-    def load(cls, files: str | Path, config: RerankerConfig, providers: tuple[str, ...] | None = None) -> FBNLReranker:
+    def load(cls, files: str | Path, config: RerankerConfig, providers: tuple[str, ...] | None = None,
+             scorer_files: str | Path | None = None) -> FBNLReranker:  # fmt: skip
+        """From one folder holding both graphs and the tokenizer (or the scorer in `scorer_files`)."""
         from nestrank.serving.runtime import create_session
 
         files = Path(files)
         tokenizer = RerankTokenizer(files / TOKENIZER_FILE, config)
         threads = config.intra_op_threads
         encoder = create_session(files / ENCODER_FILE, intra_op_threads=threads, providers=providers)
-        scorer = create_session(files / SCORER_FILE, intra_op_threads=threads, providers=providers)
+        scorer_path = Path(scorer_files or files) / SCORER_FILE
+        scorer = create_session(scorer_path, intra_op_threads=threads, providers=providers)
         return cls(config, tokenizer, PassageEncoder(config, tokenizer, encoder), Scorer(config, scorer))
+
+    @classmethod
+    def from_repository(cls, repository: str | Path, name: str, config: RerankerConfig) -> FBNLReranker:
+        """From an exported model repository (`<name>_encode/1`, `<name>_score/1`)."""
+        repository = Path(repository)
+        return cls.load(repository / f"{name}_encode" / "1", config, scorer_files=repository / f"{name}_score" / "1")
 
     def margins(self, query: str, documents: Sequence[str], ratio: int, instruction: str | None = None) -> np.ndarray:
         prompt = self.tokenizer.encode_prompt(query, instruction or self.config.default_instruction)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -15,8 +16,11 @@ TINY_DECODER = "tiny-decoder"
 
 
 @pytest.fixture(scope="session")
-def repository(tmp_path_factory, minilm_dir, tiny_decoder_dir) -> Path:
+def repository(tmp_path_factory, minilm_dir, tiny_decoder_dir, reranker_exports) -> Path:
     repo = tmp_path_factory.mktemp("model_repository")
+    for export in reranker_exports.values():
+        for model_dir in export.model_dirs:
+            shutil.copytree(model_dir, repo / model_dir.name)
     quiet = lambda _: None  # noqa: E731
     export_embedder(minilm_dir, MINILM, repo, log=quiet)
     export_embedder(minilm_dir, MINILM_INT8, repo, precision="int8", log=quiet)

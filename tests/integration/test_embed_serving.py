@@ -10,7 +10,8 @@ import pytest
 from sentence_transformers import SentenceTransformer, quantize_embeddings
 
 from nestrank.clients import cli as embed_cli
-from nestrank.clients.embed import AsyncEmbedClient, EmbedClient, RetryPolicy
+from nestrank.clients.embed import AsyncEmbedClient, EmbedClient
+from nestrank.clients.transport import RetryPolicy
 from nestrank.export.triton_config import read_config, string_parameters
 from nestrank.serving.embed_config import EmbedderConfig
 from nestrank.serving.embedder import Embedder

@@ -1,7 +1,8 @@
 import numpy as np
 import pytest
 
-from nestrank.clients.embed import EmbedClient, ModelInfo, RetryPolicy, _check_texts, _options, _Plan
+from nestrank.clients.embed import EmbedClient, ModelInfo, _check_texts, _options, _Plan
+from nestrank.clients.transport import RetryPolicy
 from nestrank.errors import UnavailableError, ValidationError
 from nestrank.serving.embed_config import EmbedderConfig
 

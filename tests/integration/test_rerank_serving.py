@@ -1,0 +1,197 @@
+"""FBNL reranking served by a real tritonserver: parity with the PyTorch reference, passage reuse, bad input."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import urllib.request
+
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+from tritonclient.utils import InferenceServerException
+
+from nestrank.clients import cli
+from nestrank.clients.rerank import AsyncRerankClient, PassageStates, RerankClient
+from nestrank.errors import ValidationError
+from nestrank.export.reranker import load_checkpoint, reference_margins
+from nestrank.serving.reranker import sigmoid
+from nestrank.texts import realistic_texts
+from tests.conftest import TINY_KALM, TINY_T5
+
+pytestmark = pytest.mark.slow
+
+QUERY = "how do I read a file"
+DOCS = ["ok", "open the file and read each line", "the weather is nice today", *realistic_texts(9, seed=5),
+        " ".join(["long"] * 400)]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def client(grpc_url):
+    with RerankClient(grpc_url, TINY_KALM) as c:
+        yield c
+
+
+def reference_scores(checkpoint, export, documents, ratio):
+    model, _ = load_checkpoint(checkpoint)
+    files = export.model_dirs[0] / "1"
+    return sigmoid(reference_margins(model, export.config, files, QUERY, documents, ratio))
+
+
+@pytest.mark.parametrize("ratio", [1, 2, 4, 8, 16, 32])
+def test_served_scores_equal_the_pytorch_reference_at_every_ratio(client, reranker_exports, tiny_t5gemma2_dir, ratio):
+    expected = reference_scores(tiny_t5gemma2_dir, reranker_exports[TINY_KALM], DOCS, ratio)
+    ranked = client.rerank(QUERY, DOCS, compression_ratio=ratio)
+    assert sorted(r.index for r in ranked) == list(range(len(DOCS)))
+    got = np.array([r.score for r in sorted(ranked, key=lambda r: r.index)])
+    assert np.abs(got - expected).max() <= 1e-4
+    assert [r.score for r in ranked] == sorted((r.score for r in ranked), reverse=True)
+
+
+def test_t5_architecture_serves_too(grpc_url, reranker_exports, tiny_t5_dir):
+    expected = reference_scores(tiny_t5_dir, reranker_exports[TINY_T5], DOCS, 4)
+    with RerankClient(grpc_url, TINY_T5) as c:
+        ranked = c.rerank(QUERY, DOCS)
+    got = np.array([r.score for r in sorted(ranked, key=lambda r: r.index)])
+    assert np.abs(got - expected).max() <= 1e-4
+
+
+def cache_counters(server) -> dict[str, float]:
+    url = f"http://{server.config.host}:{server.config.metrics_port}/metrics"
+    text = urllib.request.urlopen(url, timeout=5).read().decode()
+    counters = {}
+    for line in text.splitlines():
+        if line.startswith("nestrank_passage_cache_") and f'model="{TINY_KALM}"' in line:
+            name, value = line.rsplit(" ", 1)
+            counters[name.split("{")[0].removeprefix("nestrank_passage_cache_")] = float(value)
+    return counters
+
+
+def test_a_second_rerank_over_the_same_documents_encodes_nothing(client, server):
+    docs = [f"cache probe {i}: " + d for i, d in enumerate(DOCS[:6])]
+    before = cache_counters(server)
+    client.rerank(QUERY, docs)
+    middle = cache_counters(server)
+    client.rerank("a different query", docs)
+    after = cache_counters(server)
+    assert middle["misses"] - before["misses"] == len(docs)
+    assert after["misses"] == middle["misses"]
+    assert after["hits"] - middle["hits"] == len(docs)
+    assert after["bytes"] > before["bytes"] and after["entries"] >= len(docs)
+
+
+def test_warm_then_rerank_by_passage_id(client, server):
+    docs = [f"warm probe {i}: " + d for i, d in enumerate(DOCS[:5])]
+    ids = client.warm(docs)
+    misses = cache_counters(server)["misses"]
+    by_id = client.rerank(QUERY, passages=ids)
+    by_text = client.rerank(QUERY, docs)
+    assert cache_counters(server)["misses"] == misses
+    assert [r.index for r in by_id] == [r.index for r in by_text]
+    assert [r.passage_id for r in by_id] == [ids[r.index] for r in by_id]
+
+
+def test_coarser_ratio_from_cached_states_equals_the_reference(client, reranker_exports, tiny_t5gemma2_dir):
+    docs = [f"repool probe {i}: " + d for i, d in enumerate(DOCS[:6])]
+    client.warm(docs, compression_ratio=4)
+    ranked = client.rerank(QUERY, docs, compression_ratio=8)  # served from the ratio-4 states, re-pooled
+    expected = reference_scores(tiny_t5gemma2_dir, reranker_exports[TINY_KALM], docs, 8)
+    got = np.array([r.score for r in sorted(ranked, key=lambda r: r.index)])
+    assert np.abs(got - expected).max() <= 1e-4
+
+
+def test_client_held_states_round_trip_through_npz(client, tmp_path, reranker_exports, tiny_t5gemma2_dir):
+    states = client.encode_passages(DOCS, compression_ratio=4, progress=False)
+    assert len(states) == len(DOCS) and states.states.dtype == np.float16
+    path = tmp_path / "passages.npz"
+    states.save(path)
+    loaded = PassageStates.load(path)
+    expected = reference_scores(tiny_t5gemma2_dir, reranker_exports[TINY_KALM], DOCS, 8)
+    ranked = client.rerank(QUERY, passages=loaded, compression_ratio=8)
+    got = np.array([r.score for r in sorted(ranked, key=lambda r: r.index)])
+    assert np.abs(got - expected).max() <= 5e-3  # float16 on the wire
+
+
+def test_large_candidate_lists_are_split_and_merged(grpc_url, client):
+    docs = realistic_texts(23, seed=9)
+    whole = client.rerank(QUERY, docs, top_n=5, return_documents=True)
+    with RerankClient(grpc_url, TINY_KALM) as small:
+        small._config = dataclasses.replace(client.info(), max_candidates=4)  # as if the server took 4 at a time
+        split = small.rerank(QUERY, docs, top_n=5, return_documents=True)
+    assert [(r.index, r.document) for r in split] == [(r.index, r.document) for r in whole]
+    np.testing.assert_allclose([r.score for r in split], [r.score for r in whole], atol=1e-6)
+    assert all(r.document == docs[r.index] for r in whole)
+
+
+def test_async_client(grpc_url, client):
+    async def run():
+        async with AsyncRerankClient(grpc_url, TINY_KALM) as c:
+            return await c.rerank(QUERY, DOCS, top_n=3)
+
+    ranked = asyncio.run(run())
+    assert [r.index for r in ranked] == [r.index for r in client.rerank(QUERY, DOCS, top_n=3)]
+
+
+def test_cli_rerank(grpc_url, capsys):
+    assert cli.rerank_main(["--query", QUERY, "ok", "open the file", "--url", grpc_url, "--model", TINY_KALM]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert sorted(r["index"] for r in rows) == [0, 1]
+    assert {r["document"] for r in rows} == {"ok", "open the file"}
+
+
+def raw_rerank(grpc_url, inputs, parameters=None):
+    client = grpcclient.InferenceServerClient(grpc_url)
+    try:
+        return client.infer(TINY_KALM, inputs, parameters=parameters or {})
+    finally:
+        client.close()
+
+
+def tensor(name, array, datatype):
+    t = grpcclient.InferInput(name, list(array.shape), datatype)
+    t.set_data_from_numpy(array)
+    return t
+
+
+def text_tensor(name, values):
+    return tensor(name, np.array([v.encode() for v in values], dtype=object), "BYTES")
+
+
+def states(shape, dtype=np.float16, counts_shape=None):
+    datatype = "FP16" if dtype == np.float16 else "FP32"
+    return [text_tensor("query", ["q"]), tensor("passage_states", np.zeros(shape, dtype), datatype),
+            tensor("passage_counts", np.ones(counts_shape or shape[:2], np.int32), "INT32")]  # fmt: skip
+
+
+BAD = {
+    "empty query": ([text_tensor("query", [" "]), text_tensor("documents", ["a"])], {}, "query: empty"),
+    "no query": ([text_tensor("documents", ["a"])], {}, "query: send exactly one query"),
+    "no documents": ([text_tensor("query", ["q"])], {}, "send exactly one of documents, passage_ids"),
+    "ratio not exported": ([text_tensor("query", ["q"]), text_tensor("documents", ["a"])], {"compression_ratio": 3},
+                           "compression_ratio: 3 was not exported"),
+    "query over the limit": ([text_tensor("query", [" ".join(["file"] * 600)]), text_tensor("documents", ["a"])],
+                             {"truncate": False}, "exceeds max_query_tokens 512"),
+    "states of the wrong width": (states((1, 2, 32)), {}, "passage_states"),
+    "states of the wrong dtype": (states((1, 2, 64), np.float32), {}, "passage_states"),
+    "counts of the wrong shape": (states((1, 2, 64), counts_shape=(1, 3)), {}, "passage_counts: shape"),
+    "unknown passage id": ([text_tensor("query", ["q"]), text_tensor("passage_ids", ["f" * 32])], {},
+                           "passage_ids[0]: unknown passage id"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", list(BAD), ids=list(BAD))
+def test_bad_input_is_invalid_argument_and_the_server_keeps_serving(grpc_url, client, case):
+    inputs, parameters, fragment = BAD[case]
+    with pytest.raises(InferenceServerException) as err:
+        raw_rerank(grpc_url, inputs, parameters)
+    assert err.value.status() == "StatusCode.INVALID_ARGUMENT"
+    assert fragment in err.value.message()
+    assert len(client.rerank(QUERY, DOCS[:2])) == 2
+
+
+def test_client_side_validation_matches(client):
+    with pytest.raises(ValidationError, match="compression_ratio: 3 was not exported"):
+        client.rerank(QUERY, DOCS, compression_ratio=3)
+    with pytest.raises(ValidationError, match="exactly one of documents= or passages="):
+        client.rerank(QUERY)

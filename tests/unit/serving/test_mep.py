@@ -1,0 +1,47 @@
+import numpy as np
+import pytest
+
+from nestrank.serving import mep
+
+
+def test_mean_over_groups_with_a_partial_last_group():
+    states = np.arange(5, dtype=np.float32).reshape(1, 5, 1)  # tokens 0..4, L not a multiple of r
+    pooled, counts = mep.pool(states, np.ones((1, 5), np.int64), 2)
+    assert pooled[0, :, 0].tolist() == [0.5, 2.5, 4.0]
+    assert counts[0].tolist() == [2, 2, 1]
+
+
+def test_padding_is_excluded_and_empty_groups_are_invalid():
+    states = np.array([[[1.0], [3.0], [100.0], [100.0]]], dtype=np.float32)
+    mask = np.array([[1, 1, 0, 0]])
+    pooled, counts = mep.pool(states, mask, 2)
+    assert pooled[0, 0, 0] == 2.0 and counts[0].tolist() == [2, 0]
+    trimmed_states, trimmed_counts = mep.trim(pooled[0], counts[0])
+    assert trimmed_states.shape == (1, 1) and trimmed_counts.tolist() == [2]
+
+
+def test_passage_shorter_than_the_ratio_is_one_group():
+    states = np.random.default_rng(0).normal(size=(1, 3, 4)).astype(np.float32)
+    pooled, counts = mep.pool(states, np.ones((1, 3)), 32)
+    np.testing.assert_allclose(pooled[0, 0], states[0].mean(axis=0), rtol=1e-6)
+    assert counts.tolist() == [[3]]
+
+
+@pytest.mark.parametrize("stored, target", [(1, 2), (2, 8), (4, 8), (4, 32), (8, 16)])
+def test_repooling_stored_states_equals_direct_pooling(stored, target):
+    rng = np.random.default_rng(stored * 100 + target)
+    states = rng.normal(size=(3, 61, 8)).astype(np.float32)
+    mask = np.ones((3, 61), np.int64)
+    mask[1, 40:] = 0
+    mask[2, 7:] = 0
+    direct, direct_counts = mep.pool(states, mask, target)
+    coarse, coarse_counts = mep.pool(states, mask, stored)
+    repooled, repooled_counts = mep.repool(coarse, coarse_counts, target // stored)
+    np.testing.assert_array_equal(repooled_counts, direct_counts)
+    np.testing.assert_allclose(repooled, direct, rtol=1e-5, atol=1e-6)
+
+
+def test_ratio_check():
+    mep.check_ratio(4)
+    with pytest.raises(ValueError, match="one of 1, 2, 4, 8, 16, 32"):
+        mep.check_ratio(3)
