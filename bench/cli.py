@@ -1,4 +1,4 @@
-"""`nestrank bench embed`: served gRPC throughput and latency vs in-process ONNX Runtime, in one run."""
+"""`nestrank bench embed|rerank`: figures from one run each (see bench/README.md)."""
 
 from __future__ import annotations
 
@@ -23,11 +23,26 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--no-in-process", dest="in_process", action="store_false")
     e.add_argument("--out", type=Path, default=Path("bench/out/embed.json"))
+    r = workloads.add_parser("rerank", help="100 passages for one query: cached vs encoded per request vs PyTorch")
+    r.add_argument("--passages", type=int, default=100)
+    r.add_argument("--repeats", type=int, default=5)
+    r.add_argument("--hidden", type=int, default=256)
+    r.add_argument("--layers", type=int, default=6, help="layers on each side (encoder and decoder)")
+    r.add_argument("--ratio", type=int, default=4)
+    r.add_argument("--out", type=Path, default=Path("bench/out/rerank.json"))
     return p
 
 
 def main(argv: list[str]) -> int:
     args = parser().parse_args(argv)
+    if args.workload == "rerank":
+        from nestrank.bench.rerank import RerankBenchConfig
+        from nestrank.bench.rerank import run as run_rerank
+
+        config = RerankBenchConfig(passages=args.passages, repeats=args.repeats, hidden=args.hidden,
+                                   layers=args.layers, ratio=args.ratio, out=args.out)  # fmt: skip
+        run_rerank(config)
+        return 0
     from nestrank.bench.embed import EmbedBenchConfig, run
 
     run(

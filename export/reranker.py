@@ -136,6 +136,17 @@ def export_graphs(model: torch.nn.Module, config: RerankerConfig, out_dir: Path)
     )
 
 
+def remove_unreferenced_data(graph: Path) -> None:
+    """Drop `<graph>.data` files the (converted) graph no longer points at."""
+    import onnx
+
+    model = onnx.load(str(graph), load_external_data=False)
+    used = {e.value for t in model.graph.initializer for e in t.external_data if e.key == "location"}
+    for path in graph.parent.glob(f"{graph.name}.*"):
+        if path.name not in used:
+            path.unlink()
+
+
 def reference_mep(states: torch.Tensor, ratio: int) -> tuple[torch.Tensor, torch.Tensor]:
     """MEP of one unpadded passage [L, H], written as plainly as possible: the check on serving/mep.py."""
     groups = [states[start : start + ratio] for start in range(0, states.shape[0], ratio)]
@@ -296,6 +307,7 @@ def export_reranker(
             for graph in (ENCODER_FILE, SCORER_FILE):
                 convert_precision(files / graph, files / f"{graph}.{precision}", precision)
                 (files / f"{graph}.{precision}").replace(files / graph)
+                remove_unreferenced_data(files / graph)
         shutil.copy(tokenizer_json, files / TOKENIZER_FILE)
         report = check_parity(model, config, files, precision)
         log(str(report))

@@ -9,8 +9,10 @@ from __future__ import annotations
 import hashlib
 from collections import OrderedDict
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from nestrank.serving.reranker import PooledPassage
+if TYPE_CHECKING:  # clients import passage_id; keep them free of the tokenizers runtime
+    from nestrank.serving.reranker import PooledPassage
 
 
 def passage_id(document: str) -> str:

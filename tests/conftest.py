@@ -19,7 +19,7 @@ def minilm_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_decoder_dir(tmp_path_factory) -> Path:
-    from tests.checkpoints import tiny_decoder_embedder
+    from nestrank.export.tiny_checkpoints import tiny_decoder_embedder
 
     return tiny_decoder_embedder(tmp_path_factory.mktemp("tiny-decoder"))
 
@@ -32,14 +32,14 @@ RERANK_MAX_PASSAGE_TOKENS = 256
 
 @pytest.fixture(scope="session")
 def tiny_t5gemma2_dir(tmp_path_factory) -> Path:
-    from tests.checkpoints import tiny_t5gemma2_reranker
+    from nestrank.export.tiny_checkpoints import tiny_t5gemma2_reranker
 
     return tiny_t5gemma2_reranker(tmp_path_factory.mktemp("tiny-t5gemma2"))
 
 
 @pytest.fixture(scope="session")
 def tiny_t5_dir(tmp_path_factory) -> Path:
-    from tests.checkpoints import tiny_t5_reranker
+    from nestrank.export.tiny_checkpoints import tiny_t5_reranker
 
     return tiny_t5_reranker(tmp_path_factory.mktemp("tiny-t5"))
 

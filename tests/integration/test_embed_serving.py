@@ -134,8 +134,15 @@ def test_cli_embed(grpc_url, capsys):
 
 
 def test_every_generated_config_parses(repository):
+    from nestrank.serving.rerank_config import RerankerConfig
+
+    kinds = set()
     for model_dir in sorted(p for p in repository.iterdir() if p.is_dir()):
         config = read_config(model_dir)
         assert config.name == model_dir.name
-        EmbedderConfig.from_parameters(string_parameters(config))
-        assert {t.name for t in config.input} == {"text"} and {t.name for t in config.output} == {"embeddings"}
+        assert (model_dir / "1" / "model.py").exists()
+        outputs = {t.name for t in config.output}
+        kind = EmbedderConfig if outputs == {"embeddings"} else RerankerConfig
+        kind.from_parameters(string_parameters(config))  # validated on construction
+        kinds.add(kind)
+    assert kinds == {EmbedderConfig, RerankerConfig}

@@ -1,4 +1,4 @@
-"""Tiny random checkpoints of real architectures, built offline in a second for tests.
+"""Tiny random checkpoints of real architectures, built offline in a second, for tests and benchmarks.
 
 Norm weights are randomised too: transformers initialises some to zero or one, and parity over a
 model whose norms do nothing proves little.
@@ -102,16 +102,22 @@ def reranker_tokenizer(prefix_bos: bool):
     return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", unk_token="<unk>", eos_token="<eos>")
 
 
-def tiny_t5gemma2_reranker(out_dir: Path, seed: int = 0) -> Path:
+def tiny_t5gemma2_reranker(
+    out_dir: Path, seed: int = 0, hidden: int = 64, layers: int = 2, heads: int = 4, sliding_window: int = 8
+) -> Path:
     """KaLM-Reranker-V1's architecture in miniature: sliding + full attention layers, GQA, a tiny SigLIP
     tower (T5Gemma2Encoder always builds one; text-only inputs never reach it), softcapped logits."""
     from transformers import T5Gemma2Config, T5Gemma2ForConditionalGeneration
 
     torch.manual_seed(seed)
     tokenizer = reranker_tokenizer(prefix_bos=True)
-    text = dict(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                num_attention_heads=4, num_key_value_heads=2, head_dim=16, sliding_window=8,
-                layer_types=["sliding_attention", "full_attention"], max_position_embeddings=4096,
+    # Gemma 3's pattern: five sliding-window layers to one full-attention layer (at least one of each).
+    layer_types = [
+        "full_attention" if (i + 1) % 6 == 0 or i == layers - 1 else "sliding_attention" for i in range(layers)
+    ]
+    text = dict(vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=4 * hidden, num_hidden_layers=layers,
+                num_attention_heads=heads, num_key_value_heads=max(1, heads // 2), head_dim=hidden // heads,
+                sliding_window=sliding_window, layer_types=layer_types, max_position_embeddings=4096,
                 pad_token_id=0, eos_token_id=2, bos_token_id=3, final_logit_softcapping=30.0)  # fmt: skip
     vision = dict(model_type="siglip_vision_model", hidden_size=16, intermediate_size=32, num_hidden_layers=1,
                   num_attention_heads=2, image_size=16, patch_size=8)  # fmt: skip
