@@ -26,6 +26,8 @@ test: setup
 
 bench: setup
 	$(BIN)/nestrank bench embed
+	$(BIN)/nestrank bench fbnl
+	$(BIN)/nestrank bench compare
 
 lint: setup
 	$(BIN)/pip install --quiet ruff && $(BIN)/ruff check . && $(BIN)/ruff format --check .

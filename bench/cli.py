@@ -1,4 +1,4 @@
-"""`nestrank bench embed|rerank`: figures from one run each (see bench/README.md)."""
+"""`nestrank bench`: load tests (embed, rerank), FBNL rerank paths (fbnl) and the peer comparison (compare)."""
 
 from __future__ import annotations
 
@@ -10,52 +10,87 @@ def _ints(text: str) -> tuple[int, ...]:
     return tuple(int(x) for x in text.split(",") if x.strip())
 
 
+def _floats(text: str) -> tuple[float, ...]:
+    return tuple(float(x) for x in text.split(",") if x.strip())
+
+
+def _load_arguments(p: argparse.ArgumentParser, model: str, batch: int) -> None:
+    p.add_argument("--url", action="append", help="gRPC endpoint, repeatable (default: start a server of our own)")
+    p.add_argument("--model", default=model)
+    p.add_argument("--repository", type=Path, default=Path("model_repository"))
+    loop = p.add_mutually_exclusive_group()
+    loop.add_argument("--concurrency", type=_ints, default=(1, 4, 16), help="closed loop sweep, e.g. 1,4,16,64")
+    loop.add_argument("--rate", type=_floats, default=(), help="open loop: requests/s per level, e.g. 2,4,8")
+    p.add_argument("--requests", type=int, default=120, help="requests per level")
+    p.add_argument("--warmup", type=int, default=8, help="requests before measuring")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--input", type=Path, help="texts: one per line, or .jsonl with a 'text' field")
+    p.add_argument("--batch-size", type=int, default=batch)
+    p.add_argument("--max-error-rate", type=float, default=0.0, help="exit 1 above this fraction of failed requests")
+    p.add_argument("--no-in-process", dest="in_process", action="store_false")
+    p.add_argument("--out-dir", type=Path, default=Path("bench/out"))
+
+
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="nestrank bench", description="Measure throughput and latency.")
+    p = argparse.ArgumentParser(prog="nestrank bench", description="Load tests and benchmarks.")
     workloads = p.add_subparsers(dest="workload", required=True)
-    e = workloads.add_parser("embed", help="embed over gRPC at each concurrency, next to in-process ORT")
-    e.add_argument("--model", default="all-minilm-l6-v2")
-    e.add_argument("--repository", type=Path, default=Path("model_repository"))
-    e.add_argument("--url", help="a running server (default: start one on free ports)")
-    e.add_argument("--concurrency", type=_ints, default=(1, 4, 16), help="e.g. 1,4,16")
-    e.add_argument("--requests", type=int, default=120, help="requests per concurrency level")
-    e.add_argument("--batch-size", type=int, default=32, help="texts per request")
-    e.add_argument("--seed", type=int, default=0)
-    e.add_argument("--no-in-process", dest="in_process", action="store_false")
-    e.add_argument("--out", type=Path, default=Path("bench/out/embed.json"))
-    r = workloads.add_parser("rerank", help="100 passages for one query: cached vs encoded per request vs PyTorch")
-    r.add_argument("--passages", type=int, default=100)
-    r.add_argument("--repeats", type=int, default=5)
-    r.add_argument("--hidden", type=int, default=256)
-    r.add_argument("--layers", type=int, default=6, help="layers on each side (encoder and decoder)")
-    r.add_argument("--ratio", type=int, default=4)
-    r.add_argument("--out", type=Path, default=Path("bench/out/rerank.json"))
+    e = workloads.add_parser("embed", help="load-test embeddings (texts per request: --batch-size)")
+    _load_arguments(e, "all-minilm-l6-v2", 32)
+    e.add_argument("--dimensions", type=int)
+    e.add_argument("--precision", default="float32")
+    r = workloads.add_parser("rerank", help="load-test reranking (candidates per request: --batch-size)")
+    _load_arguments(r, "kalm-reranker", 100)
+    r.add_argument("--passages", choices=("cached", "states", "fresh"), default="cached",
+                   help="cached: server cache by id; states: client-held; fresh: encoded per request")  # fmt: skip
+    r.add_argument("--query", default="how do I read a file line by line")
+    f = workloads.add_parser("fbnl", help="100 passages for one query: cached vs encoded per request vs PyTorch")
+    f.add_argument("--passages", type=int, default=100)
+    f.add_argument("--repeats", type=int, default=5)
+    f.add_argument("--hidden", type=int, default=256)
+    f.add_argument("--layers", type=int, default=6, help="layers on each side (encoder and decoder)")
+    f.add_argument("--ratio", type=int, default=4)
+    f.add_argument("--out", type=Path, default=Path("bench/out/fbnl.json"))
+    c = workloads.add_parser("compare", help="nestrank vs in-process ORT / sentence-transformers / Infinity")
+    c.add_argument("--texts", type=int, default=1024)
+    c.add_argument("--concurrency", type=int, default=16)
+    c.add_argument("--infinity-venv", type=Path, default=Path(".venv-infinity"))
+    c.add_argument("--results", type=Path, default=Path("bench/RESULTS.md"))
     return p
 
 
 def main(argv: list[str]) -> int:
     args = parser().parse_args(argv)
-    if args.workload == "rerank":
-        from nestrank.bench.rerank import RerankBenchConfig
-        from nestrank.bench.rerank import run as run_rerank
+    if args.workload == "fbnl":
+        from nestrank.bench.fbnl import RerankBenchConfig, run
 
-        config = RerankBenchConfig(passages=args.passages, repeats=args.repeats, hidden=args.hidden,
-                                   layers=args.layers, ratio=args.ratio, out=args.out)  # fmt: skip
-        run_rerank(config)
+        run(RerankBenchConfig(passages=args.passages, repeats=args.repeats, hidden=args.hidden, layers=args.layers,
+                              ratio=args.ratio, out=args.out))  # fmt: skip
         return 0
-    from nestrank.bench.embed import EmbedBenchConfig, run
+    if args.workload == "compare":
+        from nestrank.bench.compare import CompareConfig, run
 
-    run(
-        EmbedBenchConfig(
-            model=args.model,
-            repository=args.repository,
-            url=args.url,
-            concurrency=args.concurrency,
-            requests=args.requests,
-            batch_size=args.batch_size,
-            seed=args.seed,
-            in_process=args.in_process,
-            out=args.out,
-        )
+        return run(CompareConfig(texts=args.texts, concurrency=args.concurrency, infinity_venv=args.infinity_venv,
+                                 results=args.results))  # fmt: skip
+    from nestrank.bench.load import LoadConfig, run
+
+    config = LoadConfig(
+        workload=args.workload,
+        model=args.model,
+        urls=tuple(args.url or ()),
+        repository=args.repository,
+        concurrency=args.concurrency,
+        rates=args.rate,
+        requests=args.requests,
+        warmup=args.warmup,
+        seed=args.seed,
+        input=args.input,
+        batch_size=args.batch_size,
+        dimensions=getattr(args, "dimensions", None),
+        precision=getattr(args, "precision", "float32"),
+        passages=getattr(args, "passages", "cached"),
+        query=getattr(args, "query", LoadConfig.query),
+        max_error_rate=args.max_error_rate,
+        in_process=args.in_process,
+        out_dir=args.out_dir,
     )
-    return 0
+    return run(config)[1]

@@ -40,7 +40,7 @@ class RerankBenchConfig:
     heads: int = 4
     ratio: int = 4
     torch_batch: int = 16
-    out: Path = Path("bench/out/rerank.json")
+    out: Path = Path("bench/out/fbnl.json")
 
 
 def passages(config: RerankBenchConfig, salt: str = "") -> list[str]:

