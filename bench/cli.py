@@ -22,6 +22,7 @@ def _load_arguments(p: argparse.ArgumentParser, model: str, batch: int) -> None:
     loop.add_argument("--concurrency", type=_ints, default=(1, 4, 16), help="closed loop sweep, e.g. 1,4,16,64")
     loop.add_argument("--rate", type=_floats, default=(), help="open loop: requests/s per level, e.g. 2,4,8")
     p.add_argument("--requests", type=int, default=120, help="requests per level")
+    p.add_argument("--duration", type=float, help="seconds per level instead of a request count")
     p.add_argument("--warmup", type=int, default=8, help="requests before measuring")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--input", type=Path, help="texts: one per line, or .jsonl with a 'text' field")
@@ -81,6 +82,7 @@ def main(argv: list[str]) -> int:
         concurrency=args.concurrency,
         rates=args.rate,
         requests=args.requests,
+        duration_s=args.duration,
         warmup=args.warmup,
         seed=args.seed,
         input=args.input,

@@ -11,6 +11,7 @@ import asyncio
 import json
 import os
 import platform
+import shutil
 import signal
 import subprocess
 import time
@@ -68,12 +69,30 @@ def cosine_to(reference: np.ndarray, other: np.ndarray) -> tuple[float, float]:
 
 
 class Infinity:
-    """Infinity's v2 server on a free port, from its own venv; None-safe when it cannot be installed."""
+    """Infinity's v2 server on a free port, from its own venv, with its torch or optimum (ONNX) engine."""
 
-    def __init__(self, venv: Path, model_dir: Path, log):
-        self.venv, self.model_dir, self.log = venv, model_dir, log
+    def __init__(self, venv: Path, model_dir: Path, engine: str, log):
+        self.venv, self.model_dir, self.engine, self.log = venv, model_dir, engine, log
         self.process = None
         self.url = None
+        self.model_id = str(model_dir)
+
+    def _onnx_dir(self) -> Path:
+        """The optimum engine loads a pre-exported ONNX folder, made with optimum-cli in Infinity's venv."""
+        out = self.venv / "onnx-all-minilm-l6-v2"
+        if not (out / "model.onnx").exists():
+            cmd = [str(self.venv / "bin" / "optimum-cli"), "export", "onnx", "--model", str(self.model_dir),
+                   "--library-name", "transformers", "--task", "feature-extraction", str(out)]  # fmt: skip
+            subprocess.run(cmd, check=True, capture_output=True, timeout=600, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+        for name in ("modules.json", "sentence_bert_config.json"):
+            shutil.copy(self.model_dir / name, out / name)
+        shutil.copytree(self.model_dir / "1_Pooling", out / "1_Pooling", dirs_exist_ok=True)
+        # Infinity's optimum engine truncates at config.max_position_embeddings (512); everyone else at the
+        # checkpoint's max_seq_length (256). Same truncation, same work.
+        max_seq = json.loads((self.model_dir / "sentence_bert_config.json").read_text())["max_seq_length"]
+        config = json.loads((out / "config.json").read_text())
+        (out / "config.json").write_text(json.dumps({**config, "max_position_embeddings": max_seq}))
+        return out
 
     def ensure_installed(self) -> str | None:
         if (self.venv / "bin" / "infinity_emb").exists():
@@ -93,10 +112,16 @@ class Infinity:
             return problem
         (port,) = free_ports(1)
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "DO_NOT_TRACK": "1", "INFINITY_ANONYMOUS_USAGE_STATS": "0"}
-        cmd = [str(self.venv / "bin" / "infinity_emb"), "v2", "--model-id", str(self.model_dir), "--engine", "torch",
-               "--device", "cpu", "--host", "127.0.0.1", "--port", str(port)]  # fmt: skip
-        self.process = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                        start_new_session=True)  # fmt: skip
+        cwd = None
+        if self.engine == "optimum":
+            try:
+                cwd, self.model_id = self._onnx_dir(), "."  # Infinity's optimum engine wants `--model-id .` there
+            except (subprocess.SubprocessError, OSError) as err:
+                return f"optimum-cli export failed: {err}"
+        cmd = [str(self.venv / "bin" / "infinity_emb"), "v2", "--model-id", self.model_id, "--engine", self.engine,
+               "--device", "cpu", "--host", "127.0.0.1", "--port", str(port), "--pooling-method", "mean"]  # fmt: skip
+        self.process = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                        text=True, start_new_session=True)  # fmt: skip
         self.url = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline:
@@ -110,7 +135,7 @@ class Infinity:
         return "not healthy after 300 s"
 
     def embed(self, texts: list[str]) -> np.ndarray:
-        body = json.dumps({"model": str(self.model_dir), "input": texts}).encode()
+        body = json.dumps({"model": self.model_id, "input": texts}).encode()
         request = urllib.request.Request(f"{self.url}/embeddings", body, {"Content-Type": "application/json"})
         with urllib.request.urlopen(request, timeout=300) as response:
             data = sorted(json.load(response)["data"], key=lambda d: d["index"])
@@ -167,6 +192,10 @@ def run(config: CompareConfig, log=print) -> int:
         embedder.embed(batch)
     start = time.perf_counter()
     ours = np.concatenate([embedder.embed(batch) for batch in batches])
+    in_process_s = time.perf_counter() - start
+    tokenize_s = _timed(lambda: [embedder.tokenizer.encode(batch) for batch in batches])
+    time_split = {"in-process ORT": {"tokenization": tokenize_s / in_process_s, "inference and the rest":
+                                     1 - tokenize_s / in_process_s}}  # fmt: skip
     rows.append(_row("ONNX Runtime, in-process (same graph)", time.perf_counter() - start, len(texts), total_tokens,
                      flops, gemm, cosine_to(reference, ours)))  # fmt: skip
 
@@ -188,45 +217,37 @@ def run(config: CompareConfig, log=print) -> int:
                     return await closed_loop(send, len(batches), config.concurrency)
 
             result = asyncio.run(measure())
+            if precision == "fp32":
+                time_split["served fp32 (Triton statistics, per request)"] = triton_time_split(
+                    server_config.grpc_url, model
+                )
             served = np.concatenate(outputs)
             rows.append(_row(f"nestrank gRPC {precision}, c={config.concurrency}", result.wall_s, len(texts),
                              total_tokens, flops, gemm, cosine_to(reference, served), result.latencies_s))  # fmt: skip
 
-    infinity = Infinity(config.infinity_venv, model_dir, log)
-    try:
-        problem = infinity.start()
-        if problem:
-            skipped["Infinity"] = problem
-            log(f"Infinity skipped: {problem}")
+    for engine in ("torch", "optimum"):
+        rows_or_reason = measure_infinity(Infinity(config.infinity_venv, model_dir, engine, log), batches, config,
+                                          reference, total_tokens, flops, gemm)  # fmt: skip
+        if isinstance(rows_or_reason, str):
+            skipped[f"Infinity ({engine} engine)"] = rows_or_reason
+            log(f"Infinity ({engine} engine) skipped: {rows_or_reason}")
         else:
-            infinity.embed(batches[0])
-            latencies, outputs = [], [None] * len(batches)
+            rows.append(rows_or_reason)
 
-            def send(i):
-                t0 = time.perf_counter()
-                outputs[i] = infinity.embed(batches[i])
-                latencies.append(time.perf_counter() - t0)
-
-            start = time.perf_counter()
-            with ThreadPoolExecutor(config.concurrency) as pool:
-                list(pool.map(send, range(len(batches))))
-            rows.append(_row(f"Infinity (torch engine) HTTP, c={config.concurrency}", time.perf_counter() - start,
-                             len(texts), total_tokens, flops, gemm, cosine_to(reference, np.concatenate(outputs)),
-                             latencies))  # fmt: skip
-    finally:
-        infinity.stop()
-
-    for row in rows:
+    for row in list(rows):  # compare only the same work
         precision = "int8" if "int8" in row["system"] else "fp32"
         if row["min_cosine"] < MIN_COSINE[precision]:
-            log(f"{row['system']}: outputs differ from sentence-transformers (min cosine {row['min_cosine']:.4f})")
-            return 1
+            reason = f"outputs differ from sentence-transformers (min cosine {row['min_cosine']:.4f})"
+            skipped[row["system"]] = f"{reason}; measured {row['texts_per_s']:.1f} texts/s"
+            log(f"{row['system']}: {reason}; left out of the comparison")
+            rows.remove(row)
     nestrank_fp32 = next(r["texts_per_s"] for r in rows if r["system"].startswith("nestrank gRPC fp32"))
     for row in rows:
         row["vs_nestrank_fp32"] = row["texts_per_s"] / nestrank_fp32
     workload = {"texts": len(texts), "tokens": total_tokens, "batch_size": config.batch_size,
                 "concurrency": config.concurrency}  # fmt: skip
-    report = {"machine": machine(gemm), "workload": workload, "rows": rows, "skipped": skipped}
+    report = {"machine": machine(gemm), "workload": workload, "rows": rows, "skipped": skipped,
+              "time_split": time_split}  # fmt: skip
     config.out_dir.mkdir(parents=True, exist_ok=True)
     (config.out_dir / "compare.json").write_text(json.dumps(report, indent=2))
     plot(rows, config.results.parent / "compare.png")
@@ -234,6 +255,43 @@ def run(config: CompareConfig, log=print) -> int:
     log(table(rows))
     log(f"wrote {config.out_dir / 'compare.json'}, {config.results}")
     return 0
+
+
+def measure_infinity(infinity: Infinity, batches, config: CompareConfig, reference, tokens, flops, gemm):
+    """A row, or the reason there is none."""
+    try:
+        problem = infinity.start()
+        if problem:
+            return problem
+        infinity.embed(batches[0])
+        latencies, outputs = [], [None] * len(batches)
+
+        def send(i):
+            t0 = time.perf_counter()
+            outputs[i] = infinity.embed(batches[i])
+            latencies.append(time.perf_counter() - t0)
+
+        start = time.perf_counter()
+        with ThreadPoolExecutor(config.concurrency) as pool:
+            list(pool.map(send, range(len(batches))))
+        seconds = time.perf_counter() - start
+        texts = sum(len(b) for b in batches)
+        return _row(f"Infinity ({infinity.engine} engine) HTTP, c={config.concurrency}", seconds, texts, tokens, flops,
+                    gemm, cosine_to(reference, np.concatenate(outputs)), latencies)  # fmt: skip
+    finally:
+        infinity.stop()
+
+
+def triton_time_split(url: str, model: str) -> dict:
+    """Mean ms per request in Triton's queue and in the model's input / compute / output phases."""
+    import tritonclient.grpc as grpcclient
+
+    client = grpcclient.InferenceServerClient(url)
+    stats = client.get_inference_statistics(model, as_json=True)["model_stats"][0]["inference_stats"]
+    client.close()
+    count = max(1, int(stats["success"].get("count", 0)))
+    phases = ("queue", "compute_input", "compute_infer", "compute_output")
+    return {phase: int(stats[phase].get("ns", 0)) / count / 1e6 for phase in phases}
 
 
 def machine(gemm: float) -> dict:
@@ -308,5 +366,10 @@ def results_markdown(report: dict, config: CompareConfig) -> str:
         )
     for name, why in report["skipped"].items():
         lines.append(f"| {name} | skipped: {why} | | | | | | |")
-    lines += ["", "![texts/s](compare.png)", ""]
+    lines += ["", "![texts/s](compare.png)", "", "## Where the time goes", ""]
+    for name, split in report["time_split"].items():
+        unit = "ms" if "Triton" in name else "share"
+        parts = ", ".join(f"{k} {v:.1f} ms" if unit == "ms" else f"{k} {v:.0%}" for k, v in split.items())
+        lines.append(f"- {name}: {parts}")
+    lines.append("")
     return "\n".join(lines)

@@ -30,7 +30,8 @@ class LoadConfig:
     repository: Path = Path("model_repository")
     concurrency: tuple[int, ...] = (1, 4, 16)
     rates: tuple[float, ...] = ()  # open loop when given
-    requests: int = 120  # per level
+    requests: int = 120  # per level (an upper bound when duration_s is set)
+    duration_s: float | None = None  # per level: closed loop stops then; open loop sends rate x duration
     warmup: int = 8
     seed: int = 0
     input: Path | None = None  # one text per line, or JSONL with a "text" field
@@ -47,6 +48,8 @@ class LoadConfig:
     def __post_init__(self):
         if self.workload not in ("embed", "rerank"):
             raise ValueError(f"workload must be embed or rerank, got {self.workload!r}")
+        if self.duration_s is not None and self.duration_s <= 0:
+            raise ValueError("duration_s must be > 0")
         if self.requests < 1 or self.batch_size < 1 or self.warmup < 0:
             raise ValueError("requests and batch_size must be >= 1, warmup >= 0")
         if not self.rates and (not self.concurrency or min(self.concurrency) < 1):
@@ -94,7 +97,7 @@ class EmbedWorkload:
         self.client = None  # grpc.aio channels belong to the loop that makes them: made in prepare()
 
     async def send(self, i: int) -> tuple[int, int]:
-        i += self.config.warmup
+        i = (i + self.config.warmup) % len(self.batches)  # duration-bounded runs cycle through the texts
         out = await self.client.embed(self.batches[i], dimensions=self.config.dimensions,
                                       precision=self.config.precision, batch_size=self.config.batch_size)  # fmt: skip
         return len(out), self.tokens[i]
@@ -172,9 +175,11 @@ class RerankWorkload:
 async def _level(workload, config: LoadConfig, concurrency: int | None, rate: float | None) -> dict:
     label = f"c={concurrency}" if rate is None else f"rate={rate:g}/s"
     if rate is None:
-        result = await closed_loop(workload.send, config.requests, concurrency, progress=label)
+        requests = config.requests if config.duration_s is None else 1 << 40
+        result = await closed_loop(workload.send, requests, concurrency, progress=label, duration_s=config.duration_s)
     else:
-        result = await open_loop(workload.send, config.requests, rate, seed=config.seed, progress=label)
+        requests = config.requests if config.duration_s is None else max(1, round(rate * config.duration_s))
+        result = await open_loop(workload.send, requests, rate, seed=config.seed, progress=label)
     return result.summary()
 
 

@@ -59,7 +59,7 @@ class RunResult:
         return row
 
 
-def _bar(total: int, label: str | None):
+def _bar(total: int | None, label: str | None):
     return tqdm(total=total, desc=label, disable=label is None, leave=False, unit="req")
 
 
@@ -74,20 +74,24 @@ async def _timed(send: Send, i: int, start: float, result: RunResult) -> None:
         result.tokens += tokens
 
 
-async def closed_loop(send: Send, requests: int, concurrency: int, progress: str | None = None) -> RunResult:
-    """`concurrency` workers share requests 0..requests-1."""
+async def closed_loop(send: Send, requests: int, concurrency: int, progress: str | None = None,
+                      duration_s: float | None = None) -> RunResult:  # fmt: skip
+    """`concurrency` workers share requests 0..requests-1, stopping early once `duration_s` has passed."""
     if concurrency < 1:
         raise ValueError("concurrency must be >= 1")
     result = RunResult()
     next_index = iter(range(requests))
-    bar = _bar(requests, progress)
+    bar = _bar(None if duration_s else requests, progress)
+    start = time.perf_counter()
+    deadline = start + duration_s if duration_s else float("inf")
 
     async def worker():
         for i in next_index:
+            if time.perf_counter() >= deadline:
+                return
             await _timed(send, i, time.perf_counter(), result)
             bar.update(1)
 
-    start = time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(concurrency)))
     result.wall_s = time.perf_counter() - start
     bar.close()

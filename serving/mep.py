@@ -12,11 +12,6 @@ import numpy as np
 RATIOS = (1, 2, 4, 8, 16, 32)
 
 
-def check_ratio(ratio: int, allowed: tuple[int, ...] = RATIOS) -> None:
-    if ratio not in allowed:
-        raise ValueError(f"compression ratio must be one of {', '.join(map(str, allowed))}, got {ratio}")
-
-
 def pool(states: np.ndarray, mask: np.ndarray, ratio: int) -> tuple[np.ndarray, np.ndarray]:
     """[B, L, H] states, [B, L] mask → ([B, ceil(L/r), H] float32 means, [B, ceil(L/r)] int32 counts)."""
     return repool(states, mask.astype(np.int32), ratio)

@@ -48,9 +48,6 @@ class PassageCache:
         self.stats.misses += 1
         return None
 
-    def contains(self, pid: str, ratio: int) -> bool:
-        return any((pid, r) in self._entries for r in range(1, ratio + 1) if ratio % r == 0)
-
     def put(self, pid: str, passage: PooledPassage) -> None:
         key = (pid, passage.ratio)
         if key in self._entries:

@@ -7,6 +7,6 @@ python3 -m venv "$venv"
 "$venv/bin/pip" install --quiet "torch==2.13.0"
 constraints="$(mktemp)"
 echo "torch==2.13.0" > "$constraints"
-"$venv/bin/pip" install --quiet "infinity-emb[server,torch]" -c "$constraints"
+"$venv/bin/pip" install --quiet "infinity-emb[server,torch,optimum]" -c "$constraints"
 "$venv/bin/infinity_emb" --help > /dev/null
 echo "installed Infinity in $venv"

@@ -42,6 +42,16 @@ def test_closed_loop_keeps_concurrency_and_counts_errors_by_code():
     assert len(result.latencies_s) == 40 and result.items == 80 and result.tokens == 400
 
 
+def test_closed_loop_stops_at_its_duration():
+    async def send(i):
+        await asyncio.sleep(0.01)
+        return 1, 0
+
+    result = asyncio.run(closed_loop(send, 1 << 40, concurrency=2, duration_s=0.2))
+    assert 10 <= len(result.latencies_s) <= 50
+    assert 0.2 <= result.wall_s < 0.5
+
+
 def test_arrivals_follow_the_rate():
     offsets = arrival_offsets(4000, rate=50.0, seed=1)
     assert offsets[0] == 0 and np.all(np.diff(offsets) >= 0)

@@ -39,9 +39,3 @@ def test_repooling_stored_states_equals_direct_pooling(stored, target):
     repooled, repooled_counts = mep.repool(coarse, coarse_counts, target // stored)
     np.testing.assert_array_equal(repooled_counts, direct_counts)
     np.testing.assert_allclose(repooled, direct, rtol=1e-5, atol=1e-6)
-
-
-def test_ratio_check():
-    mep.check_ratio(4)
-    with pytest.raises(ValueError, match="one of 1, 2, 4, 8, 16, 32"):
-        mep.check_ratio(3)
