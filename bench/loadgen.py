@@ -167,6 +167,9 @@ def plot_latency(rows: Sequence[dict], path: Path, title: str) -> None:
         x = [r["items_per_s"] for r in points]
         for p, style in zip(PERCENTILES, ("-o", "--s", ":^", "-.v")):
             ax.plot(x, [r[f"p{p:g}_ms"] for r in points], style, label=f"{series} p{p:g}".strip())
+        for r in points:  # which load each point is
+            load = f"c={r['concurrency']}" if r.get("rate") is None else f"{r['rate']:g}/s"
+            ax.annotate(load, (r["items_per_s"], r["p50_ms"]), textcoords="offset points", xytext=(4, -10), fontsize=7)
     ax.set_xlabel("throughput (items/s)")
     ax.set_ylabel("latency (ms)")
     ax.set_yscale("log")
