@@ -85,7 +85,6 @@ def timed(fn, repeats: int, label: str) -> list[float]:
 
 
 def run(config: RerankBenchConfig, log=print) -> dict:
-    torch.set_num_threads(torch.get_num_threads())
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         checkpoint = tiny_t5gemma2_reranker(tmp / "ckpt", hidden=config.hidden, layers=config.layers,

@@ -13,7 +13,7 @@ import json
 import platform
 from collections.abc import Sequence
 from contextlib import ExitStack
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from nestrank.bench.loadgen import closed_loop, open_loop, sequential, write_reports
@@ -43,7 +43,6 @@ class LoadConfig:
     max_error_rate: float = 0.0
     in_process: bool = True  # embed: an in-process ONNX Runtime row on the same model and batches
     out_dir: Path = Path("bench/out")
-    extra: dict = field(default_factory=dict)
 
     def __post_init__(self):
         if self.workload not in ("embed", "rerank"):

@@ -43,45 +43,40 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str]) -> int:
     args = parser().parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # checkpoints come from disk, never from a hub
-    if args.kind == "reranker":
-        return export_reranker_main(args)
-    from nestrank.export.embedder import ParityError, export_embedder
+    from nestrank.export import ParityError
 
     try:
-        result = export_embedder(
-            args.checkpoint,
-            args.name,
-            args.repository,
-            precision=args.precision,
-            max_length=args.max_length,
-            dimensions=args.dims,
-            pooling=args.pooling,
-            max_batch_size=args.max_batch_size,
-            instance_count=args.instances,
-            intra_op_threads=args.threads,
-        )
+        if args.kind == "reranker":
+            from nestrank.export.reranker import export_reranker
+
+            result = export_reranker(
+                args.checkpoint,
+                args.name,
+                args.repository,
+                ratios=args.ratios,
+                max_query_tokens=args.max_query_tokens,
+                max_passage_tokens=args.max_passage_tokens,
+                precision=args.precision,
+            )
+            written = result.model_dirs
+        else:
+            from nestrank.export.embedder import export_embedder
+
+            result = export_embedder(
+                args.checkpoint,
+                args.name,
+                args.repository,
+                precision=args.precision,
+                max_length=args.max_length,
+                dimensions=args.dims,
+                pooling=args.pooling,
+                max_batch_size=args.max_batch_size,
+                instance_count=args.instances,
+                intra_op_threads=args.threads,
+            )
+            written = (result.model_dir,)
     except (ParityError, FileNotFoundError, ValueError) as err:
         print(f"nestrank export: {err}")
         return 1
-    print(f"wrote {result.model_dir} (dims {', '.join(map(str, result.config.dimensions))})")
-    return 0
-
-
-def export_reranker_main(args) -> int:
-    from nestrank.export.reranker import ParityError, export_reranker
-
-    try:
-        result = export_reranker(
-            args.checkpoint,
-            args.name,
-            args.repository,
-            ratios=args.ratios,
-            max_query_tokens=args.max_query_tokens,
-            max_passage_tokens=args.max_passage_tokens,
-            precision=args.precision,
-        )
-    except (ParityError, FileNotFoundError, ValueError) as err:
-        print(f"nestrank export: {err}")
-        return 1
-    print("wrote " + ", ".join(str(d) for d in result.model_dirs))
+    print("wrote " + ", ".join(str(d) for d in written))
     return 0

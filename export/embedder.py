@@ -13,26 +13,21 @@ import torch
 import torch.nn.functional as F
 from tritonclient.grpc import model_config_pb2 as mc
 
+from nestrank.export import ParityError
 from nestrank.export.checkpoint import EmbedderCheckpoint, read_checkpoint
 from nestrank.export.precision import convert_precision
 from nestrank.export.triton_config import python_model_config, write_bytes_warmup, write_config
-from nestrank.serving import embedder as serving_embedder
 from nestrank.serving.embedder import CALIBRATION_FILE, MODEL_FILE, TOKENIZER_FILE, Embedder, EmbedderConfig
 from nestrank.serving.matryoshka import default_dimensions, truncate_dimensions
+from nestrank.serving.models import GLUE_DIR
 from nestrank.serving.quantization import calibration_ranges
 from nestrank.texts import PARITY_TEXTS, realistic_texts
-
-GLUE_SOURCE = Path(serving_embedder.__file__).parent / "models" / "embed.py"
 
 # Minimum cosine to the PyTorch reference, per weight precision, over PARITY_TEXTS.
 # fp32 is the issue's gate; int8 (dynamic, per-channel) and fp16 bounds are what those
 # precisions reach on real checkpoints (see README, "Parity").
 PARITY_MIN_COSINE = {"fp32": 0.99999, "fp16": 0.999, "int8": 0.95}
 PARITY_MEAN_COSINE = {"fp32": 0.99999, "fp16": 0.9995, "int8": 0.98}
-
-
-class ParityError(RuntimeError):
-    """The compiled model does not match its reference closely enough to be written."""
 
 
 def pool(states: torch.Tensor, mask: torch.Tensor, mode: str) -> torch.Tensor:
@@ -193,7 +188,7 @@ def export_embedder(
             version_dir / CALIBRATION_FILE,
             **{str(d): calibration_ranges(truncate_dimensions(calibration, d, True)) for d in config.dimensions},
         )
-        shutil.copy(GLUE_SOURCE, version_dir / "model.py")
+        shutil.copy(GLUE_DIR / "embed.py", version_dir / "model.py")
         write_bytes_warmup(staging, "text", ["nestrank warm-up text".encode()])
         model_config = python_model_config(
             name,

@@ -13,18 +13,14 @@ import numpy as np
 import torch
 from tritonclient.grpc import model_config_pb2 as mc
 
+from nestrank.export import ParityError
 from nestrank.export.precision import convert_precision
 from nestrank.export.triton_config import python_model_config, write_config
-from nestrank.serving import reranker as serving_reranker
+from nestrank.serving.models import GLUE_DIR
 from nestrank.serving.rerank_config import PLAIN_PROMPT_TEMPLATE, RerankerConfig
-from nestrank.serving.reranker import ENCODER_FILE, SCORER_FILE, TOKENIZER_FILE, FBNLReranker, sigmoid
+from nestrank.serving.reranker import ENCODER_FILE, SCORER_FILE, TOKENIZER_FILE, FBNLReranker, RerankTokenizer, sigmoid
 
-MODELS_DIR = Path(serving_reranker.__file__).parent / "models"
 PARITY_MAX_SCORE_DIFF = {"fp32": 1e-4, "fp16": 2e-2, "int8": 1e-1}  # fp16/int8: measured drift bounds (README)
-
-
-class ParityError(RuntimeError):
-    """The compiled graphs do not match the PyTorch reference closely enough to be written."""
 
 
 def load_checkpoint(checkpoint: str | Path):
@@ -161,7 +157,7 @@ def reference_margins(
     encoder → MEP → decoder cross-attending to the pooled states → logit(yes) - logit(no)."""
     from transformers.modeling_outputs import BaseModelOutput
 
-    tokenizer = serving_reranker.RerankTokenizer(files / TOKENIZER_FILE, config)
+    tokenizer = RerankTokenizer(files / TOKENIZER_FILE, config)
     prompt = torch.from_numpy(tokenizer.encode_prompt(query, config.default_instruction))[None]
     margins = []
     for ids in tokenizer.encode_documents(documents):
@@ -323,7 +319,7 @@ def export_reranker(
         for model_name, (glue, needed) in layout.items():
             version_dir = staging / model_name / "1"
             version_dir.mkdir(parents=True)
-            shutil.copy(MODELS_DIR / glue, version_dir / "model.py")
+            shutil.copy(GLUE_DIR / glue, version_dir / "model.py")
             for file_name in needed:  # with the graph's external weights (`<graph>.data`), if any
                 for path in files.glob(f"{file_name}*"):
                     shutil.copy(path, version_dir / path.name)
