@@ -14,10 +14,11 @@ import grpc.experimental.gevent as grpc_gevent
 
 grpc_gevent.init_gevent()  # before any channel exists: gRPC must cooperate with locust's gevent loop
 
+import gc  # noqa: E402
 import os  # noqa: E402
 import time  # noqa: E402
 
-from locust import User, constant, task  # noqa: E402
+from locust import User, constant, events, task  # noqa: E402
 
 from nestrank.clients.embed import EmbedClient  # noqa: E402
 from nestrank.clients.rerank import RerankClient  # noqa: E402
@@ -26,6 +27,18 @@ from nestrank.texts import realistic_texts  # noqa: E402
 
 BATCH = int(os.environ.get("NESTRANK_BATCH_SIZE", "32"))
 NO_RETRIES = RetryPolicy(attempts=1)  # a load test reports failures; it does not paper over them
+_users: list = []
+
+
+@events.test_stop.add_listener
+def _close_clients(**_kwargs):
+    # Close every gRPC channel while gevent's hub still runs: a channel left to tritonclient's __del__
+    # at interpreter exit blocks forever in Channel.close.
+    for user in _users:
+        user.client.close()
+        user.client = None
+    _users.clear()
+    gc.collect()
 
 
 class _NestrankUser(User):
@@ -50,6 +63,7 @@ class EmbedUser(_NestrankUser):
         self.options = {"dimensions": int(dims) if dims else None,
                         "precision": os.environ.get("NESTRANK_PRECISION", "float32")}  # fmt: skip
         self.client = EmbedClient(self.host, self.model, retry=NO_RETRIES, concurrency=1)
+        _users.append(self)
         self.texts = realistic_texts(BATCH * 64, seed=id(self) % 10_000)
         self.turn = 0
 
@@ -61,14 +75,12 @@ class EmbedUser(_NestrankUser):
             f"embed {self.model}", lambda: self.client.embed(self.texts[start : start + BATCH], **self.options)
         )
 
-    def on_stop(self):
-        self.client.close()
-
 
 class RerankUser(_NestrankUser):
     def on_start(self):
         self.model = os.environ.get("NESTRANK_MODEL", "kalm-reranker")
         self.client = RerankClient(self.host, self.model, retry=NO_RETRIES)
+        _users.append(self)
         self.ids = self.client.warm(realistic_texts(BATCH * 4, seed=7))
         self.turn = 0
 
@@ -78,6 +90,3 @@ class RerankUser(_NestrankUser):
         self.turn += 1
         chosen = self.ids[start : start + BATCH]
         self._measure(f"rerank {self.model}", lambda: self.client.rerank("how do I read a file", passages=chosen))
-
-    def on_stop(self):
-        self.client.close()
