@@ -1,4 +1,5 @@
 # One command each, on a fresh machine: `make serve` (the main job) and `make test`.
+# `make serve RERANKER=<checkpoint dir or Hugging Face id>` also exports and serves that FBNL reranker.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -19,7 +20,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 serve: setup
-	$(BIN)/nestrank serve
+	$(BIN)/nestrank serve $(if $(RERANKER),--reranker "$(RERANKER)")
 
 test: setup
 	$(BIN)/python -m pytest

@@ -44,11 +44,13 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--passages", choices=("cached", "states", "fresh"), default="cached",
                    help="cached: server cache by id; states: client-held; fresh: encoded per request")  # fmt: skip
     r.add_argument("--query", default="how do I read a file line by line")
-    f = workloads.add_parser("fbnl", help="100 passages for one query: cached vs encoded per request vs PyTorch")
+    f = workloads.add_parser("fbnl", help="100 passages for one query: cached vs encoded per request vs official")
+    f.add_argument("--shape", choices=("nano", "small", "large"), default="nano",
+                   help="KaLM-Reranker-V1 widths and vocabulary (random weights)")  # fmt: skip
+    f.add_argument("--layers", type=int, help="layers on each side (default: the shape's full depth)")
     f.add_argument("--passages", type=int, default=100)
-    f.add_argument("--repeats", type=int, default=5)
-    f.add_argument("--hidden", type=int, default=256)
-    f.add_argument("--layers", type=int, default=6, help="layers on each side (encoder and decoder)")
+    f.add_argument("--passage-tokens", type=int, default=256)
+    f.add_argument("--repeats", type=int, default=3)
     f.add_argument("--ratio", type=int, default=4)
     f.add_argument("--out", type=Path, default=Path("bench/out/fbnl.json"))
     c = workloads.add_parser("compare", help="nestrank vs in-process ORT / sentence-transformers / Infinity")
@@ -64,8 +66,9 @@ def main(argv: list[str]) -> int:
     if args.workload == "fbnl":
         from nestrank.bench.fbnl import RerankBenchConfig, run
 
-        run(RerankBenchConfig(passages=args.passages, repeats=args.repeats, hidden=args.hidden, layers=args.layers,
-                              ratio=args.ratio, out=args.out))  # fmt: skip
+        run(RerankBenchConfig(shape=args.shape, layers=args.layers, passages=args.passages,
+                              passage_tokens=args.passage_tokens, repeats=args.repeats, ratio=args.ratio,
+                              out=args.out))  # fmt: skip
         return 0
     if args.workload == "compare":
         from nestrank.bench.compare import CompareConfig, run

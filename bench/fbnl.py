@@ -1,8 +1,14 @@
-"""Rerank 100 passages of ~256 tokens for one query, in one run, on one tiny-but-proportioned FBNL model:
+"""Rerank 100 passages of 256 tokens for one typical query, in one run, on a KaLM-Reranker-V1-shaped model
+(`--shape nano|small|large`, random weights, real widths and vocabulary; `--layers` cuts the depth):
 
 (a) passages pre-encoded / cached: only the decoder runs at query time (served over gRPC, and in-process);
 (b) passages encoded per request through the same ONNX graphs (served: fresh texts miss the cache);
-(c) the PyTorch reference, scoring (query, passage) pairs from scratch in batches (no reuse).
+(c) the official PyTorch path, as `KaLMReranker.predict` runs it: length-sorted batches of 32, fp32,
+    chunk_size = ratio, full-vocabulary logits at every decoder position.
+
+Each path's FLOPs are counted with torch's FlopCounterMode on one unit of its work (an encoder pass over a
+passage, a decoder pass for one candidate with the two-row or the full head), so the measured speed-ups
+can be set against the FLOP-bound ones.
 """
 
 from __future__ import annotations
@@ -11,19 +17,20 @@ import json
 import statistics
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from nestrank.bench.compare import gemm_gflops
 from nestrank.clients.rerank import RerankClient
-from nestrank.export.reranker import export_reranker, load_checkpoint
-from nestrank.export.tiny_checkpoints import tiny_t5gemma2_reranker
+from nestrank.export.reference import reference_scores
+from nestrank.export.reranker import ScorerGraph, answer_rows_only, export_reranker, load_checkpoint, load_tokenizer
+from nestrank.export.tiny_checkpoints import kalm_shaped_reranker
 from nestrank.serving.launcher import ServerConfig, TritonServer, free_ports
-from nestrank.serving.rerank_config import RerankerConfig
-from nestrank.serving.reranker import FBNLReranker, RerankTokenizer, sigmoid
+from nestrank.serving.reranker import FBNLReranker
 from nestrank.texts import realistic_texts
 
 NAME = "bench-kalm"
@@ -32,124 +39,160 @@ QUERY = "which documents explain how to read a file line by line"
 
 @dataclass(frozen=True)
 class RerankBenchConfig:
+    shape: str = "nano"
+    layers: int | None = None  # None: the shape's full depth
     passages: int = 100
-    passage_words: int = 255  # the bench tokenizer is word-level: ~256 tokens with <bos>
-    repeats: int = 5
-    hidden: int = 256
-    layers: int = 6
-    heads: int = 4
+    passage_tokens: int = 256
+    repeats: int = 3
     ratio: int = 4
-    torch_batch: int = 16
+    torch_batch: int = 32  # KaLMReranker's default batch size
     out: Path = Path("bench/out/fbnl.json")
 
 
-def passages(config: RerankBenchConfig, salt: str = "") -> list[str]:
-    words = " ".join(realistic_texts(4 * config.passages, seed=3)).split()
-    step = config.passage_words
-    return [" ".join([salt, *words[i * step : (i + 1) * step]][:step]) for i in range(config.passages)]
-
-
-@torch.no_grad()
-def torch_pairs(
-    model, config: RerankerConfig, tokenizer: RerankTokenizer, documents: list[str], batch: int, ratio: int
-):
-    """(c): every (query, passage) pair from scratch, batched: encoder → MEP → decoder → yes/no."""
-    from transformers.modeling_outputs import BaseModelOutput
-
-    prompt = torch.from_numpy(tokenizer.encode_prompt(QUERY, config.default_instruction))[None]
-    margins = []
-    for start in range(0, len(documents), batch):
-        ids = [torch.from_numpy(x) for x in tokenizer.encode_documents(documents[start : start + batch])]
-        input_ids = torch.nn.utils.rnn.pad_sequence(ids, batch_first=True, padding_value=tokenizer.pad_id)
-        mask = torch.nn.utils.rnn.pad_sequence([torch.ones_like(x) for x in ids], batch_first=True)
-        states = model.get_encoder()(input_ids=input_ids, attention_mask=mask).last_hidden_state
-        length = states.shape[1] - states.shape[1] % ratio + (ratio if states.shape[1] % ratio else 0)
-        padded = torch.nn.functional.pad(states * mask[..., None], (0, 0, 0, length - states.shape[1]))
-        counts = torch.nn.functional.pad(mask, (0, length - mask.shape[1])).view(len(ids), -1, ratio).sum(-1)
-        pooled = padded.view(len(ids), -1, ratio, states.shape[-1]).sum(2) / counts.clamp(min=1)[..., None]
-        logits = model(decoder_input_ids=prompt.expand(len(ids), -1),
-                       encoder_outputs=BaseModelOutput(last_hidden_state=pooled),
-                       attention_mask=(counts > 0).long()).logits[:, -1]  # fmt: skip
-        margins.append(logits[:, config.yes_token_id] - logits[:, config.no_token_id])
-    return torch.cat(margins).numpy()
+def make_passages(tokenizer, config: RerankBenchConfig, salt: str = "") -> list[str]:
+    """`passages` texts whose document template is `passage_tokens` tokens long (cut at token boundaries)."""
+    ids = tokenizer(" ".join(realistic_texts(60 * config.passages, seed=3)), add_special_tokens=False)["input_ids"]
+    prefix = len(tokenizer("<Document>: " + salt, add_special_tokens=False)["input_ids"])
+    body = config.passage_tokens - prefix
+    return [salt + tokenizer.decode(ids[i * body : (i + 1) * body]) for i in range(config.passages)]
 
 
 def timed(fn, repeats: int, label: str) -> list[float]:
-    fn(0)  # warm-up
+    """Seconds of `fn(docs, run)` over the whole workload, `repeats` times, after one warm-up on 4 passages
+    (first-run allocations; a full warm-up of the PyTorch path would cost minutes at the Nano shape)."""
+    fn(4, 0)
     seconds = []
     for i in tqdm(range(repeats), desc=label, leave=False):
         start = time.perf_counter()
-        fn(i + 1)
+        fn(None, i + 1)
         seconds.append(time.perf_counter() - start)
     return seconds
+
+
+@torch.inference_mode()
+def count_flops(model, tokenizer, export_config, documents: list[str], ratio: int) -> dict[str, float]:
+    """FLOPs of one unit of each kind of work, counted by torch (matmuls and attention)."""
+    from torch.utils.flop_counter import FlopCounterMode
+    from transformers.modeling_outputs import BaseModelOutput
+
+    from nestrank.export.reference import decoder_text, pool_chunks
+
+    def flops(fn) -> float:
+        with FlopCounterMode(display=False) as counter:
+            fn()
+        return float(counter.get_total_flops())
+
+    passage = tokenizer(export_config.document_template.format(document=documents[0]), add_special_tokens=False,
+                        return_tensors="pt")  # fmt: skip
+    states = model.get_encoder()(**passage).last_hidden_state
+    pooled, mask = pool_chunks(states, passage["attention_mask"], ratio)
+    prompt = tokenizer(decoder_text(tokenizer, export_config, QUERY, export_config.default_instruction),
+                       add_special_tokens=False, return_tensors="pt")["input_ids"]  # fmt: skip
+    padded = tokenizer(decoder_text(tokenizer, export_config, QUERY, export_config.default_instruction),
+                       add_special_tokens=False, padding=True, pad_to_multiple_of=8, return_tensors="pt")  # fmt: skip
+    encoder = flops(lambda: model.get_encoder()(**passage))
+    official_decoder = flops(lambda: model(encoder_outputs=BaseModelOutput(last_hidden_state=pooled),
+                                           attention_mask=mask, decoder_input_ids=padded["input_ids"],
+                                           decoder_attention_mask=padded["attention_mask"]))  # fmt: skip
+    with answer_rows_only(model, export_config.yes_token_id, export_config.no_token_id):
+        scorer = flops(lambda: ScorerGraph(model)(prompt, pooled, mask))
+    return {"encoder_per_passage": encoder, "scorer_per_candidate": scorer,
+            "official_decoder_per_candidate": official_decoder, "prompt_tokens": int(prompt.shape[1]),
+            "official_decoder_tokens": int(padded["input_ids"].shape[1])}  # fmt: skip
 
 
 def run(config: RerankBenchConfig, log=print) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        checkpoint = tiny_t5gemma2_reranker(tmp / "ckpt", hidden=config.hidden, layers=config.layers,
-                                            heads=config.heads, sliding_window=512)  # fmt: skip
-        export = export_reranker(
-            checkpoint, NAME, tmp / "repo", ratios=(config.ratio,), max_passage_tokens=512, log=log
-        )
+        checkpoint = kalm_shaped_reranker(tmp / "ckpt", config.shape, layers=config.layers)
+        start = time.perf_counter()
+        export = export_reranker(checkpoint, NAME, tmp / "repo", ratios=(config.ratio,), log=log)
+        export_s = time.perf_counter() - start
         reranker = FBNLReranker.from_repository(tmp / "repo", NAME, export.config)
         model, _ = load_checkpoint(checkpoint)
-        docs = passages(config)
+        tokenizer = load_tokenizer(checkpoint)
+        docs = make_passages(tokenizer, config)
         tokens = [len(x) for x in reranker.tokenizer.encode_documents(docs)]
-        prompt_tokens = len(reranker.tokenizer.encode_prompt(QUERY, export.config.default_instruction))
         rows: dict[str, list[float]] = {}
 
         pre_encoded = reranker.encoder.encode(docs, config.ratio)
         prompt = reranker.tokenizer.encode_prompt(QUERY, export.config.default_instruction)
         rows["(a) in-process ORT, pre-encoded"] = timed(
-            lambda _: reranker.scorer.margins(prompt, pre_encoded), config.repeats, "a in-process"
+            lambda n, _: reranker.scorer.margins(prompt, pre_encoded[:n]), config.repeats, "a in-process"
         )
-        # The same scorer with int8 weights (ORT dynamic quantization), on the same pre-encoded states.
-        int8 = export_reranker(checkpoint, NAME, tmp / "repo-int8", ratios=(config.ratio,), max_passage_tokens=512,
-                               precision="int8", log=log)  # fmt: skip
-        scorer8 = FBNLReranker.from_repository(tmp / "repo-int8", NAME, int8.config).scorer
-        rows["(a) in-process ORT int8 scorer, pre-encoded"] = timed(
-            lambda _: scorer8.margins(prompt, pre_encoded), config.repeats, "a int8"
-        )
-        drift = np.abs(
-            sigmoid(scorer8.margins(prompt, pre_encoded)) - sigmoid(reranker.scorer.margins(prompt, pre_encoded))
-        )
-        rows["(b) in-process ORT, encoded per request"] = timed(
-            lambda _: reranker.margins(QUERY, docs, config.ratio), config.repeats, "b in-process"
-        )
-        rows["(c) PyTorch reference, pairs from scratch"] = timed(
-            lambda _: torch_pairs(model, export.config, reranker.tokenizer, docs, config.torch_batch, config.ratio),
-            config.repeats, "c torch",
-        )  # fmt: skip
+        official = {}
+
+        def official_path(n, _):
+            scores = reference_scores(model, tokenizer, export.config, QUERY, docs[:n], (config.ratio,),
+                                      batch_size=config.torch_batch)  # fmt: skip
+            official["scores"] = scores[config.ratio][0]
+
+        rows["(c) official PyTorch path (KaLMReranker-style)"] = timed(official_path, config.repeats, "c torch")
 
         grpc_port, http_port, metrics_port = free_ports(3)
         server_config = ServerConfig(tmp / "repo", grpc_port=grpc_port, http_port=http_port, metrics_port=metrics_port)
-        with TritonServer(server_config), RerankClient(server_config.grpc_url, NAME) as client:
+        with TritonServer(server_config) as server, RerankClient(server_config.grpc_url, NAME) as client:
             client.warm(docs, compression_ratio=config.ratio)
-            rows["(a) nestrank gRPC, cached passages"] = timed(
-                lambda _: client.rerank(QUERY, docs, compression_ratio=config.ratio), config.repeats, "a served"
-            )
-            rows["(b) nestrank gRPC, encoded per request"] = timed(  # fresh texts each time: all cache misses
-                lambda i: client.rerank(QUERY, passages(config, salt=f"run{i}"), compression_ratio=config.ratio),
-                config.repeats, "b served",
-            )  # fmt: skip
+            served = {}
 
+            def cached(n, _):
+                served["ranked"] = client.rerank(QUERY, docs[:n], compression_ratio=config.ratio)
+
+            def fresh(n, run):  # texts never seen: every passage misses the cache and is encoded
+                client.rerank(
+                    QUERY, make_passages(tokenizer, config, salt=f"run{run} ")[:n], compression_ratio=config.ratio
+                )
+
+            rows["(a) nestrank gRPC, cached passages"] = timed(cached, config.repeats, "a served")
+            rows["(b) nestrank gRPC, encoded per request"] = timed(fresh, config.repeats, "b served")
+            memory = server.memory()
+        graph_files = sorted(p for p in (tmp / "repo").glob("*/1/*") if p.suffix in (".onnx", ".data"))
+        graph_sizes = {p.relative_to(tmp / "repo").as_posix(): p.stat().st_size / 2**20 for p in graph_files}
+        served_scores = np.array([r.score for r in sorted(served["ranked"], key=lambda r: r.index)])
+        unit = count_flops(model, tokenizer, export.config, docs, config.ratio)
+
+    n = config.passages
+    flops = {
+        "(a)": n * unit["scorer_per_candidate"],
+        "(b)": n * (unit["encoder_per_passage"] + unit["scorer_per_candidate"]),
+        "(c)": n * (unit["encoder_per_passage"] + unit["official_decoder_per_candidate"]),
+    }
     medians = {k: statistics.median(v) for k, v in rows.items()}
     served_a = medians["(a) nestrank gRPC, cached passages"]
+    gemm = gemm_gflops()
+    paths = {
+        k: {"median_s": v, "vs_served_a": v / served_a, "gflop": flops[k[:3]] / 1e9,
+            "gflop_per_s": flops[k[:3]] / v / 1e9, "of_gemm": flops[k[:3]] / v / 1e9 / gemm}
+        for k, v in medians.items()
+    }  # fmt: skip
     report = {
-        "workload": {"passages": config.passages, "median_passage_tokens": int(np.median(tokens)),
-                     "prompt_tokens": prompt_tokens, "ratio": config.ratio, "repeats": config.repeats},
-        "model": {"architecture": "t5gemma2", "hidden": config.hidden, "layers_each_side": config.layers,
-                  "heads": config.heads},
-        "int8_scorer_max_abs_score_diff": float(drift.max()),
-        "median_seconds": medians,
-        "speedup_of_served_a": {k: v / served_a for k, v in medians.items()},
+        "config": {k: str(v) for k, v in asdict(config).items()},
+        "model": {"shape": config.shape, "layers_each_side": model.config.decoder.num_hidden_layers,
+                  "hidden": export.config.hidden_size, "vocab": model.config.decoder.vocab_size},
+        "workload": {"passages": n, "median_passage_tokens": int(np.median(tokens)),
+                     "prompt_tokens": unit["prompt_tokens"], "ratio": config.ratio, "repeats": config.repeats},
+        "export_s": export_s,
+        "graph_mib": graph_sizes,  # embedding.data is one file, hard-linked into both model directories
+        "served_memory_mib": {"rss": sum(m["rss_mib"] for m in memory), "pss": sum(m["pss_mib"] for m in memory),
+                              "processes": memory},
+        "served_vs_official_max_abs_score_diff": float(np.abs(served_scores - official["scores"]).max()),
+        "gemm_gflops": gemm,
+        "unit_flops": unit,
+        "flop_bound_speedup_of_a": {"vs (b)": flops["(b)"] / flops["(a)"], "vs (c)": flops["(c)"] / flops["(a)"]},
+        "paths": paths,
     }  # fmt: skip
     config.out.parent.mkdir(parents=True, exist_ok=True)
     config.out.write_text(json.dumps(report, indent=2))
-    log(f"{'path':<44}{'median ms':>11}{'vs served (a)':>15}")
-    for k, v in medians.items():
-        log(f"{k:<44}{v * 1e3:>11.1f}{v / served_a:>14.1f}x")
-    log(f"int8 scorer: max |Δscore| vs fp32 {drift.max():.4f} on these {config.passages} passages")
+    log(f"{'path':<48}{'median ms':>11}{'vs served (a)':>15}{'GFLOP':>9}{'GFLOP/s':>9}")
+    for k, p in paths.items():
+        log(f"{k:<48}{p['median_s'] * 1e3:>11.1f}{p['vs_served_a']:>14.1f}x{p['gflop']:>9.1f}{p['gflop_per_s']:>9.1f}")
+    bound = report["flop_bound_speedup_of_a"]
+    log(f"FLOP-bound speed-up of (a): {bound['vs (b)']:.1f}x over (b), {bound['vs (c)']:.1f}x over (c); "
+        f"served (a) vs official (c): max |Δscore| {report['served_vs_official_max_abs_score_diff']:.2e}")  # fmt: skip
+    mem = report["served_memory_mib"]
+    log(
+        f"export {export_s:.0f} s; served memory (tritonserver + stubs): RSS {mem['rss']:.0f} MiB, "
+        f"PSS {mem['pss']:.0f} MiB"
+    )
     log(f"wrote {config.out}")
     return report

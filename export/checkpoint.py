@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
+
+# What a checkpoint download needs: config, weights, tokenizer (not the training code or images).
+CHECKPOINT_FILES = ["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja"]
 
 POOLING_KEYS = {
     "pooling_mode_mean_tokens": "mean",
@@ -91,3 +95,40 @@ def read_checkpoint(root: str | Path, pooling: str | None = None) -> EmbedderChe
         default_prompt=st_meta.get("default_prompt_name"),
         matryoshka_dims=tuple(int(d) for d in dims),
     )
+
+
+def _offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in {"1", "ON", "YES", "TRUE"}
+
+
+def resolve_checkpoint(spec: str | Path) -> Path:
+    """A local checkpoint directory as it is; anything else is a Hugging Face model id (e.g.
+    `KaLM-Embedding/KaLM-Reranker-V1-Nano`), taken from the local cache or, with a network, downloaded."""
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError
+
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        return path
+    if path.exists() or str(spec).startswith((".", "/", "~")):
+        raise FileNotFoundError(f"{spec}: not a checkpoint directory")
+    cache = os.environ.get("HF_HUB_CACHE") or None  # read now, so that a caller's setting counts
+    try:
+        return Path(snapshot_download(str(spec), cache_dir=cache, local_files_only=True))
+    except HFValidationError as err:
+        raise FileNotFoundError(f"{spec}: neither a directory nor a Hugging Face model id ({err})") from None
+    except LocalEntryNotFoundError:
+        pass
+    where = cache or "the Hugging Face cache (HF_HUB_CACHE / HF_HOME)"
+    if _offline():
+        raise FileNotFoundError(
+            f"{spec}: not in {where}, and HF_HUB_OFFLINE is set; download it first "
+            f"(`hf download {spec}`) or pass the checkpoint directory"
+        )
+    try:
+        return Path(snapshot_download(str(spec), cache_dir=cache, allow_patterns=CHECKPOINT_FILES))
+    except Exception as err:  # no network, gated, unknown id: say which and how to fix it
+        raise FileNotFoundError(
+            f"{spec}: not in {where}, and downloading it failed ({type(err).__name__}: {err}); "
+            "pass the checkpoint directory instead"
+        ) from None

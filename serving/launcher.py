@@ -74,6 +74,26 @@ def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
             s.close()
 
 
+def process_tree_memory(pid: int) -> list[dict]:
+    """RSS and PSS (MiB) of a process and its descendants (tritonserver and its Python backend stubs), from
+    /proc. PSS splits shared pages among the processes mapping them, so its sum is the tree's real cost."""
+    rows, pending = [], [pid]
+    while pending:
+        current = pending.pop()
+        try:
+            name = Path(f"/proc/{current}/comm").read_text().strip()
+            fields = dict(
+                line.split(":", 1) for line in Path(f"/proc/{current}/smaps_rollup").read_text().splitlines()[1:]
+            )
+            for task in Path(f"/proc/{current}/task").iterdir():
+                pending += [int(c) for c in (task / "children").read_text().split()]
+        except (FileNotFoundError, ProcessLookupError, PermissionError):
+            continue
+        rss, pss = (int(fields[k].split()[0]) / 1024 for k in ("Rss", "Pss"))
+        rows.append({"pid": current, "name": name, "rss_mib": rss, "pss_mib": pss})
+    return rows
+
+
 def find_tritonserver(explicit: Path | None = None) -> TritonInstall:
     if explicit is not None:
         binary = Path(explicit)
@@ -207,6 +227,9 @@ class TritonServer:
         tail = self.log_tail()
         self.stop()
         raise ServerStartError(f"tritonserver not ready after {self.config.startup_timeout_s:.0f}s:\n{tail}")
+
+    def memory(self) -> list[dict]:
+        return process_tree_memory(self._process.pid) if self._process is not None else []
 
     def send_signal(self, signum: int) -> None:
         if self._process is not None and self._process.poll() is None:

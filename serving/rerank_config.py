@@ -41,12 +41,13 @@ class RerankerConfig:
     no_token_id: int
     ratios: tuple[int, ...] = RATIOS
     default_ratio: int = 4
-    max_query_tokens: int = 512
-    max_passage_tokens: int = 1024
+    max_query_tokens: int = 512  # of the raw query, cut before it enters the prompt (the prompt itself is never cut)
+    max_passage_tokens: int = 1024  # of the document template, prefix included
     prompt_template: str = KALM_PROMPT_TEMPLATE
     document_template: str = DOCUMENT_TEMPLATE
     default_instruction: str = DEFAULT_INSTRUCTION
     decoder_start_token_id: int | None = None  # prepended to the prompt (T5); None when the template has <bos>
+    passage_special_tokens: bool = False  # the tokenizer's own specials on passages: KaLM no, T5 yes (</s>)
     weights: str = "fp32"
     max_candidates: int = 1000
     score_batch_tokens: int = 16384  # candidates x pooled length per scorer run
@@ -66,8 +67,8 @@ class RerankerConfig:
                 raise ValueError(f"prompt_template lacks {name}")
         if "{document}" not in self.document_template:
             raise ValueError("document_template lacks {document}")
-        if self.max_query_tokens < 8 or self.max_passage_tokens < 2 or self.max_candidates < 1:
-            raise ValueError("max_query_tokens >= 8, max_passage_tokens >= 2 and max_candidates >= 1")
+        if self.max_query_tokens < 1 or self.max_passage_tokens < 2 or self.max_candidates < 1:
+            raise ValueError("max_query_tokens >= 1, max_passage_tokens >= 2 and max_candidates >= 1")
 
     def to_parameters(self) -> dict[str, str]:
         return to_parameters(self)

@@ -22,6 +22,7 @@ from nestrank.serving.tokenization import pad, pad_token_id
 ENCODER_FILE = "encoder.onnx"
 SCORER_FILE = "scorer.onnx"
 TOKENIZER_FILE = "tokenizer.json"
+EMBEDDING_FILE = "embedding.data"  # the input embedding, external to both graphs (one file, hard-linked)
 
 
 @dataclass(frozen=True)
@@ -47,50 +48,53 @@ class PooledPassage:
 
 
 class RerankTokenizer:
-    """Passage side: the document template with the tokenizer's special tokens, cut at max_passage_tokens.
-    Query side: the rendered prompt template (its own special tokens), at most max_query_tokens."""
+    """The official KaLM-Reranker-V1 tokenization, on the tokenizer the checkpoint's `AutoTokenizer` builds.
+
+    Passages: the document template, with the tokenizer's special tokens only if the config says so (KaLM:
+    no), cut at max_passage_tokens. Query: tokenized without special tokens, cut at max_query_tokens, decoded
+    (special tokens kept, no clean-up) and put into the prompt template, which carries its own special tokens
+    and is never cut: the answer position stays where training put it.
+    """
 
     def __init__(self, tokenizer_json: str | Path, config: RerankerConfig):
         self.config = config
-        self._passages = Tokenizer.from_file(str(tokenizer_json))
-        self._passages.no_padding()
-        self._passages.enable_truncation(config.max_passage_tokens)
-        self._prompts = Tokenizer.from_file(str(tokenizer_json))
-        self._prompts.no_padding()
-        self._prompts.no_truncation()
+        self._passages = self._load(tokenizer_json, config.max_passage_tokens)
+        self._queries = self._load(tokenizer_json, config.max_query_tokens)
+        self._prompts = self._load(tokenizer_json, None)
         self.pad_id = pad_token_id(self._passages)
+
+    @staticmethod
+    def _load(tokenizer_json: str | Path, max_length: int | None) -> Tokenizer:
+        tokenizer = Tokenizer.from_file(str(tokenizer_json))
+        tokenizer.no_padding()
+        if max_length is None:
+            tokenizer.no_truncation()
+        else:
+            tokenizer.enable_truncation(max_length)
+        return tokenizer
 
     def encode_documents(self, documents: Sequence[str], field: str = "documents") -> list[np.ndarray]:
         for i, doc in enumerate(documents):
             if not doc:
                 raise ValidationError(f"{field}[{i}]", "empty string; send at least one character")
         texts = [self.config.document_template.format(document=d) for d in documents]
-        return [np.asarray(e.ids, dtype=np.int64) for e in self._passages.encode_batch(texts)]
-
-    def _ids(self, text: str) -> list[int]:
-        return self._prompts.encode(text, add_special_tokens=False).ids
+        encodings = self._passages.encode_batch(texts, add_special_tokens=self.config.passage_special_tokens)
+        return [np.asarray(e.ids, dtype=np.int64) for e in encodings]
 
     def encode_prompt(self, query: str, instruction: str, truncate: bool = True) -> np.ndarray:
         if not query.strip():
             raise ValidationError("query", "empty; send the query text")
-        start = [] if self.config.decoder_start_token_id is None else [self.config.decoder_start_token_id]
-        template = self.config.prompt_template
-        ids = start + self._ids(template.format(instruction=instruction, query=query))
-        limit = self.config.max_query_tokens
-        if len(ids) <= limit:
-            return np.asarray(ids, dtype=np.int64)
-        if not truncate:
+        cut = self._queries.encode(query, add_special_tokens=False)
+        if cut.overflowing and not truncate:
+            count = len(self._prompts.encode(query, add_special_tokens=False).ids)
             raise ValidationError(
-                "query", f"prompt of {len(ids)} tokens exceeds max_query_tokens {limit} (send truncate=true to cut it)"
-            )
-        # Cut the query, never the template around it: the answer position must stay where training put it.
-        before, after = template.split("{query}", 1)
-        head = start + self._ids(before.format(instruction=instruction))
-        tail = self._ids(after)
-        budget = limit - len(head) - len(tail)
-        if budget < 1:
-            raise ValidationError("instruction", f"leaves no room for the query within max_query_tokens {limit}")
-        return np.asarray(head + self._ids(query)[:budget] + tail, dtype=np.int64)
+                "query", f"{count} tokens exceed max_query_tokens {self.config.max_query_tokens} "
+                "(send truncate=true to cut it)",
+            )  # fmt: skip
+        query = self._queries.decode(cut.ids, skip_special_tokens=False)
+        text = self.config.prompt_template.format(instruction=instruction, query=query)
+        start = [] if self.config.decoder_start_token_id is None else [self.config.decoder_start_token_id]
+        return np.asarray(start + self._prompts.encode(text, add_special_tokens=False).ids, dtype=np.int64)
 
 
 class PassageEncoder:

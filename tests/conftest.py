@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.names import KALM, KALM_LAYERS, T5_MAX_PASSAGE_TOKENS, TINY_T5
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing comes from a hub in tests
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
@@ -24,17 +26,12 @@ def tiny_decoder_dir(tmp_path_factory) -> Path:
     return tiny_decoder_embedder(tmp_path_factory.mktemp("tiny-decoder"))
 
 
-# Tiny FBNL rerankers, exported once (parity-gated) into one repository shared by unit and integration tests.
-TINY_KALM = "tiny-kalm"  # T5Gemma 2, KaLM-Reranker-V1's architecture
-TINY_T5 = "tiny-t5-reranker"
-RERANK_MAX_PASSAGE_TOKENS = 256
-
-
+# FBNL rerankers, exported once (parity-gated) into one repository shared by unit and integration tests.
 @pytest.fixture(scope="session")
-def tiny_t5gemma2_dir(tmp_path_factory) -> Path:
-    from nestrank.export.tiny_checkpoints import tiny_t5gemma2_reranker
+def kalm_dir(tmp_path_factory) -> Path:
+    from nestrank.export.tiny_checkpoints import kalm_shaped_reranker
 
-    return tiny_t5gemma2_reranker(tmp_path_factory.mktemp("tiny-t5gemma2"))
+    return kalm_shaped_reranker(tmp_path_factory.mktemp("kalm-shaped"), "nano", layers=KALM_LAYERS)
 
 
 @pytest.fixture(scope="session")
@@ -45,12 +42,20 @@ def tiny_t5_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def reranker_exports(tmp_path_factory, tiny_t5gemma2_dir, tiny_t5_dir) -> dict:
-    """{name: RerankerExport}, written into one repository."""
+def official_kalm(kalm_dir):
+    from tests.official_kalm import OfficialKaLM
+
+    return OfficialKaLM(kalm_dir)
+
+
+@pytest.fixture(scope="session")
+def reranker_exports(tmp_path_factory, kalm_dir, tiny_t5_dir) -> dict:
+    """{name: RerankerExport}, written into one repository: the KaLM shape at the real limits (1024 / 512)."""
     from nestrank.export.reranker import export_reranker
 
     repo = tmp_path_factory.mktemp("rerank_repository")
+    quiet = lambda _: None  # noqa: E731
     return {
-        name: export_reranker(checkpoint, name, repo, max_passage_tokens=RERANK_MAX_PASSAGE_TOKENS, log=lambda _: None)
-        for name, checkpoint in ((TINY_KALM, tiny_t5gemma2_dir), (TINY_T5, tiny_t5_dir))
+        KALM: export_reranker(kalm_dir, KALM, repo, log=quiet),
+        TINY_T5: export_reranker(tiny_t5_dir, TINY_T5, repo, max_passage_tokens=T5_MAX_PASSAGE_TOKENS, log=quiet),
     }

@@ -9,10 +9,7 @@ import pytest
 
 from nestrank.export.embedder import export_embedder
 from nestrank.serving.launcher import ServerConfig, TritonServer, free_ports
-
-MINILM = "all-minilm-l6-v2"
-MINILM_INT8 = "all-minilm-l6-v2-int8"
-TINY_DECODER = "tiny-decoder"
+from tests.names import MINILM, MINILM_INT8, TINY_DECODER
 
 
 @pytest.fixture(scope="session")

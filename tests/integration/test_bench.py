@@ -10,8 +10,7 @@ from pathlib import Path
 import pytest
 
 from nestrank.bench.load import LoadConfig, run
-from tests.conftest import TINY_KALM
-from tests.integration.conftest import MINILM
+from tests.names import KALM, MINILM
 
 pytestmark = pytest.mark.slow
 
@@ -39,7 +38,7 @@ def test_embed_closed_and_open_loop(grpc_url, repository, tmp_path):
 
 @pytest.mark.parametrize("passages", ["cached", "states", "fresh"])
 def test_rerank_with_and_without_pre_encoded_passages(grpc_url, repository, tmp_path, passages):
-    config = LoadConfig(workload="rerank", model=TINY_KALM, urls=(grpc_url,), repository=repository, requests=4,
+    config = LoadConfig(workload="rerank", model=KALM, urls=(grpc_url,), repository=repository, requests=4,
                         warmup=1, batch_size=5, concurrency=(2,), passages=passages, out_dir=tmp_path)  # fmt: skip
     rows, code = run(config, log=lambda _: None)
     check(rows, code, 1)

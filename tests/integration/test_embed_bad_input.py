@@ -10,7 +10,7 @@ import tritonclient.grpc as grpcclient
 import tritonclient.grpc.aio as grpcclient_aio
 from tritonclient.utils import InferenceServerException
 
-from tests.integration.conftest import MINILM
+from tests.names import MINILM
 
 pytestmark = pytest.mark.slow
 

@@ -16,7 +16,7 @@ from nestrank.export.triton_config import read_config, string_parameters
 from nestrank.serving.embed_config import EmbedderConfig
 from nestrank.serving.embedder import Embedder
 from nestrank.texts import PARITY_TEXTS, realistic_texts
-from tests.integration.conftest import MINILM, MINILM_INT8, TINY_DECODER
+from tests.names import MINILM, MINILM_INT8, TINY_DECODER
 
 pytestmark = pytest.mark.slow
 

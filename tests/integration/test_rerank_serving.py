@@ -1,4 +1,5 @@
-"""FBNL reranking served by a real tritonserver: parity with the PyTorch reference, passage reuse, bad input."""
+"""FBNL reranking served by a real tritonserver: the official KaLM scores (tests/official_kalm.py), passage reuse,
+bad input."""
 
 from __future__ import annotations
 
@@ -15,46 +16,59 @@ from tritonclient.utils import InferenceServerException
 from nestrank.clients import cli
 from nestrank.clients.rerank import AsyncRerankClient, PassageStates, RerankClient
 from nestrank.errors import ValidationError
-from nestrank.export.reranker import load_checkpoint, reference_margins
-from nestrank.serving.reranker import sigmoid
+from nestrank.export.reference import reference_scores
+from nestrank.export.reranker import load_checkpoint, load_tokenizer
 from nestrank.texts import realistic_texts
-from tests.conftest import TINY_KALM, TINY_T5
+from tests.names import KALM, TINY_T5
 
 pytestmark = pytest.mark.slow
 
 QUERY = "how do I read a file"
-DOCS = ["ok", "open the file and read each line", "the weather is nice today", *realistic_texts(9, seed=5),
-        " ".join(["long"] * 400)]  # fmt: skip
+DOCS = ["ok", "open the file and read each line", "the weather is nice today", *realistic_texts(7, seed=5),
+        "an image ends here <end_of_image> and the text goes on", " ".join(realistic_texts(60, seed=6))[:3000],
+        " ".join(realistic_texts(120, seed=7))]  # fmt: skip  # past the 512-token window; past the 1024-token cut
 
 
 @pytest.fixture(scope="module")
 def client(grpc_url):
-    with RerankClient(grpc_url, TINY_KALM) as c:
+    with RerankClient(grpc_url, KALM) as c:
         yield c
 
 
-def reference_scores(checkpoint, export, documents, ratio):
-    model, _ = load_checkpoint(checkpoint)
-    files = export.model_dirs[0] / "1"
-    return sigmoid(reference_margins(model, export.config, files, QUERY, documents, ratio))
+def served(ranked) -> np.ndarray:
+    return np.array([r.score for r in sorted(ranked, key=lambda r: r.index)])
 
 
 @pytest.mark.parametrize("ratio", [1, 2, 4, 8, 16, 32])
-def test_served_scores_equal_the_pytorch_reference_at_every_ratio(client, reranker_exports, tiny_t5gemma2_dir, ratio):
-    expected = reference_scores(tiny_t5gemma2_dir, reranker_exports[TINY_KALM], DOCS, ratio)
+def test_served_scores_equal_the_official_kalm_scores_at_every_ratio(client, official_kalm, ratio):
+    expected = official_kalm.scores(QUERY, DOCS, ratio)
     ranked = client.rerank(QUERY, DOCS, compression_ratio=ratio)
     assert sorted(r.index for r in ranked) == list(range(len(DOCS)))
-    got = np.array([r.score for r in sorted(ranked, key=lambda r: r.index)])
-    assert np.abs(got - expected).max() <= 1e-4
+    assert np.abs(served(ranked) - expected).max() <= 1e-4
     assert [r.score for r in ranked] == sorted((r.score for r in ranked), reverse=True)
 
 
+@pytest.mark.parametrize("ratio", [1, 4, 32])
+def test_a_query_past_512_tokens_and_a_custom_instruction_score_officially(client, official_kalm, ratio):
+    long_query = " ".join(realistic_texts(40, seed=11))
+    assert len(official_kalm.tokenizer(long_query, add_special_tokens=False)["input_ids"]) > 512
+    instruction = "Given a question about Python, retrieve the passages of its documentation."
+    docs = DOCS[:4]
+    ranked = client.rerank(long_query, docs, compression_ratio=ratio)
+    assert np.abs(served(ranked) - official_kalm.scores(long_query, docs, ratio)).max() <= 1e-4
+    ranked = client.rerank(QUERY, docs, compression_ratio=ratio, instruction=instruction)
+    assert np.abs(served(ranked) - official_kalm.scores(QUERY, docs, ratio, instruction)).max() <= 1e-4
+
+
 def test_t5_architecture_serves_too(grpc_url, reranker_exports, tiny_t5_dir):
-    expected = reference_scores(tiny_t5_dir, reranker_exports[TINY_T5], DOCS, 4)
+    """T5 keeps its own conventions (plain prompt, decoder start token, </s> on passages); its reference is the
+    exporter's, which follows the same official recipe on the T5 tokenizer and model."""
+    export = reranker_exports[TINY_T5]
+    model, _ = load_checkpoint(tiny_t5_dir)
+    expected = reference_scores(model, load_tokenizer(tiny_t5_dir), export.config, QUERY, DOCS, (4,))[4][0]
     with RerankClient(grpc_url, TINY_T5) as c:
         ranked = c.rerank(QUERY, DOCS)
-    got = np.array([r.score for r in sorted(ranked, key=lambda r: r.index)])
-    assert np.abs(got - expected).max() <= 1e-4
+    assert np.abs(served(ranked) - expected).max() <= 1e-4
 
 
 def cache_counters(server) -> dict[str, float]:
@@ -62,7 +76,7 @@ def cache_counters(server) -> dict[str, float]:
     text = urllib.request.urlopen(url, timeout=5).read().decode()
     counters = {}
     for line in text.splitlines():
-        if line.startswith("nestrank_passage_cache_") and f'model="{TINY_KALM}"' in line:
+        if line.startswith("nestrank_passage_cache_") and f'model="{KALM}"' in line:
             name, value = line.rsplit(" ", 1)
             counters[name.split("{")[0].removeprefix("nestrank_passage_cache_")] = float(value)
     return counters
@@ -92,31 +106,27 @@ def test_warm_then_rerank_by_passage_id(client, server):
     assert [r.passage_id for r in by_id] == [ids[r.index] for r in by_id]
 
 
-def test_coarser_ratio_from_cached_states_equals_the_reference(client, reranker_exports, tiny_t5gemma2_dir):
+def test_coarser_ratio_from_cached_states_equals_the_official_scores(client, official_kalm):
     docs = [f"repool probe {i}: " + d for i, d in enumerate(DOCS[:6])]
     client.warm(docs, compression_ratio=4)
     ranked = client.rerank(QUERY, docs, compression_ratio=8)  # served from the ratio-4 states, re-pooled
-    expected = reference_scores(tiny_t5gemma2_dir, reranker_exports[TINY_KALM], docs, 8)
-    got = np.array([r.score for r in sorted(ranked, key=lambda r: r.index)])
-    assert np.abs(got - expected).max() <= 1e-4
+    assert np.abs(served(ranked) - official_kalm.scores(QUERY, docs, 8)).max() <= 1e-4
 
 
-def test_client_held_states_round_trip_through_npz(client, tmp_path, reranker_exports, tiny_t5gemma2_dir):
+def test_client_held_states_round_trip_through_npz(client, tmp_path, official_kalm):
     states = client.encode_passages(DOCS, compression_ratio=4, progress=False)
     assert len(states) == len(DOCS) and states.states.dtype == np.float16
     path = tmp_path / "passages.npz"
     states.save(path)
     loaded = PassageStates.load(path)
-    expected = reference_scores(tiny_t5gemma2_dir, reranker_exports[TINY_KALM], DOCS, 8)
     ranked = client.rerank(QUERY, passages=loaded, compression_ratio=8)
-    got = np.array([r.score for r in sorted(ranked, key=lambda r: r.index)])
-    assert np.abs(got - expected).max() <= 5e-3  # float16 on the wire
+    assert np.abs(served(ranked) - official_kalm.scores(QUERY, DOCS, 8)).max() <= 5e-3  # float16 on the wire
 
 
 def test_large_candidate_lists_are_split_and_merged(grpc_url, client):
     docs = realistic_texts(23, seed=9)
     whole = client.rerank(QUERY, docs, top_n=5, return_documents=True)
-    with RerankClient(grpc_url, TINY_KALM) as small:
+    with RerankClient(grpc_url, KALM) as small:
         small._config = dataclasses.replace(client.info(), max_candidates=4)  # as if the server took 4 at a time
         split = small.rerank(QUERY, docs, top_n=5, return_documents=True)
     assert [(r.index, r.document) for r in split] == [(r.index, r.document) for r in whole]
@@ -126,7 +136,7 @@ def test_large_candidate_lists_are_split_and_merged(grpc_url, client):
 
 def test_async_client(grpc_url, client):
     async def run():
-        async with AsyncRerankClient(grpc_url, TINY_KALM) as c:
+        async with AsyncRerankClient(grpc_url, KALM) as c:
             return await c.rerank(QUERY, DOCS, top_n=3)
 
     ranked = asyncio.run(run())
@@ -134,7 +144,7 @@ def test_async_client(grpc_url, client):
 
 
 def test_cli_rerank(grpc_url, capsys):
-    assert cli.rerank_main(["--query", QUERY, "ok", "open the file", "--url", grpc_url, "--model", TINY_KALM]) == 0
+    assert cli.rerank_main(["--query", QUERY, "ok", "open the file", "--url", grpc_url, "--model", KALM]) == 0
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert sorted(r["index"] for r in rows) == [0, 1]
     assert {r["document"] for r in rows} == {"ok", "open the file"}
@@ -143,7 +153,7 @@ def test_cli_rerank(grpc_url, capsys):
 def raw_rerank(grpc_url, inputs, parameters=None):
     client = grpcclient.InferenceServerClient(grpc_url)
     try:
-        return client.infer(TINY_KALM, inputs, parameters=parameters or {})
+        return client.infer(KALM, inputs, parameters=parameters or {})
     finally:
         client.close()
 
@@ -171,10 +181,10 @@ BAD = {
     "ratio not exported": ([text_tensor("query", ["q"]), text_tensor("documents", ["a"])], {"compression_ratio": 3},
                            "compression_ratio: 3 was not exported"),
     "query over the limit": ([text_tensor("query", [" ".join(["file"] * 600)]), text_tensor("documents", ["a"])],
-                             {"truncate": False}, "exceeds max_query_tokens 512"),
+                             {"truncate": False}, "exceed max_query_tokens 512"),
     "states of the wrong width": (states((1, 2, 32)), {}, "passage_states"),
-    "states of the wrong dtype": (states((1, 2, 64), np.float32), {}, "passage_states"),
-    "counts of the wrong shape": (states((1, 2, 64), counts_shape=(1, 3)), {}, "passage_counts: shape"),
+    "states of the wrong dtype": (states((1, 2, 640), np.float32), {}, "passage_states"),
+    "counts of the wrong shape": (states((1, 2, 640), counts_shape=(1, 3)), {}, "passage_counts: shape"),
     "unknown passage id": ([text_tensor("query", ["q"]), text_tensor("passage_ids", ["f" * 32])], {},
                            "passage_ids[0]: unknown passage id"),
 }  # fmt: skip

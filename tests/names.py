@@ -1,0 +1,9 @@
+"""Names the tests share (model names and limits), kept out of conftest so that test modules import them plainly."""
+
+MINILM = "all-minilm-l6-v2"
+MINILM_INT8 = "all-minilm-l6-v2-int8"
+TINY_DECODER = "tiny-decoder"
+KALM = "kalm-shaped"  # T5Gemma 2 with KaLM-Reranker-V1-Nano's widths and vocabulary, 2 + 2 layers, bf16 on disk
+KALM_LAYERS = 2
+TINY_T5 = "tiny-t5-reranker"
+T5_MAX_PASSAGE_TOKENS = 256
