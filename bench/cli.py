@@ -1,4 +1,5 @@
-"""`nestrank bench`: load tests (embed, rerank), FBNL rerank paths (fbnl) and the peer comparison (compare)."""
+"""`nestrank bench`: load tests (embed, rerank), FBNL rerank paths (fbnl), a soak (soak) and the peer comparison
+(compare)."""
 
 from __future__ import annotations
 
@@ -28,6 +29,7 @@ def _load_arguments(p: argparse.ArgumentParser, model: str, batch: int) -> None:
     p.add_argument("--input", type=Path, help="texts: one per line, or .jsonl with a 'text' field")
     p.add_argument("--batch-size", type=int, default=batch)
     p.add_argument("--max-error-rate", type=float, default=0.0, help="exit 1 above this fraction of failed requests")
+    p.add_argument("--retries", type=int, default=0, help="client retries per request (default 0: failures show)")
     p.add_argument("--no-in-process", dest="in_process", action="store_false")
     p.add_argument("--out-dir", type=Path, default=Path("bench/out"))
 
@@ -53,6 +55,14 @@ def parser() -> argparse.ArgumentParser:
     f.add_argument("--repeats", type=int, default=3)
     f.add_argument("--ratio", type=int, default=4)
     f.add_argument("--out", type=Path, default=Path("bench/out/fbnl.json"))
+    s = workloads.add_parser(
+        "soak", help="saturate the server for a while, embed and rerank mixed: memory, errors, p99"
+    )
+    s.add_argument("--duration", type=float, default=600.0, help="seconds (default 600)")
+    s.add_argument("--concurrency", type=int, default=8)
+    s.add_argument("--rerank-share", type=float, default=0.3)
+    s.add_argument("--cache-bytes", type=int, default=64 << 20, help="the server's passage-state cache bound")
+    s.add_argument("--out", type=Path, default=Path("bench/out/soak.json"))
     c = workloads.add_parser("compare", help="nestrank vs in-process ORT / sentence-transformers / Infinity")
     c.add_argument("--texts", type=int, default=1024)
     c.add_argument("--concurrency", type=int, default=16)
@@ -70,6 +80,13 @@ def main(argv: list[str]) -> int:
                               passage_tokens=args.passage_tokens, repeats=args.repeats, ratio=args.ratio,
                               out=args.out))  # fmt: skip
         return 0
+    if args.workload == "soak":
+        from nestrank.bench.soak import SoakConfig, run
+
+        config = SoakConfig(duration_s=args.duration, concurrency=args.concurrency, rerank_share=args.rerank_share,
+                            cache_bytes=args.cache_bytes, out=args.out)  # fmt: skip
+        report = run(config)
+        return 1 if report["errors"] else 0
     if args.workload == "compare":
         from nestrank.bench.compare import CompareConfig, run
 
@@ -95,6 +112,7 @@ def main(argv: list[str]) -> int:
         passages=getattr(args, "passages", "cached"),
         query=getattr(args, "query", LoadConfig.query),
         max_error_rate=args.max_error_rate,
+        retries=args.retries,
         in_process=args.in_process,
         out_dir=args.out_dir,
     )

@@ -41,6 +41,7 @@ class LoadConfig:
     passages: str = "cached"  # rerank: cached (server cache, by id), states (client-held), fresh (encoded per request)
     query: str = "how do I read a file line by line"
     max_error_rate: float = 0.0
+    retries: int = 0  # client retries per request; 0: failures are reported, never hidden as slow successes
     in_process: bool = True  # embed: an in-process ONNX Runtime row on the same model and batches
     out_dir: Path = Path("bench/out")
 
@@ -59,6 +60,14 @@ class LoadConfig:
             raise ValueError(f"passages must be one of {PASSAGE_MODES}")
         if not 0 <= self.max_error_rate <= 1:
             raise ValueError("max_error_rate must be in [0, 1]")
+        if self.retries < 0:
+            raise ValueError("retries must be >= 0")
+
+    @property
+    def retry(self):
+        from nestrank.clients.transport import RetryPolicy
+
+        return RetryPolicy(attempts=1 + self.retries)
 
 
 def load_texts(config: LoadConfig, count: int) -> list[str]:
@@ -104,9 +113,13 @@ class EmbedWorkload:
     async def prepare(self) -> None:
         from nestrank.clients.embed import AsyncEmbedClient
 
-        self.client = AsyncEmbedClient(self.urls, self.config.model, concurrency=1)
+        self.client = AsyncEmbedClient(self.urls, self.config.model, concurrency=1, retry=self.config.retry)
         for i in range(-self.config.warmup, 0):
             await self.send(i)
+
+    async def close(self) -> None:
+        if self.client is not None:
+            await self.client.close()
 
     def in_process(self, progress: str) -> dict:
         from nestrank.export.triton_config import read_config, string_parameters
@@ -135,7 +148,7 @@ class RerankWorkload:
         self.documents = load_texts(config, config.batch_size * 4)
         self.urls = list(url)
         self.client = None  # made in prepare(), inside the running loop
-        self.sync_client = RerankClient(self.urls, config.model)
+        self.sync_client = RerankClient(self.urls, config.model, retry=config.retry)
         count = token_counter(config)
         self.doc_tokens = count(self.documents) / len(self.documents) if count else 0
         self.ids: list[str] = []
@@ -148,7 +161,7 @@ class RerankWorkload:
     async def prepare(self) -> None:
         from nestrank.clients.rerank import AsyncRerankClient
 
-        self.client = AsyncRerankClient(self.urls, self.config.model)
+        self.client = AsyncRerankClient(self.urls, self.config.model, retry=self.config.retry)
         if self.config.passages == "cached":
             self.ids = self.sync_client.warm(self.documents)
         elif self.config.passages == "states":
@@ -166,6 +179,11 @@ class RerankWorkload:
         else:  # fresh texts: every passage is encoded in this request
             out = await self.client.rerank(self.config.query, [f"{i} {self.documents[j]}" for j in chosen])
         return len(out), int(self.doc_tokens * len(out))
+
+    async def close(self) -> None:
+        self.sync_client.close()
+        if self.client is not None:
+            await self.client.close()
 
     def in_process(self, progress: str) -> dict | None:
         return None
@@ -207,15 +225,18 @@ def run(config: LoadConfig, log=print) -> tuple[list[dict], int]:
                              **baseline})  # fmt: skip
 
         async def levels():
-            await workload.prepare()
-            out = []
-            for c in [] if config.rates else config.concurrency:
-                out.append({"series": series, "mode": "closed", "concurrency": c, "rate": None,
-                            **await _level(workload, config, c, None)})  # fmt: skip
-            for r in config.rates:
-                out.append({"series": series, "mode": "open", "concurrency": None, "rate": r,
-                            **await _level(workload, config, None, r)})  # fmt: skip
-            return out
+            try:
+                await workload.prepare()
+                out = []
+                for c in [] if config.rates else config.concurrency:
+                    out.append({"series": series, "mode": "closed", "concurrency": c, "rate": None,
+                                **await _level(workload, config, c, None)})  # fmt: skip
+                for r in config.rates:
+                    out.append({"series": series, "mode": "open", "concurrency": None, "rate": r,
+                                **await _level(workload, config, None, r)})  # fmt: skip
+                return out
+            finally:
+                await workload.close()
 
         rows += asyncio.run(levels())
     name = f"{config.workload}-{config.model}"
@@ -239,14 +260,17 @@ def _cpus() -> int:
 
 def format_table(rows: list[dict]) -> str:
     header = (f"{'series':<34}{'load':>10}{'req/s':>8}{'items/s':>9}{'tok/s':>9}{'p50':>8}{'p90':>8}{'p99':>8}"
-              f"{'p99.9':>8}{'max':>8}{'errors':>8}")  # fmt: skip
+              f"{'p99.9':>8}{'max':>8}{'errors':>8}{'shed':>6}")  # fmt: skip
     lines = [header, "-" * len(header)]
     for r in rows:
         load = f"c={r['concurrency']}" if r["rate"] is None else f"{r['rate']:g}/s"
         lines.append(
             f"{r['series'][:33]:<34}{load:>10}{r['requests_per_s']:>8.2f}{r['items_per_s']:>9.1f}"
             f"{r['tokens_per_s']:>9.0f}{r['p50_ms']:>8.0f}{r['p90_ms']:>8.0f}{r['p99_ms']:>8.0f}"
-            f"{r['p99.9_ms']:>8.0f}{r['max_ms']:>8.0f}{sum(r['errors'].values()):>8}"
+            f"{r['p99.9_ms']:>8.0f}{r['max_ms']:>8.0f}{sum(r['errors'].values()):>8}{r['overloaded']:>6}"
         )
-    lines.append("latencies in ms; open-loop latency counts from each request's scheduled start")
+    lines.append(
+        "latencies in ms, successful requests only; open-loop latency counts from each request's scheduled "
+        "start; shed: refused as overloaded (queue full), not in errors"
+    )
     return "\n".join(lines)

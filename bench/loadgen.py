@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from nestrank.errors import NestrankError
+from nestrank.errors import NestrankError, OverloadedError
 
 PERCENTILES = (50, 90, 99, 99.9)
 
@@ -32,23 +32,29 @@ class RunResult:
     """Latencies of successful requests, errors by status code, and the wall time of the run."""
 
     latencies_s: list[float] = field(default_factory=list)
-    errors: collections.Counter = field(default_factory=collections.Counter)
+    errors: collections.Counter = field(default_factory=collections.Counter)  # by status code, overload apart
+    overloaded: int = 0  # refused because the server's queue was full (load shedding), counted on their own
     items: int = 0  # texts (or candidates) in successful requests
     tokens: int = 0
     wall_s: float = 0.0
 
     def record_error(self, err: Exception) -> None:
-        self.errors[err.grpc_code if isinstance(err, NestrankError) else type(err).__name__] += 1
+        if isinstance(err, OverloadedError):
+            self.overloaded += 1
+        else:
+            self.errors[err.grpc_code if isinstance(err, NestrankError) else type(err).__name__] += 1
 
     def summary(self) -> dict:
         lat = np.asarray(self.latencies_s) * 1e3
         failed = sum(self.errors.values())
-        total = len(self.latencies_s) + failed
+        total = len(self.latencies_s) + failed + self.overloaded
         per_s = (lambda n: n / self.wall_s) if self.wall_s > 0 else (lambda n: 0.0)
         row = {
             "requests": total,
             "errors": dict(self.errors),
             "error_rate": failed / total if total else 0.0,
+            "overloaded": self.overloaded,
+            "overload_rate": self.overloaded / total if total else 0.0,
             "requests_per_s": per_s(len(self.latencies_s)),
             "items_per_s": per_s(self.items),
             "tokens_per_s": per_s(self.tokens),

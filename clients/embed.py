@@ -19,7 +19,14 @@ import tritonclient.grpc as grpcclient
 import tritonclient.grpc.aio as grpcclient_aio
 from tqdm.auto import tqdm
 
-from nestrank.clients.transport import DEFAULT_URL, AsyncEndpoints, Endpoints, RetryPolicy, model_parameters
+from nestrank.clients.transport import (
+    DEFAULT_URL,
+    AsyncEndpoints,
+    Credentials,
+    Endpoints,
+    RetryPolicy,
+    model_parameters,
+)
 from nestrank.errors import NestrankError, ValidationError
 from nestrank.serving.batching import split_by_length
 from nestrank.serving.embed_config import EmbedderConfig, EmbedOptions, parse_options
@@ -125,17 +132,21 @@ class EmbedClient:
         timeout_s: float = 60.0,
         retry: RetryPolicy = RetryPolicy(),
         concurrency: int = 4,
+        api_key: str | None = None,
+        **tls,
     ):
+        """`timeout_s` bounds each request, its retries included; `api_key` (default: $NESTRANK_API_KEY) and
+        `tls` (ssl=True, root_certificates=, private_key=, certificate_chain=: PEM files) as the server needs."""
         self.model = model
         self.timeout_s = timeout_s
         self.concurrency = concurrency
-        self._endpoints = Endpoints(url, retry)
+        self._endpoints = Endpoints(url, retry, Credentials.from_env(api_key, **tls))
         self._call = self._endpoints.call
         self._info: ModelInfo | None = None
 
     def info(self) -> ModelInfo:
         if self._info is None:
-            config = self._call(lambda ep: ep.get_model_config(self.model, as_json=True))
+            config = self._call(lambda ep, **o: ep.get_model_config(self.model, as_json=True, **o), self.timeout_s)
             self._info = ModelInfo.from_model_config(config)
         return self._info
 
@@ -162,9 +173,7 @@ class EmbedClient:
 
         def send(chunk: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
             inputs = [_text_input([texts[i] for i in chunk], grpcclient)]
-            result = self._call(
-                lambda ep: ep.infer(self.model, inputs, parameters=params, client_timeout=self.timeout_s)
-            )
+            result = self._call(lambda ep, **o: ep.infer(self.model, inputs, parameters=params, **o), self.timeout_s)
             return chunk, result.as_numpy("embeddings")
 
         workers = max(1, concurrency or self.concurrency)
@@ -195,17 +204,21 @@ class AsyncEmbedClient:
         timeout_s: float = 60.0,
         retry: RetryPolicy = RetryPolicy(),
         concurrency: int = 4,
+        api_key: str | None = None,
+        **tls,
     ):
         self.model = model
         self.timeout_s = timeout_s
         self.concurrency = concurrency
-        self._endpoints = AsyncEndpoints(url, retry)
+        self._endpoints = AsyncEndpoints(url, retry, Credentials.from_env(api_key, **tls))
         self._call = self._endpoints.call
         self._info: ModelInfo | None = None
 
     async def info(self) -> ModelInfo:
         if self._info is None:
-            config = await self._call(lambda ep: ep.get_model_config(self.model, as_json=True))
+            config = await self._call(
+                lambda ep, **o: ep.get_model_config(self.model, as_json=True, **o), self.timeout_s
+            )
             self._info = ModelInfo.from_model_config(config)
         return self._info
 
@@ -235,7 +248,7 @@ class AsyncEmbedClient:
             inputs = [_text_input([texts[i] for i in chunk], grpcclient_aio)]
             async with gate:
                 result = await self._call(
-                    lambda ep: ep.infer(self.model, inputs, parameters=params, client_timeout=self.timeout_s)
+                    lambda ep, **o: ep.infer(self.model, inputs, parameters=params, **o), self.timeout_s
                 )
             plan.place(chunk, result.as_numpy("embeddings"))
             bar.update(len(chunk))

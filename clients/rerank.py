@@ -18,7 +18,14 @@ import tritonclient.grpc as grpcclient
 import tritonclient.grpc.aio as grpcclient_aio
 from tqdm.auto import tqdm
 
-from nestrank.clients.transport import DEFAULT_URL, AsyncEndpoints, Endpoints, RetryPolicy, model_parameters
+from nestrank.clients.transport import (
+    DEFAULT_URL,
+    AsyncEndpoints,
+    Credentials,
+    Endpoints,
+    RetryPolicy,
+    model_parameters,
+)
 from nestrank.errors import ValidationError
 from nestrank.serving.batching import split_by_length
 from nestrank.serving.passage_cache import passage_id
@@ -132,23 +139,24 @@ class _RerankPlan:
         return cls([np.arange(s, min(s + size, count)) for s in range(0, count, size)], params)
 
     def inputs(self, module, query: str, chunk: np.ndarray, documents, passages) -> list:
-        inputs = [_bytes_input(module, "query", [query])]
+        """One request's tensors, each with the leading batch dimension of 1 the rerank model takes."""
+        inputs = [_bytes_input(module, "query", [query], [1, 1])]
         if documents is not None:
-            inputs.append(_bytes_input(module, "documents", [documents[i] for i in chunk]))
+            inputs.append(_bytes_input(module, "documents", [documents[i] for i in chunk], [1, len(chunk)]))
         elif isinstance(passages, PassageStates):
             states, counts = passages.padded(chunk)
-            inputs += [_array_input(module, "passage_states", states, "FP16"),
-                       _array_input(module, "passage_counts", counts, "INT32")]  # fmt: skip
+            inputs += [_array_input(module, "passage_states", states[None], "FP16"),
+                       _array_input(module, "passage_counts", counts[None], "INT32")]  # fmt: skip
         else:
-            inputs.append(_bytes_input(module, "passage_ids", [passages[i] for i in chunk]))
+            inputs.append(_bytes_input(module, "passage_ids", [passages[i] for i in chunk], [1, len(chunk)]))
         return inputs
 
     @staticmethod
     def merge(parts: list[tuple[np.ndarray, object]], top_n: int | None, documents) -> list[RankedPassage]:
         ranked = []
         for chunk, result in parts:
-            ids = result.as_numpy("passage_ids")
-            for idx, score, pid in zip(result.as_numpy("indices"), result.as_numpy("scores"), ids):
+            ids = result.as_numpy("passage_ids")[0]
+            for idx, score, pid in zip(result.as_numpy("indices")[0], result.as_numpy("scores")[0], ids):
                 index = int(chunk[idx])
                 doc = documents[index] if documents is not None else None
                 ranked.append(RankedPassage(index, float(score), pid.decode(), doc))
@@ -166,21 +174,25 @@ def _check_candidates(documents, passages) -> int:
 
 class RerankClient:
     def __init__(self, url: str | Sequence[str] = DEFAULT_URL, model: str = "kalm-reranker", *,
-                 timeout_s: float = 120.0, retry: RetryPolicy = RetryPolicy(), concurrency: int = 4):  # fmt: skip
+                 timeout_s: float = 120.0, retry: RetryPolicy = RetryPolicy(), concurrency: int = 4,
+                 api_key: str | None = None, **tls):  # fmt: skip
+        """`timeout_s` bounds each request, its retries included; `api_key` (default: $NESTRANK_API_KEY) and
+        `tls` (ssl=True, root_certificates=, private_key=, certificate_chain=: PEM files) as the server needs."""
         self.model = model
         self.timeout_s = timeout_s
         self.concurrency = concurrency
-        self._endpoints = Endpoints(url, retry)
+        self._endpoints = Endpoints(url, retry, Credentials.from_env(api_key, **tls))
         self._config: RerankerConfig | None = None
 
     def info(self) -> RerankerConfig:
         if self._config is None:
-            config = self._endpoints.call(lambda c: c.get_model_config(self.model, as_json=True))
+            config = self._endpoints.call(lambda c, **o: c.get_model_config(self.model, as_json=True, **o),
+                                          self.timeout_s)  # fmt: skip
             self._config = RerankerConfig.from_parameters(model_parameters(config)[2])
         return self._config
 
     def _infer(self, model: str, inputs: list, params: dict):
-        return self._endpoints.call(lambda c: c.infer(model, inputs, parameters=params, client_timeout=self.timeout_s))
+        return self._endpoints.call(lambda c, **o: c.infer(model, inputs, parameters=params, **o), self.timeout_s)
 
     def rerank(self, query: str, documents: Sequence[str] | None = None, *, passages=None,
                instruction: str | None = None, top_n: int | None = None, compression_ratio: int | None = None,
@@ -226,8 +238,8 @@ class RerankClient:
         for start in range(0, len(documents), ENCODE_BATCH):
             texts = list(documents[start : start + ENCODE_BATCH])
             params = {"warm": True, **({"compression_ratio": compression_ratio} if compression_ratio else {})}
-            result = self._infer(self.model, [_bytes_input(grpcclient, "documents", texts)], params)
-            ids += [i.decode() for i in result.as_numpy("passage_ids")]
+            result = self._infer(self.model, [_bytes_input(grpcclient, "documents", texts, [1, len(texts)])], params)
+            ids += [i.decode() for i in result.as_numpy("passage_ids")[0]]
         return ids
 
     def close(self) -> None:
@@ -244,15 +256,17 @@ class AsyncRerankClient:
     """asyncio twin of RerankClient (rerank, warm, info); split candidate lists go out concurrently."""
 
     def __init__(self, url: str | Sequence[str] = DEFAULT_URL, model: str = "kalm-reranker", *,
-                 timeout_s: float = 120.0, retry: RetryPolicy = RetryPolicy()):  # fmt: skip
+                 timeout_s: float = 120.0, retry: RetryPolicy = RetryPolicy(), api_key: str | None = None,
+                 **tls):  # fmt: skip
         self.model = model
         self.timeout_s = timeout_s
-        self._endpoints = AsyncEndpoints(url, retry)
+        self._endpoints = AsyncEndpoints(url, retry, Credentials.from_env(api_key, **tls))
         self._config: RerankerConfig | None = None
 
     async def info(self) -> RerankerConfig:
         if self._config is None:
-            config = await self._endpoints.call(lambda c: c.get_model_config(self.model, as_json=True))
+            config = await self._endpoints.call(lambda c, **o: c.get_model_config(self.model, as_json=True, **o),
+                                                self.timeout_s)  # fmt: skip
             self._config = RerankerConfig.from_parameters(model_parameters(config)[2])
         return self._config
 
@@ -266,7 +280,7 @@ class AsyncRerankClient:
         async def send(chunk):
             inputs = plan.inputs(grpcclient_aio, query, chunk, documents, passages)
             result = await self._endpoints.call(
-                lambda c: c.infer(self.model, inputs, parameters=plan.params, client_timeout=self.timeout_s)
+                lambda c, **o: c.infer(self.model, inputs, parameters=plan.params, **o), self.timeout_s
             )
             return chunk, result
 
@@ -275,9 +289,10 @@ class AsyncRerankClient:
 
     async def warm(self, documents: Sequence[str], *, compression_ratio: int | None = None) -> list[str]:
         params = {"warm": True, **({"compression_ratio": compression_ratio} if compression_ratio else {})}
-        inputs = [_bytes_input(grpcclient_aio, "documents", list(documents))]
-        result = await self._endpoints.call(lambda c: c.infer(self.model, inputs, parameters=params))
-        return [i.decode() for i in result.as_numpy("passage_ids")]
+        inputs = [_bytes_input(grpcclient_aio, "documents", list(documents), [1, len(documents)])]
+        result = await self._endpoints.call(lambda c, **o: c.infer(self.model, inputs, parameters=params, **o),
+                                            self.timeout_s)  # fmt: skip
+        return [i.decode() for i in result.as_numpy("passage_ids")[0]]
 
     async def close(self) -> None:
         await self._endpoints.close()

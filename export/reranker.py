@@ -281,6 +281,9 @@ def check_parity(model, tokenizer, config: RerankerConfig, encode_dir: Path, sco
 
 
 def model_configs(name: str, config: RerankerConfig, max_batch_size: int) -> dict[str, mc.ModelConfig]:
+    """`_encode` batches documents across requests. `_score` and the BLS entry point take one request at a time:
+    max_batch_size 1 (a leading dimension of 1 on the wire) so that the dynamic batcher's bounded queue sheds
+    load for them too (Triton has no queue limit without it)."""
     params = config.to_parameters()
     bytes_, fp16, fp32, int32 = mc.TYPE_STRING, mc.TYPE_FP16, mc.TYPE_FP32, mc.TYPE_INT32
     return {
@@ -299,7 +302,7 @@ def model_configs(name: str, config: RerankerConfig, max_batch_size: int) -> dic
                 ("passage_counts", int32, [-1, -1]),
             ],  # fmt: skip
             outputs=[("scores", fp32, [-1]), ("margins", fp32, [-1])],
-            max_batch_size=0,
+            max_batch_size=1,
             parameters=params,
         ),
         name: python_model_config(
@@ -318,7 +321,7 @@ def model_configs(name: str, config: RerankerConfig, max_batch_size: int) -> dic
                 ("documents", bytes_, [-1]),
                 ("passage_ids", bytes_, [-1]),
             ],  # fmt: skip
-            max_batch_size=0,
+            max_batch_size=1,
             parameters=params,
         ),
     }
@@ -342,7 +345,7 @@ def reranker_config(model, tokenizer, architecture: str, **fields) -> RerankerCo
         fields.update(prompt_template=PLAIN_PROMPT_TEMPLATE, passage_special_tokens=True,
                       decoder_start_token_id=int(model.config.decoder_start_token_id))  # fmt: skip
     return RerankerConfig(architecture=architecture, hidden_size=int(hidden), yes_token_id=yes_id, no_token_id=no_id,
-                          **fields)  # fmt: skip
+                          vocab_size=vocabulary_size(model), **fields)  # fmt: skip
 
 
 def export_reranker(

@@ -10,6 +10,7 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
 CONFIG_FILE = "config.pbtxt"
+MAX_QUEUE_WAIT_S = 30.0  # a request that waited this long in a model's queue is refused (overload), not run late
 WARMUP_DIR = "warmup"
 
 
@@ -24,11 +25,19 @@ def python_model_config(
     max_queue_delay_us: int = 2000,
     warmup: Mapping[str, str] | None = None,
     optional: Sequence[str] = (),
+    max_queue_size: int | None = None,
+    max_queue_wait_s: float = MAX_QUEUE_WAIT_S,
 ) -> mc.ModelConfig:
     """A Python-backend model with dynamic batching on CPU instances.
 
     `inputs`/`outputs` are (name, DataType, dims); `warmup` maps an input name to a file under
     `warmup/` holding one serialized batch-1 value.
+
+    The queue is bounded twice, as Triton allows: in requests (`max_queue_size`, default `default_queue_size`)
+    and in time (`max_queue_wait_s`). Past either, Triton refuses at once with UNAVAILABLE ("Exceeds maximum
+    queue size", "Request timeout expired"), which the clients read as overload and back off from, instead of
+    latency growing without bound. Triton counts requests, not texts, so the count bound is generous and the
+    time bound does the work under heavy requests.
     """
     config = mc.ModelConfig(name=name, backend="python", max_batch_size=max_batch_size)
     for tensor_name, dtype, dims in inputs:
@@ -37,6 +46,10 @@ def python_model_config(
         config.output.add(name=tensor_name, data_type=dtype, dims=list(dims))
     if max_batch_size > 0:  # the dynamic batcher needs a batch dimension
         config.dynamic_batching.max_queue_delay_microseconds = max_queue_delay_us
+        queue = config.dynamic_batching.default_queue_policy
+        queue.max_queue_size = max_queue_size or default_queue_size(max_batch_size)
+        queue.timeout_action = mc.ModelQueuePolicy.REJECT
+        queue.default_timeout_microseconds = int(max_queue_wait_s * 1e6)
     config.instance_group.add(kind=mc.ModelInstanceGroup.KIND_CPU, count=instance_count)
     for key, value in parameters.items():
         config.parameters[key].string_value = value
@@ -49,6 +62,12 @@ def python_model_config(
             spec.dims.extend(by_name[tensor_name].dims)
             spec.input_data_file = file_name
     return config
+
+
+def default_queue_size(max_batch_size: int) -> int:
+    """Requests that may wait: four full batches of one-item requests, at least 64 (all-MiniLM-L6-v2: 1,024;
+    TEI's default is 512 concurrent requests)."""
+    return max(64, 4 * max_batch_size)
 
 
 def write_config(config: mc.ModelConfig, model_dir: str | Path) -> Path:

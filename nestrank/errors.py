@@ -64,6 +64,13 @@ class DeadlineExceededError(NestrankError, TimeoutError):
     triton_code = "UNAVAILABLE"
 
 
+class UnauthenticatedError(NestrankError):
+    """The server wants a key (or TLS client certificate) this request did not carry; retrying will not help."""
+
+    grpc_code = "UNAUTHENTICATED"
+    triton_code = "UNAVAILABLE"
+
+
 class BackendError(NestrankError):
     """The model failed while running a valid request."""
 
@@ -75,16 +82,30 @@ _BY_GRPC_CODE = {
     "INVALID_ARGUMENT": ValidationError,
     "NOT_FOUND": NotFoundError,
     "UNIMPLEMENTED": UnsupportedError,
-    "RESOURCE_EXHAUSTED": OverloadedError,
+    "RESOURCE_EXHAUSTED": ValidationError,  # e.g. over gRPC's message size limit: the request itself is too large
     "UNAVAILABLE": UnavailableError,
     "DEADLINE_EXCEEDED": DeadlineExceededError,
 }
 
 
+# Triton answers several conditions with one status; its message tells them apart.
+_BY_TRITON_MESSAGE = (
+    ("UNAVAILABLE", "protocol is restricted", UnauthenticatedError),  # a missing or wrong key
+    ("UNAVAILABLE", "maximum queue size", OverloadedError),  # the model's queue is full: back off
+    ("UNAVAILABLE", "request timeout expired", OverloadedError),  # it waited past the queue's time bound
+    ("RESOURCE_EXHAUSTED", "queue", OverloadedError),
+    ("INTERNAL", "stub process", UnavailableError),  # a model's backend process died; the launcher reloads it
+    ("NOT_FOUND", "unknown model", UnavailableError),  # a model being reloaded, or not on this replica
+    ("UNAVAILABLE", "is not ready", UnavailableError),
+)
+
+
 def from_grpc_status(code: str | None, message: str) -> NestrankError:
     """Typed error for a gRPC status; `code` may be "INVALID_ARGUMENT" or "StatusCode.INVALID_ARGUMENT"."""
     name = (code or "").rsplit(".", 1)[-1]
-    cls = _BY_GRPC_CODE.get(name, BackendError)
+    lowered = message.lower()
+    cls = next((c for n, text, c in _BY_TRITON_MESSAGE if n == name and text in lowered), None)
+    cls = cls or _BY_GRPC_CODE.get(name, BackendError)
     err = ValidationError(None, message) if cls is ValidationError else cls(message)
     err.grpc_code = name or cls.grpc_code
     return err

@@ -1,5 +1,8 @@
 """`nestrank serve`: the main job. Exports the default model if the repository lacks it, starts Triton
-on 127.0.0.1 (gRPC 8001, HTTP 8000, metrics 8002) and stays up until SIGINT/SIGTERM."""
+on 127.0.0.1 (gRPC 8001, HTTP 8000, metrics 8002), supervises it and stays up until SIGINT/SIGTERM.
+
+Closed by default: Triton's admin APIs need the admin key; `--api-key` closes inference too; `--tls-*` for gRPC.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +12,7 @@ import signal
 import sys
 from pathlib import Path
 
-from nestrank.serving.launcher import ServerConfig, ServerStartError, TritonServer
+from nestrank.serving.launcher import ServerConfig, ServerStartError, TlsConfig, TritonServer
 
 # (model name, weight precision) exported from the packaged all-MiniLM-L6-v2 when missing.
 DEFAULT_MODELS = (("all-minilm-l6-v2", "fp32"), ("all-minilm-l6-v2-int8", "int8"))
@@ -28,6 +31,30 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--metrics-port", type=int, default=_env_int("METRICS_PORT", 8002))
     p.add_argument("--tritonserver", type=Path, help="a system tritonserver binary (default: the pytriton wheel's)")
     p.add_argument("--response-cache-bytes", type=int, default=_env_int("RESPONSE_CACHE_BYTES", 0))
+    p.add_argument("--http-host", default=os.environ.get("NESTRANK_HTTP_HOST"),
+                   help="address for HTTP and metrics (default: --host); HTTP has no TLS")  # fmt: skip
+    p.add_argument("--api-key", default=os.environ.get("NESTRANK_API_KEY"),
+                   help="require this key (header nestrank-api-key) for inference, model config and metadata; "
+                   "env NESTRANK_API_KEY")  # fmt: skip
+    p.add_argument("--admin-key", default=os.environ.get("NESTRANK_ADMIN_KEY"),
+                   help="key (header nestrank-admin-key) that opens Triton's admin APIs: shared memory, model "
+                   "repository, statistics, trace, logging (default: a random key, so they stay closed); "
+                   "env NESTRANK_ADMIN_KEY")  # fmt: skip
+    p.add_argument(
+        "--allow-shared-memory",
+        action="store_true",
+        help="open the shared-memory APIs without the admin key (same-host clients that need them)",
+    )
+    p.add_argument("--tls-cert", type=Path, help="gRPC TLS: the server certificate (PEM)")
+    p.add_argument("--tls-key", type=Path, help="gRPC TLS: the server key (PEM)")
+    p.add_argument("--tls-ca", type=Path, help="gRPC mutual TLS: accept client certificates signed by this CA (PEM)")
+    p.add_argument(
+        "--triton-arg",
+        action="append",
+        default=[],
+        metavar="ARG",
+        help="pass an argument to tritonserver as it is, e.g. --triton-arg=--log-verbose=1 (repeatable)",
+    )
     p.add_argument("--reranker", default=os.environ.get("NESTRANK_RERANKER"),
                    help="also serve this FBNL reranker (checkpoint directory or Hugging Face model id, e.g. "
                    "KaLM-Embedding/KaLM-Reranker-V1-Nano), exported into the repository first if missing")  # fmt: skip
@@ -82,15 +109,32 @@ def main(argv: list[str]) -> int:
         ensure_reranker(repository, args.reranker, args.reranker_name or reranker_name(args.reranker))
     if not args.no_default_models:
         ensure_default_models(repository)
-    config = ServerConfig(
-        model_repository=repository,
-        host=args.host,
-        grpc_port=args.grpc_port,
-        http_port=args.http_port,
-        metrics_port=args.metrics_port,
-        tritonserver=args.tritonserver,
-        response_cache_bytes=args.response_cache_bytes,
-    )
+    if (args.tls_cert is None) != (args.tls_key is None) or (args.tls_ca and not args.tls_cert):
+        print("nestrank serve: --tls-cert and --tls-key go together (and --tls-ca needs them)", file=sys.stderr)
+        return 2
+    try:
+        config = ServerConfig(
+            model_repository=repository,
+            host=args.host,
+            grpc_port=args.grpc_port,
+            http_port=args.http_port,
+            metrics_port=args.metrics_port,
+            http_host=args.http_host,
+            tritonserver=args.tritonserver,
+            response_cache_bytes=args.response_cache_bytes,
+            api_key=args.api_key,
+            admin_key=args.admin_key,
+            allow_shared_memory=args.allow_shared_memory,
+            tls=TlsConfig(args.tls_cert, args.tls_key, args.tls_ca) if args.tls_cert else None,
+            extra_args=tuple(args.triton_arg),
+        )
+    except ValueError as err:
+        print(f"nestrank serve: {err}", file=sys.stderr)
+        return 2
+    if config.exposed_without_key:
+        print(f"nestrank serve: WARNING: listening on {args.host} without --api-key: anyone who can reach this "
+              "address can run inference. Set --api-key (and TLS), or keep it on 127.0.0.1.",
+              file=sys.stderr, flush=True)  # fmt: skip
     server = TritonServer(config, echo=True)
     stopping = []
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from nestrank.errors import ValidationError
-from nestrank.serving.parameters import as_bool, as_int, as_str, from_parameters, to_parameters
+from nestrank.serving.parameters import as_bool, as_int, as_str, check_names, from_parameters, shown, to_parameters
 from nestrank.serving.quantization import PRECISIONS
 
 POOLING_MODES = ("mean", "cls", "lasttoken")
@@ -66,7 +66,7 @@ class EmbedderConfig:
         canonical = INPUT_TYPE_ALIASES.get(input_type)
         if canonical is None:
             allowed = sorted(set(INPUT_TYPE_ALIASES) | set(names))
-            raise ValidationError("input_type", f"must be one of {', '.join(allowed)}, got {input_type!r}")
+            raise ValidationError("input_type", f"must be one of {', '.join(allowed)}, got {shown(input_type)}")
         # "passage" and "document" name the same side; a model without that prompt needs none.
         for alias, side in INPUT_TYPE_ALIASES.items():
             if side == canonical and alias in names:
@@ -95,10 +95,7 @@ class EmbedOptions:
 
 def parse_options(parameters: Mapping[str, Any], config: EmbedderConfig) -> EmbedOptions:
     """Request parameters → EmbedOptions; unknown names and out-of-range values are refused."""
-    allowed = EmbedOptions.__dataclass_fields__
-    unknown = sorted(set(parameters) - set(allowed))
-    if unknown:
-        raise ValidationError(unknown[0], f"unknown parameter; accepted: {', '.join(allowed)}")
+    check_names(parameters, EmbedOptions.__dataclass_fields__)
     p = dict(parameters)
     dims = as_int("dimensions", p["dimensions"]) if "dimensions" in p else config.width
     if dims not in config.dimensions:
@@ -106,14 +103,14 @@ def parse_options(parameters: Mapping[str, Any], config: EmbedderConfig) -> Embe
         raise ValidationError("dimensions", f"{dims} is not served; choose one of {served} (width {config.width})")
     precision = as_str("precision", p.get("precision", "float32"))
     if precision not in config.precisions:
-        raise ValidationError("precision", f"must be one of {', '.join(config.precisions)}, got {precision!r}")
+        raise ValidationError("precision", f"must be one of {', '.join(config.precisions)}, got {shown(precision)}")
     normalize = as_bool("normalize", p.get("normalize", True))
     if precision in ("int8", "uint8") and not normalize:
         raise ValidationError("precision", f"{precision} is calibrated for normalised embeddings; send normalize=true")
     direction = as_str("truncation_direction", p.get("truncation_direction", "right"))
     if direction not in TRUNCATION_DIRECTIONS:
         raise ValidationError(
-            "truncation_direction", f"must be one of {', '.join(TRUNCATION_DIRECTIONS)}, got {direction!r}"
+            "truncation_direction", f"must be one of {', '.join(TRUNCATION_DIRECTIONS)}, got {shown(direction)}"
         )
     input_type = as_str("input_type", p["input_type"]) if "input_type" in p else None
     config.prompt_for(input_type)  # validates the name

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from nestrank.errors import BackendError, NestrankError
+from nestrank.errors import BackendError, NestrankError, ValidationError
 from nestrank.serving.batching import length_buckets
 from nestrank.serving.embed_config import EmbedderConfig, EmbedOptions, parse_options, validate_texts
 from nestrank.serving.matryoshka import truncate_dimensions
@@ -85,6 +85,9 @@ class Embedder:
                 )
             except NestrankError as err:
                 job.result = err
+                continue
+            except Exception as err:  # tokenizing depends on the request alone: its fault, nobody else's
+                job.result = ValidationError("text", f"could not be tokenized ({type(err).__name__})")
                 continue
             spans.append((job, len(sequences), len(sequences) + len(ids)))
             sequences.extend(ids)

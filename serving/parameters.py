@@ -1,15 +1,19 @@
-"""Frozen config dataclasses ⇄ Triton model `parameters` (a string map): each field as JSON."""
+"""Frozen config dataclasses ⇄ Triton model `parameters` (a string map): each field as JSON. And the readers of
+one request's `parameters`: typed, bounded, and echoed cut short in errors (never a whole 100 KB value)."""
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from collections.abc import Mapping
 from typing import Any, TypeVar
 
 from nestrank.errors import ValidationError
 
 T = TypeVar("T")
+MAX_STRING_CHARS = 4096  # any string parameter; the instruction is the longest anyone needs
+_INTEGER = re.compile(r"-?[0-9]{1,18}")  # ASCII digits only: int() would also take "²" or "٣", and 10⁵-digit strings
 
 
 def _tuples(value: Any) -> Any:
@@ -27,26 +31,45 @@ def from_parameters(cls: type[T], parameters: Mapping[str, str]) -> T:
     return cls(**{k: _tuples(json.loads(v)) for k, v in parameters.items() if k in known})
 
 
+def shown(value: Any, limit: int = 40) -> str:
+    """`value` for an error message: its repr, cut to `limit` characters, with its full length when cut."""
+    text = repr(value)
+    if len(text) <= limit:
+        return text
+    size = f"{len(value)} characters" if isinstance(value, str) else f"{len(text)} characters as text"
+    return f"{text[:limit]}… ({size})"
+
+
 # Request parameters arrive typed (gRPC) or as strings (HTTP); both are accepted, nothing else.
 def as_bool(name: str, value: Any) -> bool:
     if isinstance(value, bool):
         return value
     if isinstance(value, str) and value.lower() in ("true", "false"):
         return value.lower() == "true"
-    raise ValidationError(name, f"must be a boolean, got {value!r}")
+    raise ValidationError(name, f"must be true or false, got {shown(value)}")
 
 
-def as_int(name: str, value: Any) -> int:
-    if isinstance(value, bool):
-        raise ValidationError(name, f"must be an integer, got {value!r}")
-    if isinstance(value, int):
-        return value
-    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
-        return int(value)
-    raise ValidationError(name, f"must be an integer, got {value!r}")
-
-
-def as_str(name: str, value: Any) -> str:
-    if not isinstance(value, str):
-        raise ValidationError(name, f"must be a string, got {value!r}")
+def as_int(name: str, value: Any, low: int | None = None, high: int | None = None) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise ValidationError(name, f"must be an integer, got {shown(value)}")
+    if isinstance(value, str):
+        if not _INTEGER.fullmatch(value.strip()):
+            raise ValidationError(name, f"must be an integer (ASCII digits), got {shown(value)}")
+        value = int(value.strip())
+    if (low is not None and value < low) or (high is not None and value > high):
+        raise ValidationError(name, f"must be in {low}..{high}, got {shown(value)}")
     return value
+
+
+def as_str(name: str, value: Any, max_chars: int = MAX_STRING_CHARS) -> str:
+    if not isinstance(value, str):
+        raise ValidationError(name, f"must be a string, got {shown(value)}")
+    if len(value) > max_chars:
+        raise ValidationError(name, f"{len(value)} characters exceed the limit of {max_chars}")
+    return value
+
+
+def check_names(parameters: Mapping[str, Any], allowed) -> None:
+    unknown = sorted(set(parameters) - set(allowed))
+    if unknown:
+        raise ValidationError(shown(unknown[0], 60).strip("'"), f"unknown parameter; accepted: {', '.join(allowed)}")

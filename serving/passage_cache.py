@@ -2,22 +2,37 @@
 
 A passage stored at ratio r serves every multiple of r exactly (MEP re-pooling), so a lookup at
 ratio R also accepts the coarsest stored divisor of R.
+
+The bound counts what an entry really costs: its arrays (copied on the way in, so that a view never keeps a
+larger padded batch alive), the objects around them and the index entry; tests hold the count to what
+tracemalloc measures.
 """
 
 from __future__ import annotations
 
 import hashlib
+import sys
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+import numpy as np
+
 if TYPE_CHECKING:  # clients import passage_id; keep them free of the tokenizers runtime
     from nestrank.serving.reranker import PooledPassage
+
+INDEX_ENTRY_BYTES = 104  # one OrderedDict slot (key, value, links), measured on CPython 3.11
 
 
 def passage_id(document: str) -> str:
     """The id clients and server agree on: a hash of the document's text."""
     return hashlib.sha256(document.encode("utf-8")).hexdigest()[:32]
+
+
+def entry_bytes(key: tuple[str, int], passage: PooledPassage) -> int:
+    """Memory one cached passage holds: arrays with their buffers, the objects, the key and its index slot."""
+    objects = (passage, passage.__dict__, passage.states, passage.counts, key, key[0], key[1])
+    return sum(sys.getsizeof(o) for o in objects) + INDEX_ENTRY_BYTES
 
 
 @dataclass
@@ -34,7 +49,7 @@ class PassageCache:
         if max_bytes < 0:
             raise ValueError(f"max_bytes must be >= 0, got {max_bytes}")
         self.max_bytes = max_bytes
-        self._entries: OrderedDict[tuple[str, int], PooledPassage] = OrderedDict()
+        self._entries: OrderedDict[tuple[str, int], tuple[PooledPassage, int]] = OrderedDict()
         self.stats = CacheStats()
 
     def get(self, pid: str, ratio: int) -> PooledPassage | None:
@@ -44,7 +59,7 @@ class PassageCache:
             if entry is not None:
                 self._entries.move_to_end((pid, stored))
                 self.stats.hits += 1
-                return entry.at_ratio(ratio)
+                return entry[0].at_ratio(ratio)
         self.stats.misses += 1
         return None
 
@@ -53,12 +68,15 @@ class PassageCache:
         if key in self._entries:
             self._entries.move_to_end(key)
             return
-        if passage.nbytes > self.max_bytes:
+        # Own copies: a view would keep the whole padded batch it came from alive.
+        owned = type(passage)(np.array(passage.states, order="C"), np.array(passage.counts, order="C"), passage.ratio)
+        size = entry_bytes(key, owned)
+        if size > self.max_bytes:
             return  # larger than the whole cache: serve it, don't keep it
-        self._entries[key] = passage
-        self.stats.bytes += passage.nbytes
+        self._entries[key] = (owned, size)
+        self.stats.bytes += size
         while self.stats.bytes > self.max_bytes:
-            _, evicted = self._entries.popitem(last=False)
-            self.stats.bytes -= evicted.nbytes
+            _, (_, evicted) = self._entries.popitem(last=False)
+            self.stats.bytes -= evicted
             self.stats.evictions += 1
         self.stats.entries = len(self._entries)

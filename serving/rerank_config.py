@@ -11,7 +11,7 @@ from typing import Any
 
 from nestrank.errors import ValidationError
 from nestrank.serving.mep import RATIOS
-from nestrank.serving.parameters import as_bool, as_int, as_str, from_parameters, to_parameters
+from nestrank.serving.parameters import as_bool, as_int, as_str, check_names, from_parameters, to_parameters
 
 # KaLM-Reranker-V1's templates (model card, "Prompt Template").
 DOCUMENT_TEMPLATE = "<Document>: {document}"
@@ -48,6 +48,7 @@ class RerankerConfig:
     default_instruction: str = DEFAULT_INSTRUCTION
     decoder_start_token_id: int | None = None  # prepended to the prompt (T5); None when the template has <bos>
     passage_special_tokens: bool = False  # the tokenizer's own specials on passages: KaLM no, T5 yes (</s>)
+    vocab_size: int = 0  # token ids a prompt may hold (0: not recorded, by exports before it was)
     weights: str = "fp32"
     max_candidates: int = 1000
     score_batch_tokens: int = 16384  # candidates x pooled length per scorer run
@@ -90,10 +91,7 @@ class RerankOptions:
 
 
 def parse_rerank_options(parameters: Mapping[str, Any], config: RerankerConfig) -> RerankOptions:
-    allowed = RerankOptions.__dataclass_fields__
-    unknown = sorted(set(parameters) - set(allowed))
-    if unknown:
-        raise ValidationError(unknown[0], f"unknown parameter; accepted: {', '.join(allowed)}")
+    check_names(parameters, RerankOptions.__dataclass_fields__)
     ratio = as_int("compression_ratio", parameters.get("compression_ratio", config.default_ratio))
     if ratio not in config.ratios:
         exported = ", ".join(map(str, config.ratios))
@@ -103,13 +101,11 @@ def parse_rerank_options(parameters: Mapping[str, Any], config: RerankerConfig) 
         raise ValidationError("instruction", "empty; omit it to use the default instruction")
     top_n = parameters.get("top_n")
     if top_n is not None:
-        top_n = as_int("top_n", top_n)
-        if top_n < 1:
-            raise ValidationError("top_n", f"must be >= 1, got {top_n}")
+        top_n = as_int("top_n", top_n, 1, 2**31 - 1)
     states_ratio = parameters.get("states_ratio")
     if states_ratio is not None:
-        states_ratio = as_int("states_ratio", states_ratio)
-        if states_ratio < 1 or ratio % states_ratio:
+        states_ratio = as_int("states_ratio", states_ratio, 1, max(RATIOS))
+        if ratio % states_ratio:
             raise ValidationError(
                 "states_ratio", f"{states_ratio} must divide compression_ratio {ratio} (states re-pool to multiples)"
             )

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from nestrank.errors import ValidationError
+from nestrank.serving.parameters import shown
 from nestrank.serving.passage_cache import PassageCache, passage_id
 from nestrank.serving.rerank_config import RerankerConfig, RerankOptions
 from nestrank.serving.reranker import PooledPassage, RerankTokenizer, rank, sigmoid, unstack
@@ -62,14 +63,20 @@ class RerankService:
                 missing[pid] = passage
         return [hit if hit is not None else missing[pid] for pid, hit in zip(ids, found)], ids
 
+    def _check_documents(self, documents: list[str]) -> None:
+        if len(documents) > self.config.max_candidates:
+            raise ValidationError("documents", f"{len(documents)} exceed max_candidates {self.config.max_candidates}")
+        for i, doc in enumerate(documents):
+            if not doc:
+                raise ValidationError(f"documents[{i}]", "empty string; send at least one character")
+
     def _from_ids(self, ids: list[str], ratio: int) -> list[PooledPassage]:
         passages = []
         for i, pid in enumerate(ids):
-            hit = self.cache.get(pid, ratio)
+            hit = self.cache.get(pid, ratio) if len(pid) <= 64 else None
             if hit is None:
-                raise ValidationError(
-                    f"passage_ids[{i}]", f"unknown passage id {pid!r} at ratio {ratio} (send the document, or warm it)"
-                )
+                hint = "send the document, or warm it"
+                raise ValidationError(f"passage_ids[{i}]", f"unknown passage id {shown(pid)} at ratio {ratio} ({hint})")
             passages.append(hit)
         return passages
 
@@ -77,11 +84,15 @@ class RerankService:
         hidden = self.config.hidden_size
         if states.ndim != 3 or states.shape[2] != hidden:
             raise ValidationError("passage_states", f"shape {list(states.shape)}; expected [N, groups, {hidden}]")
+        most = -(-self.config.max_passage_tokens // stored)
+        if states.shape[1] > most:
+            raise ValidationError("passage_states", f"{states.shape[1]} groups exceed {most}: max_passage_tokens "
+                                  f"{self.config.max_passage_tokens} at ratio {stored}")  # fmt: skip
         if counts is None or counts.shape != states.shape[:2]:
             got = None if counts is None else list(counts.shape)
             raise ValidationError("passage_counts", f"shape {got}; expected {list(states.shape[:2])} like the states")
-        if (counts < 0).any():
-            raise ValidationError("passage_counts", "negative token counts")
+        if (counts < 0).any() or (counts > stored).any():
+            raise ValidationError("passage_counts", f"each group holds 0..{stored} tokens at ratio {stored}")
         empty = np.flatnonzero(counts.sum(axis=1) == 0)
         if empty.size:
             raise ValidationError(f"passage_counts[{int(empty[0])}]", "no valid group; a passage needs tokens")
@@ -93,6 +104,7 @@ class RerankService:
         """Encode and cache; returns the passage ids to rerank by later."""
         if not documents:
             raise ValidationError("documents", "nothing to warm; send at least one document")
+        self._check_documents(documents)
         return self._from_documents(documents, ratio)[1]
 
     def rerank(self, query: str, candidates: Candidates, options: RerankOptions) -> RerankResult:
@@ -111,6 +123,7 @@ class RerankService:
         ratio = options.compression_ratio
         ids = [""] * n
         if candidates.documents is not None:
+            self._check_documents(candidates.documents)
             passages, ids = self._from_documents(candidates.documents, ratio)
         elif candidates.passage_ids is not None:
             passages, ids = self._from_ids(candidates.passage_ids, ratio), list(candidates.passage_ids)

@@ -17,7 +17,7 @@ from nestrank.errors import ValidationError
 from nestrank.serving import mep
 from nestrank.serving.batching import length_buckets
 from nestrank.serving.rerank_config import RerankerConfig
-from nestrank.serving.tokenization import pad, pad_token_id
+from nestrank.serving.tokenization import char_limit, cut, pad, pad_token_id
 
 ENCODER_FILE = "encoder.onnx"
 SCORER_FILE = "scorer.onnx"
@@ -62,6 +62,9 @@ class RerankTokenizer:
         self._queries = self._load(tokenizer_json, config.max_query_tokens)
         self._prompts = self._load(tokenizer_json, None)
         self.pad_id = pad_token_id(self._passages)
+        # Raw texts are cut before tokenizing (a 5 MB document costs what its first 1024 tokens cost).
+        self.max_passage_chars = char_limit(self._passages, config.max_passage_tokens)
+        self.max_query_chars = char_limit(self._passages, config.max_query_tokens)
 
     @staticmethod
     def _load(tokenizer_json: str | Path, max_length: int | None) -> Tokenizer:
@@ -77,21 +80,25 @@ class RerankTokenizer:
         for i, doc in enumerate(documents):
             if not doc:
                 raise ValidationError(f"{field}[{i}]", "empty string; send at least one character")
-        texts = [self.config.document_template.format(document=d) for d in documents]
+        texts = [self.config.document_template.format(document=cut(d, self.max_passage_chars)) for d in documents]
         encodings = self._passages.encode_batch(texts, add_special_tokens=self.config.passage_special_tokens)
         return [np.asarray(e.ids, dtype=np.int64) for e in encodings]
 
     def encode_prompt(self, query: str, instruction: str, truncate: bool = True) -> np.ndarray:
         if not query.strip():
             raise ValidationError("query", "empty; send the query text")
-        cut = self._queries.encode(query, add_special_tokens=False)
-        if cut.overflowing and not truncate:
+        if not truncate and len(query) > self.max_query_chars:
+            raise ValidationError("query", f"{len(query)} characters exceed {self.max_query_chars}, more than "
+                                  f"max_query_tokens {self.config.max_query_tokens} can hold "
+                                  "(send truncate=true to cut it)")  # fmt: skip
+        encoded = self._queries.encode(cut(query, self.max_query_chars), add_special_tokens=False)
+        if encoded.overflowing and not truncate:
             count = len(self._prompts.encode(query, add_special_tokens=False).ids)
             raise ValidationError(
                 "query", f"{count} tokens exceed max_query_tokens {self.config.max_query_tokens} "
                 "(send truncate=true to cut it)",
             )  # fmt: skip
-        query = self._queries.decode(cut.ids, skip_special_tokens=False)
+        query = self._queries.decode(encoded.ids, skip_special_tokens=False)
         text = self.config.prompt_template.format(instruction=instruction, query=query)
         start = [] if self.config.decoder_start_token_id is None else [self.config.decoder_start_token_id]
         return np.asarray(start + self._prompts.encode(text, add_special_tokens=False).ids, dtype=np.int64)
@@ -147,6 +154,31 @@ class Scorer:
             )
             margins[idx] = batch_margins
         return margins
+
+
+MAX_PROMPT_EXTRA_TOKENS = 4096  # room for the template and a long instruction beyond max_query_tokens
+
+
+def check_score_inputs(config: RerankerConfig, prompt: np.ndarray, states: np.ndarray, counts: np.ndarray) -> None:
+    """What `<name>_score` accepts (it is reachable from outside, like every model): a prompt of known token ids,
+    states [N, G, H] and counts [N, G] within the model's limits, each passage with a valid group."""
+    longest = config.max_query_tokens + MAX_PROMPT_EXTRA_TOKENS
+    if prompt.ndim != 1 or not 0 < len(prompt) <= longest:
+        raise ValidationError("decoder_input_ids", f"shape {list(prompt.shape)}; expected [L] with 1 <= L <= {longest}")
+    if config.vocab_size and ((prompt < 0) | (prompt >= config.vocab_size)).any():
+        raise ValidationError("decoder_input_ids", f"token ids must be in 0..{config.vocab_size - 1}")
+    h, most = config.hidden_size, config.max_passage_tokens
+    if states.ndim != 3 or states.shape[2] != h or not 0 < len(states) <= config.max_candidates:
+        raise ValidationError("passage_states", f"shape {list(states.shape)}; expected [N, G, {h}], "
+                              f"1 <= N <= {config.max_candidates}")  # fmt: skip
+    if states.shape[1] > most or not np.isfinite(states).all():
+        raise ValidationError("passage_states", f"at most {most} groups, all values finite")
+    if counts.shape != states.shape[:2] or (counts < 0).any() or (counts > most).any():
+        raise ValidationError("passage_counts", f"shape {list(counts.shape)}, values 0..{most}; expected "
+                              f"{list(states.shape[:2])}")  # fmt: skip
+    empty = np.flatnonzero((counts > 0).sum(axis=1) == 0)
+    if empty.size:
+        raise ValidationError(f"passage_counts[{int(empty[0])}]", "no valid group; a passage needs tokens")
 
 
 def stack(passages: Sequence[PooledPassage], dtype=np.float32) -> tuple[np.ndarray, np.ndarray]:

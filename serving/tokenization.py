@@ -12,6 +12,19 @@ from nestrank.errors import ValidationError
 from nestrank.serving.embed_config import TRUNCATION_DIRECTIONS
 
 
+def char_limit(tokenizer: Tokenizer, max_tokens: int) -> int:
+    """Characters that hold at most `max_tokens` tokens: each token spans at most the longest vocabulary entry,
+    plus room for what tokenizers drop around it (spaces, control characters). Texts are cut to this *before*
+    tokenizing, so a 5 MB text costs what its first tokens cost; only a text made mostly of dropped characters
+    could lose tokens it would otherwise have kept."""
+    longest = max((len(token) for token in tokenizer.get_vocab()), default=16)
+    return max_tokens * (longest + 8)
+
+
+def cut(text: str, limit: int, direction: str = "right") -> str:
+    return text if len(text) <= limit else (text[:limit] if direction == "right" else text[-limit:])
+
+
 class TextTokenizer:
     """Turns texts into token-id arrays no longer than `max_length` (special tokens included).
 
@@ -26,6 +39,7 @@ class TextTokenizer:
         self.field = field
         self._by_direction: dict[str, Tokenizer] = {}
         self.pad_id = pad_token_id(self._tokenizer("right"))
+        self.max_chars = char_limit(self._tokenizer("right"), max_length)
 
     def _tokenizer(self, direction: str) -> Tokenizer:
         # Truncation is state of a Tokenizer object, so keep one per direction.
@@ -48,7 +62,14 @@ class TextTokenizer:
             raise ValidationError(
                 "truncation_direction", f"must be one of {', '.join(TRUNCATION_DIRECTIONS)}, got {direction!r}"
             )
-        encodings = self._tokenizer(direction).encode_batch(list(texts))
+        if not truncate:
+            for i, text in enumerate(texts):
+                if len(text) > self.max_chars:
+                    raise ValidationError(
+                        f"{self.field}[{i}]", f"{len(text)} characters exceed {self.max_chars}, more than "
+                        f"max_length {self.max_length} tokens can hold (send truncate=true to cut it)",
+                    )  # fmt: skip
+        encodings = self._tokenizer(direction).encode_batch([cut(t, self.max_chars, direction) for t in texts])
         if not truncate:
             for i, enc in enumerate(encodings):
                 if enc.overflowing:

@@ -2,24 +2,34 @@
 
 Only the model files import `triton_python_backend_utils`; it is passed in here so this module
 imports (and is tested) outside Triton.
+
+Every model reads each request on its own: whatever goes wrong while reading one request becomes that
+request's error (INVALID_ARGUMENT unless typed otherwise), never its batch-mates'. Only a failure of the
+shared model run fails the batch, as INTERNAL without a traceback (the server log has it).
 """
 
 from __future__ import annotations
 
 import json
+import traceback
 from typing import Any
 
 import numpy as np
 
 from nestrank.errors import NestrankError, ValidationError
 
+MAX_MESSAGE_CHARS = 1000  # gRPC trailers are small (16 KB): an error never carries a request's bulk back
 
-def decode_texts(array: np.ndarray | None, field: str) -> list[str]:
-    """A BYTES tensor ([N] or [N, 1]) → N strings; invalid UTF-8 is refused with its index."""
+
+def decode_texts(array: np.ndarray | None, field: str, max_count: int | None = None) -> list[str]:
+    """A BYTES tensor ([N], [N, 1] or [1, N]) → N strings; invalid UTF-8 is refused with its index."""
     if array is None:
         raise ValidationError(field, "missing input tensor")
+    values = array.reshape(-1)
+    if max_count is not None and len(values) > max_count:
+        raise ValidationError(field, f"{len(values)} texts exceed the limit of {max_count}")
     texts = []
-    for i, value in enumerate(array.reshape(-1)):
+    for i, value in enumerate(values):
         if isinstance(value, str):
             texts.append(value)
             continue
@@ -28,6 +38,24 @@ def decode_texts(array: np.ndarray | None, field: str) -> list[str]:
         except UnicodeDecodeError as err:
             raise ValidationError(f"{field}[{i}]", f"not valid UTF-8 ({err.reason} at byte {err.start})") from None
     return texts
+
+
+def input_array(pb_utils, request, name: str, required: bool = True) -> np.ndarray | None:
+    tensor = pb_utils.get_input_tensor_by_name(request, name)
+    if tensor is None:
+        if required:
+            raise ValidationError(name, "missing input tensor")
+        return None
+    return tensor.as_numpy()
+
+
+def one_row(array: np.ndarray | None, name: str) -> np.ndarray | None:
+    """The request's only row: models with max_batch_size 1 see a leading dimension of 1."""
+    if array is None:
+        return None
+    if array.ndim < 1 or array.shape[0] != 1:
+        raise ValidationError(name, f"shape {list(array.shape)}; expected a leading batch dimension of 1")
+    return array[0]
 
 
 def request_parameters(request) -> dict[str, Any]:
@@ -39,12 +67,52 @@ def model_parameters(model_config: dict) -> dict[str, str]:
     return {k: v["string_value"] for k, v in model_config.get("parameters", {}).items()}
 
 
+def _bounded(message: str) -> str:
+    return message if len(message) <= MAX_MESSAGE_CHARS else message[:MAX_MESSAGE_CHARS] + "… (cut)"
+
+
+def request_error(pb_utils, err: Exception):
+    """The response for a request that could not be read. Reading depends on nothing but the request, so an
+    unexpected exception there is still the request's fault: INVALID_ARGUMENT, its details in the server log."""
+    if not isinstance(err, NestrankError):
+        pb_utils.Logger.log_error(f"nestrank: a request could not be read:\n{traceback.format_exc()}")
+        err = ValidationError(None, f"the request could not be read ({type(err).__name__})")
+    return error_response(pb_utils, err)
+
+
 def error_response(pb_utils, err: Exception):
-    """InferenceResponse carrying `err` with its status code; unknown exceptions become INTERNAL."""
+    """InferenceResponse carrying `err` with its status code; unknown exceptions become INTERNAL, with their
+    traceback in the server log rather than in the answer."""
     if isinstance(err, NestrankError):
         code = getattr(pb_utils.TritonError, err.triton_code)
         message = str(err)
     else:
+        pb_utils.Logger.log_error(f"nestrank: internal error:\n{traceback.format_exc()}")
         code = pb_utils.TritonError.INTERNAL
-        message = f"internal error: {type(err).__name__}: {err}"
-    return pb_utils.InferenceResponse(error=pb_utils.TritonError(message, code))
+        message = f"internal error ({type(err).__name__}); the server log has the details"
+    return pb_utils.InferenceResponse(error=pb_utils.TritonError(_bounded(message), code))
+
+
+class CacheMetrics:
+    """The passage-state cache's counters on Triton's Prometheus endpoint: nestrank_passage_cache_{hits, misses,
+    evictions, bytes, entries}{model=...}."""
+
+    KINDS = {"hits": "COUNTER", "misses": "COUNTER", "evictions": "COUNTER", "bytes": "GAUGE", "entries": "GAUGE"}
+    HELP = {"hits": "passage-state cache hits", "misses": "passage-state cache misses (passages encoded)",
+            "evictions": "passage-state cache evictions", "entries": "passages held",
+            "bytes": "bytes the cached passage states hold (objects included)"}  # fmt: skip
+
+    def __init__(self, pb_utils, model: str):
+        # Families must outlive their metrics: keep both.
+        self.families = {key: pb_utils.MetricFamily(name=f"nestrank_passage_cache_{key}", description=self.HELP[key],
+                                                    kind=getattr(pb_utils.MetricFamily, kind))
+                         for key, kind in self.KINDS.items()}  # fmt: skip
+        self.metrics = {key: family.Metric(labels={"model": model}) for key, family in self.families.items()}
+        self.reported = dict.fromkeys(("hits", "misses", "evictions"), 0)
+
+    def report(self, stats) -> None:
+        for key in self.reported:
+            self.metrics[key].increment(getattr(stats, key) - self.reported[key])
+            self.reported[key] = getattr(stats, key)
+        self.metrics["bytes"].set(stats.bytes)
+        self.metrics["entries"].set(stats.entries)

@@ -12,13 +12,14 @@ from pathlib import Path  # noqa: E402
 
 import triton_python_backend_utils as pb_utils  # noqa: E402
 
-from nestrank.errors import NestrankError  # noqa: E402
 from nestrank.serving.embed_config import EmbedderConfig, parse_options  # noqa: E402
 from nestrank.serving.embedder import Embedder, EmbedJob  # noqa: E402
 from nestrank.serving.triton_glue import (  # noqa: E402
     decode_texts,
     error_response,
+    input_array,
     model_parameters,
+    request_error,
     request_parameters,
 )
 
@@ -36,16 +37,15 @@ class TritonPythonModel:
     def execute(self, requests):
         responses = [None] * len(requests)
         jobs = {}
-        for i, request in enumerate(requests):
+        for i, request in enumerate(requests):  # each request read on its own: a bad one fails alone
             try:
-                texts = decode_texts(pb_utils.get_input_tensor_by_name(request, "text").as_numpy(), "text")
-                options = parse_options(request_parameters(request), self.embedder.config)
-                jobs[i] = EmbedJob(texts, options)
-            except NestrankError as err:
-                responses[i] = error_response(pb_utils, err)
+                texts = decode_texts(input_array(pb_utils, request, "text"), "text")
+                jobs[i] = EmbedJob(texts, parse_options(request_parameters(request), self.embedder.config))
+            except Exception as err:
+                responses[i] = request_error(pb_utils, err)
         try:
             self.embedder.run(list(jobs.values()))
-        except Exception as err:  # the model itself failed: every request of this batch learns why
+        except Exception as err:  # the shared model run failed: every request in it learns (INTERNAL)
             for i in jobs:
                 responses[i] = error_response(pb_utils, err)
             return responses

@@ -1,5 +1,6 @@
 """Triton glue for `<name>` (BLS): the rerank entry point. Holds the passage-state cache; encodes only
-the misses through `<name>_encode` and scores through `<name>_score`."""
+the misses through `<name>_encode` and scores through `<name>_score`. One request at a time (max_batch_size 1:
+every tensor has a leading dimension of 1)."""
 
 import os
 import site
@@ -13,14 +14,24 @@ from pathlib import Path  # noqa: E402
 import numpy as np  # noqa: E402
 import triton_python_backend_utils as pb_utils  # noqa: E402
 
-from nestrank.errors import BackendError, ValidationError  # noqa: E402
+from nestrank.errors import BackendError, UnavailableError, ValidationError  # noqa: E402
 from nestrank.serving.passage_cache import PassageCache  # noqa: E402
 from nestrank.serving.rerank_config import RerankerConfig, parse_rerank_options  # noqa: E402
 from nestrank.serving.rerank_service import Candidates, RerankService  # noqa: E402
 from nestrank.serving.reranker import TOKENIZER_FILE, RerankTokenizer, stack, unstack  # noqa: E402
-from nestrank.serving.triton_glue import decode_texts, error_response, model_parameters, request_parameters  # noqa: E402
+from nestrank.serving.triton_glue import (  # noqa: E402
+    CacheMetrics,
+    decode_texts,
+    error_response,
+    input_array,
+    model_parameters,
+    one_row,
+    request_error,
+    request_parameters,
+)
 
 ENCODE_CHUNK = 32  # documents per BLS request to `<name>_encode` (within its max batch size)
+SUB_CALL_ERRORS = {"UNAVAILABLE": UnavailableError, "INVALID_ARG": ValidationError}  # else BackendError (INTERNAL)
 
 
 def _call(model, inputs, outputs, parameters=None):
@@ -28,9 +39,17 @@ def _call(model, inputs, outputs, parameters=None):
         model_name=model, inputs=inputs, requested_output_names=outputs, parameters=parameters or {}
     )
     response = request.exec()
-    if response.has_error():
-        raise BackendError(f"{model}: {response.error().message()}")
+    if response.has_error():  # keep the kind: a full queue below is still overload for the caller
+        codes = {getattr(pb_utils.TritonError, name, None): name for name in SUB_CALL_ERRORS}
+        kind = SUB_CALL_ERRORS.get(codes.get(response.error().code()), BackendError)
+        message = f"{model}: {response.error().message()}"
+        raise ValidationError(None, message) if kind is ValidationError else kind(message)
     return [pb_utils.get_output_tensor_by_name(response, name).as_numpy() for name in outputs]
+
+
+def _texts(request, name, limit):
+    array = one_row(input_array(pb_utils, request, name, required=False), name)
+    return None if array is None else decode_texts(array, name, max_count=limit)
 
 
 class TritonPythonModel:
@@ -54,71 +73,54 @@ class TritonPythonModel:
 
         def score(prompt, passages):
             states, counts = stack(passages)
-            inputs = [pb_utils.Tensor("decoder_input_ids", prompt), pb_utils.Tensor("passage_states", states),
-                      pb_utils.Tensor("passage_counts", counts)]  # fmt: skip
-            return _call(f"{name}_score", inputs, ["margins"])[0]
+            tensors = {"decoder_input_ids": prompt, "passage_states": states, "passage_counts": counts}
+            inputs = [pb_utils.Tensor(key, value[None]) for key, value in tensors.items()]
+            return _call(f"{name}_score", inputs, ["margins"])[0][0]
 
         self.service = RerankService(config, tokenizer, cache, encode, score)
-        # Families must outlive their metrics: keep both.
-        self.metric_families = {
-            key: pb_utils.MetricFamily(name=f"nestrank_passage_cache_{key}", description=text, kind=kind)
-            for key, text, kind in (
-                ("hits", "passage-state cache hits", pb_utils.MetricFamily.COUNTER),
-                ("misses", "passage-state cache misses (passages encoded)", pb_utils.MetricFamily.COUNTER),
-                ("evictions", "passage-state cache evictions", pb_utils.MetricFamily.COUNTER),
-                ("bytes", "bytes of passage states held", pb_utils.MetricFamily.GAUGE),
-                ("entries", "passages held", pb_utils.MetricFamily.GAUGE),
-            )
-        }
-        self.metrics = {key: family.Metric(labels={"model": name}) for key, family in self.metric_families.items()}
-        self.reported = {"hits": 0, "misses": 0, "evictions": 0}
+        self.metrics = CacheMetrics(pb_utils, name)
 
-    def _texts(self, request, name):
-        tensor = pb_utils.get_input_tensor_by_name(request, name)
-        return None if tensor is None else decode_texts(tensor.as_numpy(), name)
-
-    def _array(self, request, name):
-        tensor = pb_utils.get_input_tensor_by_name(request, name)
-        return None if tensor is None else tensor.as_numpy()
-
-    def _respond(self, request):
-        options = parse_rerank_options(request_parameters(request), self.service.config)
-        documents = self._texts(request, "documents")
+    def _read(self, request):
+        """(query, candidates, options), every limit checked before any work."""
+        config = self.service.config
+        options = parse_rerank_options(request_parameters(request), config)
+        documents = _texts(request, "documents", config.max_candidates)
         if options.warm:
-            ids = self.service.warm(documents or [], options.compression_ratio)
-            return [pb_utils.Tensor("passage_ids", np.array([i.encode() for i in ids], dtype=object))]
-        query = self._texts(request, "query")
-        if not query or len(query) != 1:
+            return None, Candidates(documents or []), options
+        query = _texts(request, "query", 1)
+        if not query:
             raise ValidationError("query", "send exactly one query")
-        candidates = Candidates(
-            documents,
-            self._texts(request, "passage_ids"),
-            self._array(request, "passage_states"),
-            self._array(request, "passage_counts"),
-        )
-        result = self.service.rerank(query[0], candidates, options)
-        ids = np.array([i.encode() for i in result.passage_ids], dtype=object)
+        states = one_row(input_array(pb_utils, request, "passage_states", required=False), "passage_states")
+        counts = one_row(input_array(pb_utils, request, "passage_counts", required=False), "passage_counts")
+        ids = _texts(request, "passage_ids", config.max_candidates)
+        return query[0], Candidates(documents, ids, states, counts), options
+
+    def _respond(self, query, candidates, options):
+        if options.warm:
+            ids = self.service.warm(candidates.documents, options.compression_ratio)
+            return [pb_utils.Tensor("passage_ids", np.array([[i.encode() for i in ids]], dtype=object))]
+        result = self.service.rerank(query, candidates, options)
         out = [
-            pb_utils.Tensor("scores", result.scores),
-            pb_utils.Tensor("indices", result.indices),
-            pb_utils.Tensor("passage_ids", ids),
+            pb_utils.Tensor("scores", result.scores[None]),
+            pb_utils.Tensor("indices", result.indices[None]),
+            pb_utils.Tensor("passage_ids", np.array([[i.encode() for i in result.passage_ids]], dtype=object)),
         ]
-        if options.return_documents and documents is not None:
-            texts = np.array([documents[i].encode() for i in result.indices], dtype=object)
-            out.append(pb_utils.Tensor("documents", texts))
+        if options.return_documents and candidates.documents is not None:
+            texts = [candidates.documents[i].encode() for i in result.indices]
+            out.append(pb_utils.Tensor("documents", np.array([texts], dtype=object)))
         return out
 
     def execute(self, requests):
         responses = []
         for request in requests:
             try:
-                responses.append(pb_utils.InferenceResponse(self._respond(request)))
+                read = self._read(request)
+            except Exception as err:
+                responses.append(request_error(pb_utils, err))
+                continue
+            try:
+                responses.append(pb_utils.InferenceResponse(self._respond(*read)))
             except Exception as err:
                 responses.append(error_response(pb_utils, err))
-        stats = self.service.cache.stats
-        for key in self.reported:
-            self.metrics[key].increment(getattr(stats, key) - self.reported[key])
-            self.reported[key] = getattr(stats, key)
-        self.metrics["bytes"].set(stats.bytes)
-        self.metrics["entries"].set(stats.entries)
+        self.metrics.report(self.service.cache.stats)
         return responses

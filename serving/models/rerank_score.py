@@ -1,4 +1,5 @@
-"""Triton glue for `<name>_score`: one decoder prompt + pooled passage states → scores."""
+"""Triton glue for `<name>_score`: one decoder prompt + pooled passage states → scores (one request at a time:
+each carries its own prompt; max_batch_size 1, so the leading dimension is 1)."""
 
 import os
 import site
@@ -12,9 +13,15 @@ from pathlib import Path  # noqa: E402
 import triton_python_backend_utils as pb_utils  # noqa: E402
 
 from nestrank.serving.rerank_config import RerankerConfig  # noqa: E402
-from nestrank.serving.reranker import SCORER_FILE, Scorer, sigmoid, unstack  # noqa: E402
+from nestrank.serving.reranker import SCORER_FILE, Scorer, check_score_inputs, sigmoid, unstack  # noqa: E402
 from nestrank.serving.runtime import create_session  # noqa: E402
-from nestrank.serving.triton_glue import error_response, model_parameters  # noqa: E402
+from nestrank.serving.triton_glue import (  # noqa: E402
+    error_response,
+    input_array,
+    model_parameters,
+    one_row,
+    request_error,
+)
 
 
 class TritonPythonModel:
@@ -25,17 +32,18 @@ class TritonPythonModel:
 
     def execute(self, requests):
         responses = []
-        for request in requests:  # not batched: each request carries its own prompt
+        for request in requests:
             try:
-                prompt = pb_utils.get_input_tensor_by_name(request, "decoder_input_ids").as_numpy()
-                states = pb_utils.get_input_tensor_by_name(request, "passage_states").as_numpy()
-                counts = pb_utils.get_input_tensor_by_name(request, "passage_counts").as_numpy()
+                names = ("decoder_input_ids", "passage_states", "passage_counts")
+                prompt, states, counts = (one_row(input_array(pb_utils, request, n), n) for n in names)
+                check_score_inputs(self.scorer.config, prompt, states, counts)
+            except Exception as err:
+                responses.append(request_error(pb_utils, err))
+                continue
+            try:
                 margins = self.scorer.margins(prompt, unstack(states, counts, ratio=0))
-                responses.append(
-                    pb_utils.InferenceResponse(
-                        [pb_utils.Tensor("scores", sigmoid(margins)), pb_utils.Tensor("margins", margins)]
-                    )
-                )
+                outputs = [pb_utils.Tensor("scores", sigmoid(margins)[None]), pb_utils.Tensor("margins", margins[None])]
+                responses.append(pb_utils.InferenceResponse(outputs))
             except Exception as err:
                 responses.append(error_response(pb_utils, err))
         return responses

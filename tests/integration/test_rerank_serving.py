@@ -1,5 +1,5 @@
 """FBNL reranking served by a real tritonserver: the official KaLM scores (tests/official_kalm.py), passage reuse,
-bad input."""
+clients (bad input: test_bad_input.py)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,6 @@ import urllib.request
 
 import numpy as np
 import pytest
-import tritonclient.grpc as grpcclient
-from tritonclient.utils import InferenceServerException
 
 from nestrank.clients import cli
 from nestrank.clients.rerank import AsyncRerankClient, PassageStates, RerankClient
@@ -148,56 +146,6 @@ def test_cli_rerank(grpc_url, capsys):
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert sorted(r["index"] for r in rows) == [0, 1]
     assert {r["document"] for r in rows} == {"ok", "open the file"}
-
-
-def raw_rerank(grpc_url, inputs, parameters=None):
-    client = grpcclient.InferenceServerClient(grpc_url)
-    try:
-        return client.infer(KALM, inputs, parameters=parameters or {})
-    finally:
-        client.close()
-
-
-def tensor(name, array, datatype):
-    t = grpcclient.InferInput(name, list(array.shape), datatype)
-    t.set_data_from_numpy(array)
-    return t
-
-
-def text_tensor(name, values):
-    return tensor(name, np.array([v.encode() for v in values], dtype=object), "BYTES")
-
-
-def states(shape, dtype=np.float16, counts_shape=None):
-    datatype = "FP16" if dtype == np.float16 else "FP32"
-    return [text_tensor("query", ["q"]), tensor("passage_states", np.zeros(shape, dtype), datatype),
-            tensor("passage_counts", np.ones(counts_shape or shape[:2], np.int32), "INT32")]  # fmt: skip
-
-
-BAD = {
-    "empty query": ([text_tensor("query", [" "]), text_tensor("documents", ["a"])], {}, "query: empty"),
-    "no query": ([text_tensor("documents", ["a"])], {}, "query: send exactly one query"),
-    "no documents": ([text_tensor("query", ["q"])], {}, "send exactly one of documents, passage_ids"),
-    "ratio not exported": ([text_tensor("query", ["q"]), text_tensor("documents", ["a"])], {"compression_ratio": 3},
-                           "compression_ratio: 3 was not exported"),
-    "query over the limit": ([text_tensor("query", [" ".join(["file"] * 600)]), text_tensor("documents", ["a"])],
-                             {"truncate": False}, "exceed max_query_tokens 512"),
-    "states of the wrong width": (states((1, 2, 32)), {}, "passage_states"),
-    "states of the wrong dtype": (states((1, 2, 640), np.float32), {}, "passage_states"),
-    "counts of the wrong shape": (states((1, 2, 640), counts_shape=(1, 3)), {}, "passage_counts: shape"),
-    "unknown passage id": ([text_tensor("query", ["q"]), text_tensor("passage_ids", ["f" * 32])], {},
-                           "passage_ids[0]: unknown passage id"),
-}  # fmt: skip
-
-
-@pytest.mark.parametrize("case", list(BAD), ids=list(BAD))
-def test_bad_input_is_invalid_argument_and_the_server_keeps_serving(grpc_url, client, case):
-    inputs, parameters, fragment = BAD[case]
-    with pytest.raises(InferenceServerException) as err:
-        raw_rerank(grpc_url, inputs, parameters)
-    assert err.value.status() == "StatusCode.INVALID_ARGUMENT"
-    assert fragment in err.value.message()
-    assert len(client.rerank(QUERY, DOCS[:2])) == 2
 
 
 def test_client_side_validation_matches(client):

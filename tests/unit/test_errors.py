@@ -8,7 +8,7 @@ from nestrank import errors
     [
         ("StatusCode.INVALID_ARGUMENT", errors.ValidationError, False),
         ("UNAVAILABLE", errors.UnavailableError, True),
-        ("StatusCode.RESOURCE_EXHAUSTED", errors.OverloadedError, True),
+        ("StatusCode.RESOURCE_EXHAUSTED", errors.ValidationError, False),
         ("StatusCode.DEADLINE_EXCEEDED", errors.DeadlineExceededError, False),
         ("StatusCode.NOT_FOUND", errors.NotFoundError, False),
         ("StatusCode.INTERNAL", errors.BackendError, False),
@@ -26,3 +26,21 @@ def test_validation_error_message_names_the_field():
     err = errors.ValidationError("precision", "must be one of float32")
     assert str(err) == "precision: must be one of float32" and err.field == "precision"
     assert isinstance(err, ValueError)
+
+
+@pytest.mark.parametrize(
+    "status, message, cls",
+    [
+        ("UNAVAILABLE", "This protocol is restricted, expecting header 'triton-grpc-protocol-nestrank-api-key'",
+         errors.UnauthenticatedError),
+        ("UNAVAILABLE", "Exceeds maximum queue size", errors.OverloadedError),
+        ("INTERNAL", "Failed to process the request(s) for model 'm', message: Stub process 'm_0_0' is not healthy.",
+         errors.UnavailableError),
+        ("NOT_FOUND", "Request for unknown model: 'm' is not found", errors.UnavailableError),
+        ("UNAVAILABLE", "failed to connect to all addresses", errors.UnavailableError),
+    ],
+)  # fmt: skip
+def test_triton_messages_tell_apart_what_one_status_covers(status, message, cls):
+    err = errors.from_grpc_status(status, message)
+    assert type(err) is cls
+    assert err.retryable is (cls in (errors.OverloadedError, errors.UnavailableError))

@@ -21,7 +21,7 @@ def test_summary_percentiles_and_rates():
     assert (row["requests_per_s"], row["items_per_s"], row["tokens_per_s"]) == (50, 200, 4000)
 
 
-def test_closed_loop_keeps_concurrency_and_counts_errors_by_code():
+def test_closed_loop_keeps_concurrency_and_counts_errors_by_code_and_overload_apart():
     in_flight, peak = 0, 0
 
     async def send(i):
@@ -38,8 +38,10 @@ def test_closed_loop_keeps_concurrency_and_counts_errors_by_code():
 
     result = asyncio.run(closed_loop(send, 50, concurrency=4))
     assert peak == 4
-    assert result.errors == {"INVALID_ARGUMENT": 5, "RESOURCE_EXHAUSTED": 5}
+    assert result.errors == {"INVALID_ARGUMENT": 5} and result.overloaded == 5
     assert len(result.latencies_s) == 40 and result.items == 80 and result.tokens == 400
+    row = result.summary()
+    assert row["error_rate"] == pytest.approx(5 / 50) and row["overload_rate"] == pytest.approx(5 / 50)
 
 
 def test_closed_loop_stops_at_its_duration():

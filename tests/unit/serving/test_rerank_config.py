@@ -19,7 +19,7 @@ def test_defaults():
     [
         ({"compression_ratio": 3}, "compression_ratio: 3 was not exported; choose one of 2, 4, 8"),
         ({"compression_ratio": 16}, "compression_ratio: 16 was not exported"),
-        ({"top_n": 0}, "top_n: must be >= 1"),
+        ({"top_n": 0}, "top_n: must be in 1.."),
         ({"instruction": "  "}, "instruction: empty"),
         ({"states_ratio": 8, "compression_ratio": 4}, "states_ratio: 8 must divide compression_ratio 4"),
         ({"colour": "red"}, "colour: unknown parameter"),

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from nestrank import errors
-from nestrank.serving.triton_glue import decode_texts, error_response, model_parameters
+from nestrank.serving.triton_glue import decode_texts, error_response, model_parameters, one_row, request_error
 
 # The code names pb_utils.TritonError documents (python_backend README, "Error Handling").
 TRITON_CODES = ("UNKNOWN", "INTERNAL", "NOT_FOUND", "INVALID_ARG", "UNAVAILABLE", "UNSUPPORTED", "ALREADY_EXISTS")
@@ -18,8 +18,11 @@ class FakeTritonError:
 for name in TRITON_CODES:
     setattr(FakeTritonError, name, name)
 
+logged = []
 fake_pb_utils = types.SimpleNamespace(
-    TritonError=FakeTritonError, InferenceResponse=lambda error: types.SimpleNamespace(error=error)
+    TritonError=FakeTritonError,
+    InferenceResponse=lambda error: types.SimpleNamespace(error=error),
+    Logger=types.SimpleNamespace(log_error=logged.append),
 )
 
 
@@ -50,8 +53,34 @@ def test_error_response_keeps_the_message_and_code():
     response = error_response(fake_pb_utils, errors.ValidationError("dimensions", "too big"))
     assert response.error.code == "INVALID_ARG"
     assert response.error.message == "dimensions: too big"
-    response = error_response(fake_pb_utils, KeyError("x"))
+    try:
+        raise KeyError("/srv/secret/path.py")
+    except KeyError as err:
+        response = error_response(fake_pb_utils, err)
     assert response.error.code == "INTERNAL" and "KeyError" in response.error.message
+    assert "/srv/secret" not in response.error.message and "Traceback" not in response.error.message
+    assert "/srv/secret" in logged[-1]  # the details go to the server log
+
+
+def test_a_request_that_cannot_be_read_is_its_own_fault():
+    try:
+        int("not a number")
+    except ValueError as err:
+        response = request_error(fake_pb_utils, err)
+    assert response.error.code == "INVALID_ARG" and "could not be read (ValueError)" in response.error.message
+
+
+def test_messages_are_cut_short():
+    response = error_response(fake_pb_utils, errors.ValidationError("x", "y" * 100_000))
+    assert len(response.error.message) < 1100 and response.error.message.endswith("(cut)")
+
+
+def test_limits_on_texts_and_the_batch_row():
+    with pytest.raises(errors.ValidationError, match="documents: 5 texts exceed the limit of 4"):
+        decode_texts(np.array([b"x"] * 5, dtype=object), "documents", max_count=4)
+    assert one_row(np.zeros((1, 3)), "x").shape == (3,)
+    with pytest.raises(errors.ValidationError, match=r"x: shape \[2, 3\]; expected a leading batch dimension of 1"):
+        one_row(np.zeros((2, 3)), "x")
 
 
 def test_model_parameters():

@@ -1,0 +1,234 @@
+"""The bad-input matrix, over raw tritonclient (no nestrank client validation), for every served model, internal
+ones included: each bad request is refused with INVALID_ARGUMENT naming its field (and the limit), its message is
+short, and a good request sent together with it (into the same dynamic batch where the model batches) is
+answered, and answered right."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+import tritonclient.grpc.aio as grpcclient_aio
+from tritonclient.utils import InferenceServerException
+
+from tests.names import KALM, MINILM
+
+pytestmark = pytest.mark.slow
+
+ENCODE, SCORE = f"{KALM}_encode", f"{KALM}_score"
+HUGE = "9" * 5000
+TEXT_5MB = "lorem ipsum " * 440_000
+
+
+@dataclass(frozen=True)
+class Tensor:
+    name: str
+    value: np.ndarray
+    datatype: str
+
+    def make(self, module):
+        t = module.InferInput(self.name, list(self.value.shape), self.datatype)
+        t.set_data_from_numpy(self.value)
+        return t
+
+
+def texts(name: str, values, shape=None) -> Tensor:
+    array = np.array([v if isinstance(v, bytes) else v.encode() for v in values], dtype=object)
+    return Tensor(name, array.reshape(shape or (len(values), 1)), "BYTES")
+
+
+def row(name: str, values) -> Tensor:  # the rerank and score models take one request at a time: [1, ...]
+    return texts(name, values, (1, len(values)))
+
+
+def floats(name: str, array, datatype="FP16") -> Tensor:
+    return Tensor(name, np.asarray(array, dtype=np.float16 if datatype == "FP16" else np.float32), datatype)
+
+
+def ints(name: str, array, datatype="INT32") -> Tensor:
+    return Tensor(name, np.asarray(array, dtype=np.int32 if datatype == "INT32" else np.int64), datatype)
+
+
+@dataclass(frozen=True)
+class Case:
+    model: str
+    inputs: list[Tensor]
+    fragment: str
+    params: dict = field(default_factory=dict)
+
+
+def states(n, groups, width=640, value=0.0, counts=1, dtype="FP16"):
+    return [floats("passage_states", np.full((1, n, groups, width), value), dtype),
+            ints("passage_counts", np.full((1, n, groups), counts))]  # fmt: skip
+
+
+def score_inputs(ids=(2, 105, 50), n=1, groups=2, width=640, value=0.0, counts=1):
+    return [ints("decoder_input_ids", [list(ids)], "INT64"), floats("passage_states", np.full((1, n, groups, width), value), "FP32"),
+            ints("passage_counts", np.full((1, n, groups), counts))]  # fmt: skip
+
+
+Q = row("query", ["how do I read a file"])
+CASES = {
+    # all-MiniLM-L6-v2 (dynamic batching: the good request shares the bad one's batch)
+    "embed: empty request": Case(MINILM, [texts("text", [])], "text"),
+    "embed: empty string": Case(MINILM, [texts("text", ["fine", ""])], "text[1]: empty string"),
+    "embed: invalid utf-8": Case(MINILM, [texts("text", [b"fine", b"\xc3\x28"])], "text[1]: not valid UTF-8"),
+    "embed: dimensions not served": Case(MINILM, [texts("text", ["x"])], "dimensions: 100 is not served", {"dimensions": 100}),
+    "embed: dimensions --128": Case(MINILM, [texts("text", ["x"])], "dimensions: must be an integer", {"dimensions": "--128"}),
+    "embed: dimensions ²": Case(MINILM, [texts("text", ["x"])], "dimensions: must be an integer", {"dimensions": "²"}),
+    "embed: dimensions of 5000 digits": Case(MINILM, [texts("text", ["x"])], "dimensions: must be an integer", {"dimensions": HUGE}),
+    "embed: unknown precision": Case(MINILM, [texts("text", ["x"])], "precision: must be one of", {"precision": "int4"}),
+    "embed: precision of 100 KB": Case(MINILM, [texts("text", ["x"])], "precision: 100000 characters exceed", {"precision": "p" * 100_000}),
+    "embed: over max length": Case(MINILM, [texts("text", ["ok", "word " * 400])], "text[1]: 402 tokens exceed max_length 256", {"truncate": False}),
+    "embed: 5 MB text, truncate=false": Case(MINILM, [texts("text", [TEXT_5MB])], "text[0]: 5280000 characters exceed", {"truncate": False}),
+    "embed: too many texts": Case(MINILM, [texts("text", ["x"] * 257)], "batch-size must be <= 256"),
+    "embed: unknown parameter": Case(MINILM, [texts("text", ["x"])], "temperature: unknown parameter", {"temperature": 1}),
+    "embed: unknown parameter of 100 KB": Case(MINILM, [texts("text", ["x"])], "unknown parameter", {"k" * 100_000: 1}),
+    "embed: normalize maybe": Case(MINILM, [texts("text", ["x"])], "normalize: must be true or false", {"normalize": "maybe"}),
+    "embed: int8 unnormalised": Case(MINILM, [texts("text", ["x"])], "precision: int8 is calibrated", {"precision": "int8", "normalize": False}),
+    "embed: truncation direction": Case(MINILM, [texts("text", ["x"])], "truncation_direction: must be one of", {"truncation_direction": "middle"}),
+    "embed: input type": Case(MINILM, [texts("text", ["x"])], "input_type: must be one of", {"input_type": "image"}),
+    "embed: wrong datatype": Case(MINILM, [ints("text", [[1]])], "text"),
+    "embed: unknown input": Case(MINILM, [texts("words", ["x"])], "words"),
+    # the rerank entry point (BLS)
+    "rerank: empty query": Case(KALM, [row("query", [" "]), row("documents", ["a"])], "query: empty"),
+    "rerank: no query": Case(KALM, [row("documents", ["a"])], "query: send exactly one query"),
+    "rerank: two queries": Case(KALM, [row("query", ["a", "b"]), row("documents", ["a"])], "unexpected shape for input 'query'"),  # Triton: the config says one
+    "rerank: no candidates": Case(KALM, [Q], "send exactly one of documents, passage_ids"),
+    "rerank: documents and ids": Case(KALM, [Q, row("documents", ["a"]), row("passage_ids", ["f" * 32])], "send exactly one of"),
+    "rerank: empty document": Case(KALM, [Q, row("documents", ["fine", ""])], "documents[1]: empty string"),
+    "rerank: invalid utf-8": Case(KALM, [Q, row("documents", [b"\xff"])], "documents[0]: not valid UTF-8"),
+    "rerank: ratio not exported": Case(KALM, [Q, row("documents", ["a"])], "compression_ratio: 3 was not exported", {"compression_ratio": 3}),
+    "rerank: ratio ²": Case(KALM, [Q, row("documents", ["a"])], "compression_ratio: must be an integer", {"compression_ratio": "²"}),
+    "rerank: query over the limit": Case(KALM, [row("query", [" ".join(["file"] * 600)]), row("documents", ["a"])], "exceed max_query_tokens 512", {"truncate": False}),
+    "rerank: 1,001 documents": Case(KALM, [Q, row("documents", ["d"] * 1001)], "documents: 1001 texts exceed the limit of 1000"),
+    "rerank: warm 1,001 documents": Case(KALM, [row("documents", ["d"] * 1001)], "documents: 1001 texts exceed", {"warm": True}),
+    "rerank: top_n 0": Case(KALM, [Q, row("documents", ["a"])], "top_n: must be in 1..", {"top_n": 0}),
+    "rerank: empty instruction": Case(KALM, [Q, row("documents", ["a"])], "instruction: empty", {"instruction": " "}),
+    "rerank: instruction of 100 KB": Case(KALM, [Q, row("documents", ["a"])], "instruction: 100000 characters exceed", {"instruction": "i" * 100_000}),
+    "rerank: unknown passage id": Case(KALM, [Q, row("passage_ids", ["f" * 32])], "passage_ids[0]: unknown passage id"),
+    "rerank: passage id of 100 KB": Case(KALM, [Q, row("passage_ids", ["f" * 100_000])], "passage_ids[0]: unknown passage id"),
+    "rerank: states of the wrong width": Case(KALM, [Q, *states(1, 2, width=32)], "passage_states"),
+    "rerank: states of the wrong dtype": Case(KALM, [Q, *states(1, 2, dtype="FP32")], "passage_states"),
+    "rerank: 50,000 groups": Case(KALM, [Q, *states(1, 50_000, width=640)], "passage_states: 50000 groups exceed 256"),
+    "rerank: counts near 2**31": Case(KALM, [Q, *states(1, 2, counts=2**31 - 1)], "passage_counts: each group holds 0..4 tokens"),
+    "rerank: negative counts": Case(KALM, [Q, *states(1, 2, counts=-1)], "passage_counts: each group holds"),
+    "rerank: NaN states": Case(KALM, [Q, *states(1, 2, value=np.nan)], "passage_states: holds NaN"),
+    "rerank: a batch of 2": Case(KALM, [texts("query", ["a", "b"], (2, 1)), texts("documents", ["a", "b"], (2, 1))], "batch-size must be <= 1"),
+    # the passage encoder (internal, reachable)
+    "encode: empty document": Case(ENCODE, [texts("documents", [""])], "documents[0]: empty string"),
+    "encode: invalid utf-8": Case(ENCODE, [texts("documents", [b"\xc3\x28"])], "documents[0]: not valid UTF-8"),
+    "encode: ratio not exported": Case(ENCODE, [texts("documents", ["a"])], "compression_ratio: 3 was not exported", {"compression_ratio": 3}),
+    "encode: ratio --4": Case(ENCODE, [texts("documents", ["a"])], "compression_ratio: must be an integer", {"compression_ratio": "--4"}),
+    "encode: states dtype": Case(ENCODE, [texts("documents", ["a"])], "states_dtype: must be float16 or float32", {"states_dtype": "int8"}),
+    "encode: unknown parameter": Case(ENCODE, [texts("documents", ["a"])], "query: unknown parameter", {"query": "q"}),
+    "encode: too many documents": Case(ENCODE, [texts("documents", ["a"] * 65)], "batch-size must be <= 64"),
+    # the scorer (internal, reachable)
+    "score: token id past the vocabulary": Case(SCORE, score_inputs(ids=(2, 262144)), "decoder_input_ids: token ids must be in 0..262143"),
+    "score: negative token id": Case(SCORE, score_inputs(ids=(2, -1)), "decoder_input_ids: token ids must be in"),
+    "score: empty prompt": Case(SCORE, score_inputs(ids=()), "decoder_input_ids: shape"),
+    "score: states of the wrong width": Case(SCORE, score_inputs(width=64), "unexpected shape for input 'passage_states'"),
+    "score: counts of the wrong shape": Case(SCORE, [*score_inputs()[:2], ints("passage_counts", np.ones((1, 1, 3)))], "passage_counts: shape"),
+    "score: no valid group": Case(SCORE, score_inputs(counts=0), "passage_counts[0]: no valid group"),
+    "score: NaN states": Case(SCORE, score_inputs(value=np.nan), "passage_states: at most 1024 groups, all values finite"),
+    "score: 2,000 groups": Case(SCORE, score_inputs(groups=2000), "passage_states: at most 1024 groups"),
+    "score: a batch of 2": Case(SCORE, [ints("decoder_input_ids", [[2], [2]], "INT64"), floats("passage_states", np.zeros((2, 1, 1, 640)), "FP32"),
+                                        ints("passage_counts", np.ones((2, 1, 1)))], "batch-size must be <= 1"),
+}  # fmt: skip
+
+GOOD = {
+    MINILM: [texts("text", ["alpha beta gamma"])],
+    KALM: [Q, row("documents", ["open the file and read each line", "the weather"])],
+    ENCODE: [texts("documents", ["a passage to encode", "and another one"])],
+    SCORE: score_inputs(ids=(2, 105, 1000, 2000), n=2, groups=3, value=0.1),
+}
+OUTPUT = {MINILM: "embeddings", KALM: "scores", ENCODE: "passage_states", SCORE: "scores"}
+
+
+@pytest.fixture(scope="module")
+def expected(grpc_url) -> dict[str, np.ndarray]:
+    client = grpcclient.InferenceServerClient(grpc_url)
+    try:
+        return {
+            m: client.infer(m, [t.make(grpcclient) for t in inputs]).as_numpy(OUTPUT[m]) for m, inputs in GOOD.items()
+        }
+    finally:
+        client.close()
+
+
+def test_the_matrix_covers_every_model_with_at_least_40_cases():
+    assert len(CASES) >= 40 and {c.model for c in CASES.values()} == set(GOOD)
+
+
+@pytest.mark.parametrize("case", list(CASES), ids=list(CASES))
+def test_bad_input_is_refused_alone(grpc_url, expected, case):
+    bad = CASES[case]
+
+    async def together():
+        client = grpcclient_aio.InferenceServerClient(grpc_url)
+        try:
+            calls = [client.infer(bad.model, [t.make(grpcclient_aio) for t in bad.inputs], parameters=bad.params)]
+            calls += [client.infer(bad.model, [t.make(grpcclient_aio) for t in GOOD[bad.model]]) for _ in range(3)]
+            return await asyncio.gather(*calls, return_exceptions=True)
+        finally:
+            await client.close()
+
+    refused, *good = asyncio.run(together())
+    assert isinstance(refused, InferenceServerException), f"{case} was accepted"
+    assert refused.status() == "StatusCode.INVALID_ARGUMENT", refused.message()
+    assert bad.fragment in refused.message()
+    assert len(refused.message()) < 1200  # nothing a caller sent comes back whole
+    for result in good:
+        assert not isinstance(result, Exception), result
+        np.testing.assert_allclose(result.as_numpy(OUTPUT[bad.model]).astype(np.float32),
+                                   expected[bad.model].astype(np.float32), atol=1e-4)  # fmt: skip
+
+
+def test_a_5_mb_text_is_cut_before_it_is_tokenized(grpc_url, expected):
+    """truncate=true (the default): cut to what max_length tokens can hold, then tokenized; as fast as a short text."""
+    import time
+
+    client = grpcclient.InferenceServerClient(grpc_url)
+    try:
+        started = time.monotonic()
+        result = client.infer(MINILM, [texts("text", [TEXT_5MB]).make(grpcclient)]).as_numpy("embeddings")
+        elapsed = time.monotonic() - started
+        short = client.infer(MINILM, [texts("text", [TEXT_5MB[:3000]]).make(grpcclient)]).as_numpy("embeddings")
+    finally:
+        client.close()
+    np.testing.assert_allclose(result, short, atol=1e-5)  # the first 256 tokens are all that count either way
+    assert elapsed < 2.0
+
+
+def test_the_matrix_really_shares_batches(grpc_url, server):
+    """Isolation means something only if a bad request and its good neighbours do run in one model execution."""
+    from nestrank.protocol import ADMIN_KEY_HEADER, grpc_header
+
+    def counts():
+        client = grpcclient.InferenceServerClient(grpc_url)
+        headers = {grpc_header(ADMIN_KEY_HEADER): server.config.admin_key}  # statistics are an admin API
+        stats = client.get_inference_statistics(MINILM, as_json=True, headers=headers)["model_stats"][0]
+        client.close()
+        done = stats["inference_stats"]
+        return int(stats.get("execution_count", 0)), sum(int(done[k].get("count", 0)) for k in ("success", "fail"))
+
+    executions_before, requests_before = counts()
+
+    async def burst():
+        client = grpcclient_aio.InferenceServerClient(grpc_url)
+        try:
+            calls = [client.infer(MINILM, [texts("text", ["fine", ""]).make(grpcclient_aio)])]
+            calls += [client.infer(MINILM, [texts("text", ["x" * 50]).make(grpcclient_aio)]) for _ in range(31)]
+            return await asyncio.gather(*calls, return_exceptions=True)
+        finally:
+            await client.close()
+
+    results = asyncio.run(burst())
+    assert isinstance(results[0], InferenceServerException)
+    assert not any(isinstance(r, Exception) for r in results[1:])
+    executions, requests = counts()
+    assert requests - requests_before == 32
+    assert executions - executions_before < 32

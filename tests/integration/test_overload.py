@@ -1,0 +1,107 @@
+"""Overload: a queue bounded in requests and in waiting time answers at once with a typed overload instead of
+letting latency grow, and the client backs off from it and gets everything done."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import time
+
+import numpy as np
+import pytest
+import tritonclient.grpc.aio as grpcclient_aio
+from tritonclient.utils import InferenceServerException
+
+from nestrank.clients.embed import EmbedClient
+from nestrank.clients.transport import RetryPolicy, typed_error
+from nestrank.errors import OverloadedError
+from nestrank.export.triton_config import read_config, write_config
+from nestrank.serving.launcher import ServerConfig, TritonServer, free_ports
+from tests.names import TINY_DECODER
+
+pytestmark = pytest.mark.slow
+TEXT = " ".join(["the quick brown fox jumps over the lazy dog"] * 10)
+BY_COUNT, BY_WAIT = "bounded-by-count", "bounded-by-wait"
+
+
+@pytest.fixture(scope="module")
+def server(repository, tmp_path_factory):
+    """The tiny decoder twice: with the default bounds, and with a 0.2 s queue wait (and room for every request)."""
+    repo = tmp_path_factory.mktemp("overload") / "repo"
+    for name in (BY_COUNT, BY_WAIT):
+        shutil.copytree(repository / TINY_DECODER, repo / name)
+        config = read_config(repo / name)
+        config.name = name
+        if name == BY_WAIT:
+            config.dynamic_batching.default_queue_policy.max_queue_size = 10_000
+            config.dynamic_batching.default_queue_policy.default_timeout_microseconds = 200_000
+        write_config(config, repo / name)
+    grpc_port, http_port, metrics_port = free_ports(3)
+    config = ServerConfig(repo, grpc_port=grpc_port, http_port=http_port, metrics_port=metrics_port)
+    with TritonServer(config) as running:
+        yield running
+
+
+def test_the_queue_is_bounded_from_the_batch_limit(server):
+    queue = read_config(server.config.model_repository / BY_COUNT).dynamic_batching.default_queue_policy
+    assert (queue.max_queue_size, queue.default_timeout_microseconds) == (64, 30_000_000)  # max batch 16
+
+
+def flood(url: str, model: str, requests: int):
+    async def run():
+        client = grpcclient_aio.InferenceServerClient(url)
+        tensor = grpcclient_aio.InferInput("text", [1, 1], "BYTES")
+        tensor.set_data_from_numpy(np.array([[TEXT.encode()]], dtype=object))
+
+        async def one():
+            started = time.monotonic()
+            try:
+                await client.infer(model, [tensor])
+                return "ok", time.monotonic() - started
+            except InferenceServerException as err:
+                return typed_error(err), time.monotonic() - started
+
+        try:
+            return await asyncio.gather(*(one() for _ in range(requests)))
+        finally:
+            await client.close()
+
+    results = asyncio.run(run())
+    shed = [seconds for outcome, seconds in results if isinstance(outcome, OverloadedError)]
+    served = [seconds for outcome, seconds in results if outcome == "ok"]
+    assert len(shed) + len(served) == len(results), [o for o, _ in results if o != "ok"][:3]  # nothing else failed
+    assert shed and served
+    return shed, served
+
+
+def test_a_flood_past_the_count_is_shed_at_once_as_overload(server):
+    shed, served = flood(server.config.grpc_url, BY_COUNT, 400)
+    assert np.median(shed) < np.median(served)  # refused at once, not after waiting
+    print(f"400 concurrent requests, queue of 64: {len(served)} served, {len(shed)} shed "
+          f"(median {np.median(shed) * 1e3:.0f} ms to refuse, {np.median(served) * 1e3:.0f} ms to serve)")  # fmt: skip
+
+
+def test_a_request_that_waits_too_long_is_shed_as_overload(server):
+    shed, served = flood(server.config.grpc_url, BY_WAIT, 400)
+    assert max(shed) < 2.0  # refused near the 0.2 s bound, not served late
+    print(f"400 concurrent requests, 0.2 s queue wait: {len(served)} served, {len(shed)} shed")
+
+
+class CountingPolicy(RetryPolicy):
+    """A RetryPolicy that records each backoff it is asked for."""
+
+    backoffs: list = []
+
+    def backoff_s(self, attempt: int) -> float:
+        self.backoffs.append(attempt)
+        return super().backoff_s(attempt)
+
+
+def test_the_client_backs_off_and_gets_everything_done(server):
+    texts = [f"{i} {TEXT}" for i in range(800)]
+    retry = CountingPolicy(attempts=50, initial_backoff_s=0.02, max_backoff_s=0.5)
+    with EmbedClient(server.config.grpc_url, BY_COUNT, retry=retry, concurrency=200) as client:
+        out = client.embed(texts, batch_size=1)
+    assert out.shape == (800, 64) and np.isfinite(out).all()
+    assert CountingPolicy.backoffs  # it did meet the bound, and got through by backing off
+    print(f"800 requests, 200 at a time: all served after {len(CountingPolicy.backoffs)} backoffs")
