@@ -164,9 +164,9 @@ def run(config: CompareConfig, log=print) -> int:
     from sentence_transformers import SentenceTransformer
 
     from nestrank.clients.embed import AsyncEmbedClient
+    from nestrank.export.repository import ensure_default_models
     from nestrank.export.triton_config import read_config, string_parameters
-    from nestrank.serving.cli import ensure_default_models
-    from nestrank.serving.embed_config import EmbedderConfig
+    from nestrank.protocol.embedding import EmbedderConfig
     from nestrank.serving.embedder import Embedder
     from nestrank.serving.launcher import ServerConfig, TritonServer, free_ports
 
@@ -198,7 +198,7 @@ def run(config: CompareConfig, log=print) -> int:
     tokenize_s = _timed(lambda: [embedder.tokenizer.encode(batch) for batch in batches])
     time_split = {"in-process ORT": {"tokenization": tokenize_s / in_process_s, "inference and the rest":
                                      1 - tokenize_s / in_process_s}}  # fmt: skip
-    rows.append(_row("ONNX Runtime, in-process (same graph)", time.perf_counter() - start, len(texts), total_tokens,
+    rows.append(_row("ONNX Runtime, in-process (same graph)", in_process_s, len(texts), total_tokens,
                      flops, gemm, cosine_to(reference, ours)))  # fmt: skip
 
     grpc_port, http_port, metrics_port = free_ports(3)
@@ -289,7 +289,7 @@ def triton_time_split(url: str, model: str, admin_key: str) -> dict:
     admin API: the server's admin key opens them)."""
     import tritonclient.grpc as grpcclient
 
-    from nestrank.protocol import ADMIN_KEY_HEADER, grpc_header
+    from nestrank.protocol.headers import ADMIN_KEY_HEADER, grpc_header
 
     client = grpcclient.InferenceServerClient(url)
     headers = {grpc_header(ADMIN_KEY_HEADER): admin_key}

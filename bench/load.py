@@ -101,8 +101,9 @@ class EmbedWorkload:
         self.batches = [texts[i : i + config.batch_size] for i in range(0, len(texts), config.batch_size)]
         count = token_counter(config)
         self.tokens = [count(b) if count else 0 for b in self.batches]
-        self.urls = list(url)
-        self.client = None  # grpc.aio channels belong to the loop that makes them: made in prepare()
+        from nestrank.clients.embed import AsyncEmbedClient
+
+        self.client = AsyncEmbedClient(list(url), config.model, concurrency=1, retry=config.retry)
 
     async def send(self, i: int) -> tuple[int, int]:
         i = (i + self.config.warmup) % len(self.batches)  # duration-bounded runs cycle through the texts
@@ -111,19 +112,15 @@ class EmbedWorkload:
         return len(out), self.tokens[i]
 
     async def prepare(self) -> None:
-        from nestrank.clients.embed import AsyncEmbedClient
-
-        self.client = AsyncEmbedClient(self.urls, self.config.model, concurrency=1, retry=self.config.retry)
         for i in range(-self.config.warmup, 0):
             await self.send(i)
 
     async def close(self) -> None:
-        if self.client is not None:
-            await self.client.close()
+        await self.client.close()
 
     def in_process(self, progress: str) -> dict:
         from nestrank.export.triton_config import read_config, string_parameters
-        from nestrank.serving.embed_config import EmbedderConfig
+        from nestrank.protocol.embedding import EmbedderConfig
         from nestrank.serving.embedder import Embedder
 
         model_dir = self.config.repository / self.config.model
@@ -142,13 +139,11 @@ class EmbedWorkload:
 
 class RerankWorkload:
     def __init__(self, config: LoadConfig, url: Sequence[str]):
-        from nestrank.clients.rerank import RerankClient
+        from nestrank.clients.rerank import AsyncRerankClient
 
         self.config = config
         self.documents = load_texts(config, config.batch_size * 4)
-        self.urls = list(url)
-        self.client = None  # made in prepare(), inside the running loop
-        self.sync_client = RerankClient(self.urls, config.model, retry=config.retry)
+        self.client = AsyncRerankClient(list(url), config.model, retry=config.retry)
         count = token_counter(config)
         self.doc_tokens = count(self.documents) / len(self.documents) if count else 0
         self.ids: list[str] = []
@@ -159,13 +154,10 @@ class RerankWorkload:
         return list(range(start, start + self.config.batch_size))
 
     async def prepare(self) -> None:
-        from nestrank.clients.rerank import AsyncRerankClient
-
-        self.client = AsyncRerankClient(self.urls, self.config.model, retry=self.config.retry)
         if self.config.passages == "cached":
-            self.ids = self.sync_client.warm(self.documents)
+            self.ids = await self.client.warm(self.documents)
         elif self.config.passages == "states":
-            self.states = self.sync_client.encode_passages(self.documents)
+            self.states = await self.client.encode_passages(self.documents)
         for i in range(self.config.warmup):
             await self.send(-1 - i)
 
@@ -181,9 +173,7 @@ class RerankWorkload:
         return len(out), int(self.doc_tokens * len(out))
 
     async def close(self) -> None:
-        self.sync_client.close()
-        if self.client is not None:
-            await self.client.close()
+        await self.client.close()
 
     def in_process(self, progress: str) -> dict | None:
         return None
@@ -209,7 +199,7 @@ def run(config: LoadConfig, log=print) -> tuple[list[dict], int]:
         urls = list(config.urls)
         if not urls:
             if config.workload == "embed":
-                from nestrank.serving.cli import ensure_default_models
+                from nestrank.export.repository import ensure_default_models
 
                 ensure_default_models(config.repository)
             grpc_port, http_port, metrics_port = free_ports(3)

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from nestrank.errors import NestrankError, OverloadedError
+from nestrank.protocol.errors import NestrankError, OverloadedError
 
 PERCENTILES = (50, 90, 99, 99.9)
 

@@ -1,5 +1,6 @@
-"""Distributed load with locust: users built on the nestrank gRPC clients, so one machine is not the
-limit of the load generator.
+"""Distributed load with locust, so one machine is not the limit of the load generator. Its users speak the
+nestrank wire contract (`nestrank.protocol`) over `tritonclient.grpc`, whose blocking calls cooperate with locust's
+gevent loop (the nestrank clients run asyncio, which gevent cannot drive). No retries: failures are reported.
 
 One machine:   locust -f bench/locustfile.py EmbedUser --headless -u 64 -r 8 -t 60s --host 127.0.0.1:8001
 Distributed:   locust -f bench/locustfile.py EmbedUser --master --headless -u 512 -r 32 -t 300s \\
@@ -18,15 +19,16 @@ import gc  # noqa: E402
 import os  # noqa: E402
 import time  # noqa: E402
 
+import numpy as np  # noqa: E402
+import tritonclient.grpc as grpcclient  # noqa: E402
 from locust import User, constant, events, task  # noqa: E402
 
-from nestrank.clients.embed import EmbedClient  # noqa: E402
-from nestrank.clients.rerank import RerankClient  # noqa: E402
-from nestrank.clients.transport import RetryPolicy  # noqa: E402
+from nestrank.clients.transport import Credentials  # noqa: E402
+from nestrank.protocol.embedding import EMBEDDING_OUTPUTS, TEXT  # noqa: E402
+from nestrank.protocol.reranking import DOCUMENTS, PASSAGE_IDS, QUERY, SCORES  # noqa: E402
 from nestrank.texts import realistic_texts  # noqa: E402
 
 BATCH = int(os.environ.get("NESTRANK_BATCH_SIZE", "32"))
-NO_RETRIES = RetryPolicy(attempts=1)  # a load test reports failures; it does not paper over them
 _users: list = []
 
 
@@ -41,9 +43,26 @@ def _close_clients(**_kwargs):
     gc.collect()
 
 
+def texts_input(name: str, texts: list[str], shape: list[int]) -> grpcclient.InferInput:
+    tensor = grpcclient.InferInput(name, shape, "BYTES")
+    tensor.set_data_from_numpy(np.array([t.encode() for t in texts], dtype=object).reshape(shape))
+    return tensor
+
+
 class _NestrankUser(User):
     abstract = True
     wait_time = constant(0)
+
+    def on_start(self):
+        credentials = Credentials.from_env()  # NESTRANK_API_KEY, as the nestrank clients read it
+        self.headers = credentials.headers
+        self.client = grpcclient.InferenceServerClient(self.host, **credentials.client_options())
+        _users.append(self)
+
+    def infer(self, inputs, output: str, parameters: dict) -> np.ndarray:
+        result = self.client.infer(self.model, inputs, outputs=[grpcclient.InferRequestedOutput(output)],
+                                   parameters=parameters, headers=self.headers, client_timeout=120)  # fmt: skip
+        return result.as_numpy(output)
 
     def _measure(self, name: str, call) -> None:
         start = time.perf_counter()
@@ -58,12 +77,12 @@ class _NestrankUser(User):
 
 class EmbedUser(_NestrankUser):
     def on_start(self):
+        super().on_start()
         self.model = os.environ.get("NESTRANK_MODEL", "all-minilm-l6-v2")
+        precision = os.environ.get("NESTRANK_PRECISION", "float32")
         dims = os.environ.get("NESTRANK_DIMENSIONS")
-        self.options = {"dimensions": int(dims) if dims else None,
-                        "precision": os.environ.get("NESTRANK_PRECISION", "float32")}  # fmt: skip
-        self.client = EmbedClient(self.host, self.model, retry=NO_RETRIES, concurrency=1)
-        _users.append(self)
+        self.output = EMBEDDING_OUTPUTS[precision]
+        self.parameters = {"precision": precision, **({"dimensions": int(dims)} if dims else {})}
         self.texts = realistic_texts(BATCH * 64, seed=id(self) % 10_000)
         self.turn = 0
 
@@ -71,17 +90,20 @@ class EmbedUser(_NestrankUser):
     def embed(self):
         start = (self.turn * BATCH) % (len(self.texts) - BATCH)
         self.turn += 1
-        self._measure(
-            f"embed {self.model}", lambda: self.client.embed(self.texts[start : start + BATCH], **self.options)
-        )
+        inputs = [texts_input(TEXT, self.texts[start : start + BATCH], [BATCH, 1])]
+        self._measure(f"embed {self.model}", lambda: self.infer(inputs, self.output, self.parameters))
 
 
 class RerankUser(_NestrankUser):
     def on_start(self):
+        super().on_start()
         self.model = os.environ.get("NESTRANK_MODEL", "kalm-reranker")
-        self.client = RerankClient(self.host, self.model, retry=NO_RETRIES)
-        _users.append(self)
-        self.ids = self.client.warm(realistic_texts(BATCH * 4, seed=7))
+        documents = realistic_texts(BATCH * 4, seed=7)
+        self.ids = []
+        for s in range(0, len(documents), BATCH):  # warm the server's passage cache; rerank by id after
+            chunk = documents[s : s + BATCH]
+            ids = self.infer([texts_input(DOCUMENTS, chunk, [1, len(chunk)])], PASSAGE_IDS, {"warm": True})
+            self.ids += [i.decode() for i in ids[0]]
         self.turn = 0
 
     @task
@@ -89,4 +111,8 @@ class RerankUser(_NestrankUser):
         start = (self.turn * 7) % (len(self.ids) - BATCH + 1)
         self.turn += 1
         chosen = self.ids[start : start + BATCH]
-        self._measure(f"rerank {self.model}", lambda: self.client.rerank("how do I read a file", passages=chosen))
+        inputs = [
+            texts_input(QUERY, ["how do I read a file"], [1, 1]),
+            texts_input(PASSAGE_IDS, chosen, [1, len(chosen)]),
+        ]
+        self._measure(f"rerank {self.model}", lambda: self.infer(inputs, SCORES, {})[0])

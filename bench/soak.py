@@ -54,7 +54,7 @@ async def _drive(config: SoakConfig, url: str, server, log) -> dict:
     from nestrank.clients.embed import AsyncEmbedClient
     from nestrank.clients.rerank import AsyncRerankClient
     from nestrank.clients.transport import NO_RETRIES
-    from nestrank.errors import NestrankError, OverloadedError
+    from nestrank.protocol.errors import NestrankError, OverloadedError
 
     texts = realistic_texts(4000, seed=11)
     seen = realistic_texts(200, seed=12)  # passages that come back (cache hits)

@@ -9,7 +9,7 @@ import sys
 
 from nestrank.clients.embed import DEFAULT_MODEL, DEFAULT_URL, EmbedClient
 from nestrank.clients.rerank import RerankClient
-from nestrank.errors import NestrankError
+from nestrank.protocol.errors import NestrankError
 
 
 def parser() -> argparse.ArgumentParser:

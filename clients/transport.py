@@ -1,4 +1,4 @@
-"""Endpoints, retries and failover shared by every client (sync and asyncio run the same decisions).
+"""Endpoints, retries and failover shared by every client.
 
 - Each call has one deadline (the client's `timeout_s`) that all its attempts share; each attempt is also
   bounded by `attempt_timeout_s`, so a hung endpoint costs one attempt, not the whole call.
@@ -20,18 +20,17 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import tritonclient.grpc as grpcclient
 import tritonclient.grpc.aio as grpcclient_aio
 from tritonclient.utils import InferenceServerException
 
-from nestrank.errors import (
+from nestrank.protocol.errors import (
     DeadlineExceededError,
     NestrankError,
     OverloadedError,
     UnavailableError,
     from_grpc_status,
 )
-from nestrank.protocol import API_KEY_HEADER, grpc_header
+from nestrank.protocol.headers import API_KEY_HEADER, grpc_header
 
 DEFAULT_URL = "127.0.0.1:8001"
 _MAX_MESSAGE = 2**31 - 1
@@ -108,9 +107,9 @@ def typed_error(err: InferenceServerException) -> NestrankError:
 
 
 class Endpoint:
-    def __init__(self, url: str, client):
+    def __init__(self, url: str, client=None):
         self.url = url
-        self.client = client
+        self.client = client  # connected on first use, inside the loop that uses it
         self.failures = 0
         self.ejected_until = 0.0
 
@@ -183,53 +182,31 @@ class _Call:
         endpoint.ejected_until = 0.0
 
 
-class Endpoints:
-    """Synchronous endpoints: `call(fn)` runs `fn(client, headers=..., client_timeout=...)` with failover."""
-
-    def __init__(self, url: str | Sequence[str], retry: RetryPolicy, credentials: Credentials = Credentials()):
-        self.retry = retry
-        self.credentials = credentials
-        options = credentials.client_options()
-        self.endpoints = [Endpoint(u, grpcclient.InferenceServerClient(u, **options)) for u in _urls(url)]
-        self._turn = itertools.count()
-
-    def call(self, fn, deadline_s: float):
-        call = _Call(self.endpoints, self._turn, self.retry, deadline_s, self.credentials.headers)
-        while True:
-            endpoint = call.choose()
-            try:
-                if call.needs_probe(endpoint) and not endpoint.client.is_server_ready(**call.probe_options()):
-                    raise InferenceServerException(f"{endpoint.url}: not ready", status="StatusCode.UNAVAILABLE")
-                result = fn(endpoint.client, **call.options())
-            except InferenceServerException as exc:
-                time.sleep(call.retry_after(endpoint, typed_error(exc)))
-                continue
-            call.succeeded(endpoint)
-            return result
-
-    def close(self) -> None:
-        for endpoint in self.endpoints:
-            endpoint.client.close()
-
-
 class AsyncEndpoints:
-    """The asyncio twin of Endpoints, on `tritonclient.grpc.aio`; the same `_Call` decisions."""
+    """`call(fn)` runs `fn(client, headers=..., client_timeout=...)` on a `tritonclient.grpc.aio` client, failing
+    over as `_Call` decides (the synchronous clients run these on a loop of their own)."""
 
     def __init__(self, url: str | Sequence[str], retry: RetryPolicy, credentials: Credentials = Credentials()):
         self.retry = retry
         self.credentials = credentials
-        options = credentials.client_options()
-        self.endpoints = [Endpoint(u, grpcclient_aio.InferenceServerClient(u, **options)) for u in _urls(url)]
+        self.endpoints = [Endpoint(u) for u in _urls(url)]
         self._turn = itertools.count()
+
+    def _client(self, endpoint: Endpoint):
+        # A grpc.aio channel belongs to the loop it was made in, so it is made in the first call's loop.
+        if endpoint.client is None:
+            endpoint.client = grpcclient_aio.InferenceServerClient(endpoint.url, **self.credentials.client_options())
+        return endpoint.client
 
     async def call(self, fn, deadline_s: float):
         call = _Call(self.endpoints, self._turn, self.retry, deadline_s, self.credentials.headers)
         while True:
             endpoint = call.choose()
             try:
-                if call.needs_probe(endpoint) and not await endpoint.client.is_server_ready(**call.probe_options()):
+                client = self._client(endpoint)
+                if call.needs_probe(endpoint) and not await client.is_server_ready(**call.probe_options()):
                     raise InferenceServerException(f"{endpoint.url}: not ready", status="StatusCode.UNAVAILABLE")
-                result = await fn(endpoint.client, **call.options())
+                result = await fn(client, **call.options())
             except InferenceServerException as exc:
                 await asyncio.sleep(call.retry_after(endpoint, typed_error(exc)))
                 continue
@@ -238,11 +215,5 @@ class AsyncEndpoints:
 
     async def close(self) -> None:
         for endpoint in self.endpoints:
-            await endpoint.client.close()
-
-
-def model_parameters(model_config: dict) -> tuple[str, int, dict[str, str]]:
-    """(name, max_batch_size, string parameters) from get_model_config(as_json=True)."""
-    config = model_config.get("config", model_config)
-    parameters = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
-    return config["name"], int(config.get("max_batch_size", 0)), parameters
+            if endpoint.client is not None:
+                await endpoint.client.close()

@@ -29,6 +29,7 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--max-batch-size", type=int, default=256, help="texts per Triton request and dynamic batch")
     e.add_argument("--instances", type=int, default=1, help="model instances (each runs its own ORT session)")
     e.add_argument("--threads", type=int, default=0, help="ORT intra-op threads per instance (0: all cores)")
+    e.add_argument("--tensorrt-fp16", action="store_true", help="GPU with TensorRT: build fp16 engines")
     r = kinds.add_parser("reranker", help="an FBNL reranker (T5Gemma 2 / T5): passage encoder + scorer graphs")
     r.add_argument("--checkpoint", required=True,
                    help="checkpoint directory, or Hugging Face model id (e.g. KaLM-Embedding/KaLM-Reranker-V1-Nano): "
@@ -76,6 +77,7 @@ def main(argv: list[str]) -> int:
                 max_batch_size=args.max_batch_size,
                 instance_count=args.instances,
                 intra_op_threads=args.threads,
+                tensorrt_fp16=args.tensorrt_fp16,
             )
             written = (result.model_dir,)
     except (ParityError, FileNotFoundError, ValueError) as err:

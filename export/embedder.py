@@ -11,15 +11,14 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tritonclient.grpc import model_config_pb2 as mc
 
 from nestrank.export import ParityError
 from nestrank.export.checkpoint import EmbedderCheckpoint, read_checkpoint
 from nestrank.export.precision import convert_precision
-from nestrank.export.triton_config import python_model_config, write_bytes_warmup, write_config
-from nestrank.serving.embedder import CALIBRATION_FILE, MODEL_FILE, TOKENIZER_FILE, Embedder, EmbedderConfig
+from nestrank.export.triton_config import python_model_config, write_bytes_warmup, write_model
+from nestrank.protocol.embedding import EmbedderConfig, embed_signature
+from nestrank.serving.embedder import CALIBRATION_FILE, MODEL_FILE, TOKENIZER_FILE, Embedder
 from nestrank.serving.matryoshka import default_dimensions, truncate_dimensions
-from nestrank.serving.models import GLUE_DIR
 from nestrank.serving.quantization import calibration_ranges
 from nestrank.texts import PARITY_TEXTS, realistic_texts
 
@@ -141,6 +140,7 @@ def export_embedder(
     max_batch_size: int = 256,
     instance_count: int = 1,
     intra_op_threads: int = 0,
+    tensorrt_fp16: bool = False,
     log=print,
 ) -> ExportResult:
     """Exports, gates on parity, and only then writes `<repository>/<name>/`."""
@@ -158,6 +158,7 @@ def export_embedder(
         default_prompt=ckpt.default_prompt,
         weights=precision,
         intra_op_threads=intra_op_threads,
+        tensorrt_fp16=tensorrt_fp16,
     )
     repository = Path(repository)
     repository.mkdir(parents=True, exist_ok=True)
@@ -186,19 +187,15 @@ def export_embedder(
             version_dir / CALIBRATION_FILE,
             **{str(d): calibration_ranges(truncate_dimensions(calibration, d, True)) for d in config.dimensions},
         )
-        shutil.copy(GLUE_DIR / "embed.py", version_dir / "model.py")
         write_bytes_warmup(staging, "text", ["nestrank warm-up text".encode()])
         model_config = python_model_config(
             name,
-            inputs=[("text", mc.TYPE_STRING, [1])],
-            # dtype follows the request's `precision`; float32 unless asked otherwise.
-            outputs=[("embeddings", mc.TYPE_FP32, [-1])],
-            max_batch_size=max_batch_size,
+            embed_signature(max_batch_size),  # one output per precision's dtype
             parameters=config.to_parameters(),
             instance_count=instance_count,
             warmup={"text": "text"},
         )
-        write_config(model_config, staging)
+        write_model(staging, model_config, "embed")
         target = repository / name
         if target.exists():
             shutil.rmtree(target)

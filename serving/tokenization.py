@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 from tokenizers import Tokenizer
 
-from nestrank.errors import ValidationError
-from nestrank.serving.embed_config import TRUNCATION_DIRECTIONS
+from nestrank.protocol.embedding import TRUNCATION_DIRECTIONS
+from nestrank.protocol.errors import ValidationError
 
 
 def char_limit(tokenizer: Tokenizer, max_tokens: int) -> int:

@@ -12,11 +12,14 @@ from __future__ import annotations
 
 import json
 import traceback
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from nestrank.errors import NestrankError, ValidationError
+from nestrank.protocol.errors import NestrankError, ValidationError
+from nestrank.protocol.headers import VERSION_PARAMETER
+from nestrank.protocol.parameters import string_parameters
 
 MAX_MESSAGE_CHARS = 1000  # gRPC trailers are small (16 KB): an error never carries a request's bulk back
 
@@ -40,6 +43,28 @@ def decode_texts(array: np.ndarray | None, field: str, max_count: int | None = N
     return texts
 
 
+def read_model_args(pb_utils, args: dict, config_type):
+    """`initialize`'s arguments → (Triton's model config as a dict, the served config, the version directory).
+
+    A model exported by another nestrank still loads (its model.py imports this glue); the log says so, since
+    re-exporting brings it the new exporter's fixes."""
+    from nestrank import __version__
+
+    model_config = json.loads(args["model_config"])
+    parameters = string_parameters(model_config)
+    exported = json.loads(parameters[VERSION_PARAMETER]) if VERSION_PARAMETER in parameters else "an earlier version"
+    if exported != __version__:
+        pb_utils.Logger.log_warn(f"nestrank: {model_config.get('name')} was exported by nestrank {exported}; this is "
+                                 f"{__version__}. It serves; re-export it to pick up exporter changes.")  # fmt: skip
+    version_dir = Path(args["model_repository"]) / args["model_version"]
+    return model_config, config_type.from_parameters(parameters), version_dir
+
+
+def wanted_outputs(request, default: tuple[str, ...]) -> set[str]:
+    """The outputs this request asked for (all, when it named none)."""
+    return set(request.requested_output_names()) or set(default)
+
+
 def input_array(pb_utils, request, name: str, required: bool = True) -> np.ndarray | None:
     tensor = pb_utils.get_input_tensor_by_name(request, name)
     if tensor is None:
@@ -61,10 +86,6 @@ def one_row(array: np.ndarray | None, name: str) -> np.ndarray | None:
 def request_parameters(request) -> dict[str, Any]:
     raw = request.parameters()
     return json.loads(raw) if raw else {}
-
-
-def model_parameters(model_config: dict) -> dict[str, str]:
-    return {k: v["string_value"] for k, v in model_config.get("parameters", {}).items()}
 
 
 def _bounded(message: str) -> str:

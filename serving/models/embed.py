@@ -1,46 +1,44 @@
-"""Triton Python-backend glue for an embedder; the exporter copies it to `<model>/1/model.py`."""
+"""Triton glue for an embedder: texts → embeddings in the requested precision, each dtype in its own output."""
 
-import os
-import site
+import triton_python_backend_utils as pb_utils
 
-# The backend stub runs its own interpreter: `nestrank serve` names the environment to import from.
-for _site_dir in filter(None, os.environ.get("NESTRANK_SITE_DIRS", "").split(os.pathsep)):
-    site.addsitedir(_site_dir)
-
-import json  # noqa: E402
-from pathlib import Path  # noqa: E402
-
-import triton_python_backend_utils as pb_utils  # noqa: E402
-
-from nestrank.serving.embed_config import EmbedderConfig, parse_options  # noqa: E402
-from nestrank.serving.embedder import Embedder, EmbedJob  # noqa: E402
-from nestrank.serving.triton_glue import (  # noqa: E402
+from nestrank.protocol.embedding import EMBEDDING_OUTPUTS, TEXT, EmbedderConfig, parse_options
+from nestrank.protocol.errors import ValidationError
+from nestrank.serving.embedder import Embedder, EmbedJob
+from nestrank.serving.triton_glue import (
     decode_texts,
     error_response,
     input_array,
-    model_parameters,
+    read_model_args,
     request_error,
     request_parameters,
+    wanted_outputs,
 )
+
+
+def read(request, config):
+    """(texts, options, output name); a precision whose output was not asked for is refused."""
+    texts = decode_texts(input_array(pb_utils, request, TEXT), TEXT)
+    options = parse_options(request_parameters(request), config)
+    output = EMBEDDING_OUTPUTS[options.precision]
+    if output not in wanted_outputs(request, (output,)):
+        asked = ", ".join(sorted(request.requested_output_names()))
+        raise ValidationError("precision", f"{options.precision} embeddings come in output {output}; asked for {asked}")
+    return texts, options, output
 
 
 class TritonPythonModel:
     def initialize(self, args):
-        model_config = json.loads(args["model_config"])
-        config = EmbedderConfig.from_parameters(model_parameters(model_config))
-        threads = os.environ.get("NESTRANK_ORT_THREADS")
-        if threads:
-            config = EmbedderConfig(**{**config.__dict__, "intra_op_threads": int(threads)})
-        version_dir = Path(args["model_repository"]) / args["model_version"]
+        _, config, version_dir = read_model_args(pb_utils, args, EmbedderConfig)
         self.embedder = Embedder.load(version_dir, config)
 
     def execute(self, requests):
         responses = [None] * len(requests)
-        jobs = {}
+        jobs, outputs = {}, {}
         for i, request in enumerate(requests):  # each request read on its own: a bad one fails alone
             try:
-                texts = decode_texts(input_array(pb_utils, request, "text"), "text")
-                jobs[i] = EmbedJob(texts, parse_options(request_parameters(request), self.embedder.config))
+                texts, options, outputs[i] = read(request, self.embedder.config)
+                jobs[i] = EmbedJob(texts, options)
             except Exception as err:
                 responses[i] = request_error(pb_utils, err)
         try:
@@ -53,5 +51,5 @@ class TritonPythonModel:
             if isinstance(job.result, Exception):
                 responses[i] = error_response(pb_utils, job.result)
             else:
-                responses[i] = pb_utils.InferenceResponse([pb_utils.Tensor("embeddings", job.result)])
+                responses[i] = pb_utils.InferenceResponse([pb_utils.Tensor(outputs[i], job.result)])
         return responses

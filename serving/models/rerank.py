@@ -3,29 +3,35 @@ the misses through `<name>_encode` and scores through `<name>_score`. One reques
 every tensor has a leading dimension of 1)."""
 
 import os
-import site
 
-for _site_dir in filter(None, os.environ.get("NESTRANK_SITE_DIRS", "").split(os.pathsep)):
-    site.addsitedir(_site_dir)
+import numpy as np
+import triton_python_backend_utils as pb_utils
 
-import json  # noqa: E402
-from pathlib import Path  # noqa: E402
-
-import numpy as np  # noqa: E402
-import triton_python_backend_utils as pb_utils  # noqa: E402
-
-from nestrank.errors import BackendError, UnavailableError, ValidationError  # noqa: E402
-from nestrank.serving.passage_cache import PassageCache  # noqa: E402
-from nestrank.serving.rerank_config import RerankerConfig, parse_rerank_options  # noqa: E402
-from nestrank.serving.rerank_service import Candidates, RerankService  # noqa: E402
-from nestrank.serving.reranker import TOKENIZER_FILE, RerankTokenizer, stack, unstack  # noqa: E402
-from nestrank.serving.triton_glue import (  # noqa: E402
+from nestrank.protocol.errors import BackendError, UnavailableError, ValidationError
+from nestrank.protocol.reranking import (
+    DECODER_INPUT_IDS,
+    DOCUMENTS,
+    INDICES,
+    MARGINS,
+    PASSAGE_COUNTS,
+    PASSAGE_IDS,
+    PASSAGE_STATES,
+    PASSAGE_STATES_FP32,
+    QUERY,
+    SCORES,
+    RerankerConfig,
+    parse_rerank_options,
+)
+from nestrank.serving.passage_cache import PassageCache
+from nestrank.serving.rerank_service import Candidates, RerankService
+from nestrank.serving.reranker import TOKENIZER_FILE, RerankTokenizer, stack, unstack
+from nestrank.serving.triton_glue import (
     CacheMetrics,
     decode_texts,
     error_response,
     input_array,
-    model_parameters,
     one_row,
+    read_model_args,
     request_error,
     request_parameters,
 )
@@ -54,10 +60,9 @@ def _texts(request, name, limit):
 
 class TritonPythonModel:
     def initialize(self, args):
-        model_config = json.loads(args["model_config"])
-        config = RerankerConfig.from_parameters(model_parameters(model_config))
+        model_config, config, version_dir = read_model_args(pb_utils, args, RerankerConfig)
         name = model_config["name"]
-        tokenizer = RerankTokenizer(Path(args["model_repository"]) / args["model_version"] / TOKENIZER_FILE, config)
+        tokenizer = RerankTokenizer(version_dir / TOKENIZER_FILE, config)
         cache = PassageCache(int(os.environ.get("NESTRANK_PASSAGE_CACHE_BYTES", config.passage_cache_bytes)))
 
         def encode(documents, ratio):
@@ -65,17 +70,17 @@ class TritonPythonModel:
             for start in range(0, len(documents), ENCODE_CHUNK):
                 chunk = np.array([d.encode() for d in documents[start : start + ENCODE_CHUNK]], dtype=object)
                 states, counts = _call(
-                    f"{name}_encode", [pb_utils.Tensor("documents", chunk.reshape(-1, 1))],
-                    ["passage_states", "passage_counts"], {"compression_ratio": ratio, "states_dtype": "float32"},
+                    f"{name}_encode", [pb_utils.Tensor(DOCUMENTS, chunk.reshape(-1, 1))],
+                    [PASSAGE_STATES_FP32, PASSAGE_COUNTS], {"compression_ratio": ratio},
                 )  # fmt: skip
                 passages += unstack(states, counts, ratio)
             return passages
 
         def score(prompt, passages):
             states, counts = stack(passages)
-            tensors = {"decoder_input_ids": prompt, "passage_states": states, "passage_counts": counts}
+            tensors = {DECODER_INPUT_IDS: prompt, PASSAGE_STATES: states, PASSAGE_COUNTS: counts}
             inputs = [pb_utils.Tensor(key, value[None]) for key, value in tensors.items()]
-            return _call(f"{name}_score", inputs, ["margins"])[0][0]
+            return _call(f"{name}_score", inputs, [MARGINS])[0][0]
 
         self.service = RerankService(config, tokenizer, cache, encode, score)
         self.metrics = CacheMetrics(pb_utils, name)
@@ -84,30 +89,30 @@ class TritonPythonModel:
         """(query, candidates, options), every limit checked before any work."""
         config = self.service.config
         options = parse_rerank_options(request_parameters(request), config)
-        documents = _texts(request, "documents", config.max_candidates)
+        documents = _texts(request, DOCUMENTS, config.max_candidates)
         if options.warm:
             return None, Candidates(documents or []), options
-        query = _texts(request, "query", 1)
+        query = _texts(request, QUERY, 1)
         if not query:
-            raise ValidationError("query", "send exactly one query")
-        states = one_row(input_array(pb_utils, request, "passage_states", required=False), "passage_states")
-        counts = one_row(input_array(pb_utils, request, "passage_counts", required=False), "passage_counts")
-        ids = _texts(request, "passage_ids", config.max_candidates)
+            raise ValidationError(QUERY, "send exactly one query")
+        states = one_row(input_array(pb_utils, request, PASSAGE_STATES, required=False), PASSAGE_STATES)
+        counts = one_row(input_array(pb_utils, request, PASSAGE_COUNTS, required=False), PASSAGE_COUNTS)
+        ids = _texts(request, PASSAGE_IDS, config.max_candidates)
         return query[0], Candidates(documents, ids, states, counts), options
 
     def _respond(self, query, candidates, options):
         if options.warm:
             ids = self.service.warm(candidates.documents, options.compression_ratio)
-            return [pb_utils.Tensor("passage_ids", np.array([[i.encode() for i in ids]], dtype=object))]
+            return [pb_utils.Tensor(PASSAGE_IDS, np.array([[i.encode() for i in ids]], dtype=object))]
         result = self.service.rerank(query, candidates, options)
         out = [
-            pb_utils.Tensor("scores", result.scores[None]),
-            pb_utils.Tensor("indices", result.indices[None]),
-            pb_utils.Tensor("passage_ids", np.array([[i.encode() for i in result.passage_ids]], dtype=object)),
+            pb_utils.Tensor(SCORES, result.scores[None]),
+            pb_utils.Tensor(INDICES, result.indices[None]),
+            pb_utils.Tensor(PASSAGE_IDS, np.array([[i.encode() for i in result.passage_ids]], dtype=object)),
         ]
         if options.return_documents and candidates.documents is not None:
             texts = [candidates.documents[i].encode() for i in result.indices]
-            out.append(pb_utils.Tensor("documents", np.array([texts], dtype=object)))
+            out.append(pb_utils.Tensor(DOCUMENTS, np.array([texts], dtype=object)))
         return out
 
     def execute(self, requests):

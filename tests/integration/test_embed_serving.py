@@ -13,7 +13,7 @@ from nestrank.clients import cli as embed_cli
 from nestrank.clients.embed import AsyncEmbedClient, EmbedClient
 from nestrank.clients.transport import RetryPolicy
 from nestrank.export.triton_config import read_config, string_parameters
-from nestrank.serving.embed_config import EmbedderConfig
+from nestrank.protocol.embedding import EmbedderConfig
 from nestrank.serving.embedder import Embedder
 from nestrank.texts import PARITY_TEXTS, realistic_texts
 from tests.names import MINILM, MINILM_INT8, TINY_DECODER
@@ -134,7 +134,8 @@ def test_cli_embed(grpc_url, capsys):
 
 
 def test_every_generated_config_parses(repository):
-    from nestrank.serving.rerank_config import RerankerConfig
+    from nestrank.protocol.embedding import EMBEDDING_OUTPUTS
+    from nestrank.protocol.reranking import RerankerConfig
 
     kinds = set()
     for model_dir in sorted(p for p in repository.iterdir() if p.is_dir()):
@@ -142,7 +143,7 @@ def test_every_generated_config_parses(repository):
         assert config.name == model_dir.name
         assert (model_dir / "1" / "model.py").exists()
         outputs = {t.name for t in config.output}
-        kind = EmbedderConfig if outputs == {"embeddings"} else RerankerConfig
+        kind = EmbedderConfig if outputs == set(EMBEDDING_OUTPUTS.values()) else RerankerConfig
         kind.from_parameters(string_parameters(config))  # validated on construction
         kinds.add(kind)
     assert kinds == {EmbedderConfig, RerankerConfig}

@@ -1,4 +1,5 @@
-"""`nestrank serve`'s launcher against the real binary: readable failure when a model cannot load."""
+"""`nestrank serve`'s launcher against the real binary: readable failure when a model cannot load; a model exported
+by an older nestrank keeps serving."""
 
 import shutil
 
@@ -23,15 +24,24 @@ def test_a_model_that_fails_to_load_stops_the_server_with_its_reason(repository,
     assert TINY_DECODER in message and "UNAVAILABLE" in message
 
 
-def test_serve_command_runs_until_sigterm_and_exits_cleanly(repository, tmp_path):
+def test_serve_command_serves_a_model_an_older_nestrank_exported_until_sigterm(repository, tmp_path):
+    """An upgrade keeps an exported repository serving: its model.py imports the installed glue; serve warns."""
+    import json
     import queue
     import signal
     import subprocess
     import sys
     import threading
 
+    from nestrank.clients.embed import EmbedClient
+    from nestrank.export.triton_config import read_config, write_config
+    from nestrank.protocol.headers import VERSION_PARAMETER
+
     repo = tmp_path / "repo"
     shutil.copytree(repository / TINY_DECODER, repo / TINY_DECODER)
+    config = read_config(repo / TINY_DECODER)
+    config.parameters[VERSION_PARAMETER].string_value = json.dumps("0.0.1")
+    write_config(config, repo / TINY_DECODER)
     grpc_port, http_port, metrics_port = free_ports(3)
     ports = ["--grpc-port", str(grpc_port), "--http-port", str(http_port), "--metrics-port", str(metrics_port)]
     cmd = [sys.executable, "-m", "nestrank", "serve", "--repository", str(repo), "--no-default-models", *ports]
@@ -42,6 +52,9 @@ def test_serve_command_runs_until_sigterm_and_exits_cleanly(repository, tmp_path
         seen = []
         while not any("nestrank: serving" in line for line in seen):  # printed once Triton is ready
             seen.append(lines.get(timeout=120))
+        assert any(f"WARNING: {TINY_DECODER} was exported by nestrank 0.0.1" in line for line in seen)
+        with EmbedClient(f"127.0.0.1:{grpc_port}", TINY_DECODER) as client:
+            assert client.embed(["still serving"]).shape[0] == 1
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=60) == 0
     finally:

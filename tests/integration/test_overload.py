@@ -14,8 +14,8 @@ from tritonclient.utils import InferenceServerException
 
 from nestrank.clients.embed import EmbedClient
 from nestrank.clients.transport import RetryPolicy, typed_error
-from nestrank.errors import OverloadedError
 from nestrank.export.triton_config import read_config, write_config
+from nestrank.protocol.errors import OverloadedError
 from nestrank.serving.launcher import ServerConfig, TritonServer, free_ports
 from tests.names import TINY_DECODER
 

@@ -13,9 +13,9 @@ import pytest
 
 from nestrank.clients import cli
 from nestrank.clients.rerank import AsyncRerankClient, PassageStates, RerankClient
-from nestrank.errors import ValidationError
 from nestrank.export.reference import reference_scores
 from nestrank.export.reranker import load_checkpoint, load_tokenizer
+from nestrank.protocol.errors import ValidationError
 from nestrank.texts import realistic_texts
 from tests.names import KALM, TINY_T5
 
@@ -125,7 +125,8 @@ def test_large_candidate_lists_are_split_and_merged(grpc_url, client):
     docs = realistic_texts(23, seed=9)
     whole = client.rerank(QUERY, docs, top_n=5, return_documents=True)
     with RerankClient(grpc_url, KALM) as small:
-        small._config = dataclasses.replace(client.info(), max_candidates=4)  # as if the server took 4 at a time
+        info = client.info()  # as if the server took 4 candidates at a time:
+        small._client._info = dataclasses.replace(info, config=dataclasses.replace(info.config, max_candidates=4))
         split = small.rerank(QUERY, docs, top_n=5, return_documents=True)
     assert [(r.index, r.document) for r in split] == [(r.index, r.document) for r in whole]
     np.testing.assert_allclose([r.score for r in split], [r.score for r in whole], atol=1e-6)

@@ -15,8 +15,8 @@ from tritonclient.utils import InferenceServerException
 
 from nestrank.clients.embed import EmbedClient
 from nestrank.clients.transport import NO_RETRIES
-from nestrank.errors import UnauthenticatedError, UnavailableError
-from nestrank.protocol import ADMIN_KEY_HEADER, API_KEY_HEADER, grpc_header
+from nestrank.protocol.errors import UnauthenticatedError, UnavailableError
+from nestrank.protocol.headers import ADMIN_KEY_HEADER, API_KEY_HEADER, grpc_header
 from nestrank.serving.launcher import ServerConfig, TlsConfig, TritonServer, free_ports
 from tests.certificates import make_certificates
 from tests.names import TINY_DECODER

@@ -7,7 +7,7 @@ import pytest
 
 from nestrank.bench.load import LoadConfig, load_texts
 from nestrank.bench.loadgen import RunResult, arrival_offsets, closed_loop, open_loop, write_reports
-from nestrank.errors import OverloadedError, ValidationError
+from nestrank.protocol.errors import OverloadedError, ValidationError
 
 
 def test_summary_percentiles_and_rates():

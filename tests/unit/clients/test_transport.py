@@ -9,8 +9,8 @@ import time
 import pytest
 from tritonclient.utils import InferenceServerException
 
-from nestrank.clients.transport import AsyncEndpoints, Endpoint, Endpoints, RetryPolicy
-from nestrank.errors import DeadlineExceededError, OverloadedError, UnauthenticatedError, UnavailableError
+from nestrank.clients.transport import AsyncEndpoints, Endpoint, RetryPolicy
+from nestrank.protocol.errors import DeadlineExceededError, OverloadedError, UnauthenticatedError, UnavailableError
 
 FAST = RetryPolicy(attempts=4, initial_backoff_s=0.001, max_backoff_s=0.002, eject_s=5.0)
 
@@ -23,18 +23,18 @@ class FakeClient:
         self.calls: list[dict] = []
         self.probes = 0
 
-    def infer(self, **options):
+    async def infer(self, **options):
         self.calls.append(options)
         outcome = self.script.pop(0) if self.script else "ok"
         if outcome != "ok":
             raise outcome
         return self.name
 
-    def is_server_ready(self, **options):
+    async def is_server_ready(self, **options):
         self.probes += 1
         return self.ready
 
-    def close(self):
+    async def close(self):
         pass
 
 
@@ -56,16 +56,14 @@ def refused():
     )
 
 
-def endpoints(*clients, policy=FAST) -> Endpoints:
-    pool = Endpoints.__new__(Endpoints)  # the real class, its gRPC clients swapped for fakes
-    pool.retry, pool.credentials = policy, type("C", (), {"headers": None})()
+def endpoints(*clients, policy=FAST) -> AsyncEndpoints:
+    pool = AsyncEndpoints("127.0.0.1:1", policy)  # the real class, its gRPC clients swapped for fakes
     pool.endpoints = [Endpoint(c.name, c) for c in clients]
-    pool._turn = iter(range(1 << 30))
     return pool
 
 
-def call(pool: Endpoints, deadline_s: float = 10.0):
-    return pool.call(lambda client, **options: client.infer(**options), deadline_s)
+def call(pool: AsyncEndpoints, deadline_s: float = 10.0):
+    return asyncio.run(pool.call(lambda client, **options: client.infer(**options), deadline_s))
 
 
 def test_a_dead_endpoint_is_ejected_and_the_call_moves_on():
@@ -128,23 +126,3 @@ def test_each_attempt_gets_what_is_left_of_the_deadline():
     slow = FakeClient("slow", [])
     call(endpoints(slow, policy=RetryPolicy(attempt_timeout_s=30)), deadline_s=2.0)
     assert 1.9 < slow.calls[0]["client_timeout"] <= 2.0
-
-
-def test_the_async_twin_makes_the_same_decisions():
-    class AsyncFake(FakeClient):
-        async def infer(self, **options):
-            return FakeClient.infer(self, **options)
-
-        async def is_server_ready(self, **options):
-            return FakeClient.is_server_ready(self, **options)
-
-    dead, live = AsyncFake("dead", [down()] * 10), AsyncFake("live", [])
-    pool = AsyncEndpoints.__new__(AsyncEndpoints)
-    pool.retry, pool.credentials = FAST, type("C", (), {"headers": None})()
-    pool.endpoints = [Endpoint(c.name, c) for c in (dead, live)]
-    pool._turn = iter(range(1 << 30))
-
-    async def run():
-        return [await pool.call(lambda client, **o: client.infer(**o), 10.0) for _ in range(5)]
-
-    assert asyncio.run(run()) == ["live"] * 5 and len(dead.calls) == 1

@@ -5,7 +5,7 @@ import pytest
 
 from nestrank.export.embedder import ParityError, export_embedder
 from nestrank.export.triton_config import read_config, string_parameters
-from nestrank.serving.embed_config import EmbedderConfig
+from nestrank.protocol.embedding import EmbedderConfig
 from nestrank.serving.embedder import Embedder
 
 

@@ -20,7 +20,7 @@ from nestrank.export.reranker import (
     parity_documents,
 )
 from nestrank.export.triton_config import read_config, string_parameters
-from nestrank.serving.rerank_config import RerankerConfig
+from nestrank.protocol.reranking import RerankerConfig
 from nestrank.serving.reranker import RerankTokenizer
 from tests.names import KALM, T5_MAX_PASSAGE_TOKENS, TINY_T5
 

@@ -1,7 +1,8 @@
 import numpy as np
 import pytest
 
-from nestrank.serving.batching import length_buckets, split_by_length
+from nestrank.clients.chunking import split_by_length
+from nestrank.serving.batching import length_buckets
 
 
 @pytest.mark.parametrize("seed", range(5))

@@ -85,7 +85,7 @@ def test_keys_and_tls_files_are_checked(tmp_path):
 
 
 def test_listening_beyond_loopback_without_a_key_warns(tmp_path, capsys):
-    from nestrank.serving.cli import main
+    from nestrank.serve import main
 
     assert main(["--repository", str(tmp_path / "missing"), "--host", "0.0.0.0", "--no-default-models"]) == 1
     assert "WARNING: listening on 0.0.0.0 without --api-key" in capsys.readouterr().err

@@ -1,6 +1,7 @@
 import numpy as np
 import pytest
 
+from nestrank.protocol.passages import trim
 from nestrank.serving import mep
 
 
@@ -16,7 +17,7 @@ def test_padding_is_excluded_and_empty_groups_are_invalid():
     mask = np.array([[1, 1, 0, 0]])
     pooled, counts = mep.pool(states, mask, 2)
     assert pooled[0, 0, 0] == 2.0 and counts[0].tolist() == [2, 0]
-    trimmed_states, trimmed_counts = mep.trim(pooled[0], counts[0])
+    trimmed_states, trimmed_counts = trim(pooled[0], counts[0])
     assert trimmed_states.shape == (1, 1) and trimmed_counts.tolist() == [2]
 
 

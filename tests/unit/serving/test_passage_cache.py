@@ -1,8 +1,9 @@
 import numpy as np
 import pytest
 
+from nestrank.protocol.reranking import passage_id
 from nestrank.serving import mep
-from nestrank.serving.passage_cache import PassageCache, entry_bytes, passage_id
+from nestrank.serving.passage_cache import PassageCache, entry_bytes
 from nestrank.serving.reranker import PooledPassage
 
 

@@ -2,14 +2,8 @@ import numpy as np
 import pytest
 from sentence_transformers import quantize_embeddings
 
-from nestrank.serving.quantization import (
-    OUTPUT_DTYPES,
-    PRECISIONS,
-    calibration_ranges,
-    output_width,
-    quantize,
-    unpack_binary,
-)
+from nestrank.protocol.embedding import OUTPUT_DTYPES, PRECISIONS, output_width, unpack_binary
+from nestrank.serving.quantization import calibration_ranges, quantize
 
 
 @pytest.fixture

@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 
-from nestrank.errors import ValidationError
-from nestrank.serving.passage_cache import PassageCache, passage_id
-from nestrank.serving.rerank_config import RerankOptions, parse_rerank_options
+from nestrank.protocol.errors import NotFoundError, ValidationError
+from nestrank.protocol.reranking import RerankOptions, parse_rerank_options, passage_id
+from nestrank.serving.passage_cache import PassageCache
 from nestrank.serving.rerank_service import Candidates, RerankService
 from nestrank.serving.reranker import FBNLReranker, sigmoid, stack
 from tests.names import KALM
@@ -57,7 +57,7 @@ def test_warm_then_rerank_by_id(setup):
     by_text = service.rerank(QUERY, Candidates(documents=DOCS), options(service))
     np.testing.assert_array_equal(by_id.indices, by_text.indices)
     assert len(encoded) == len(DOCS)
-    with pytest.raises(ValidationError, match=r"passage_ids\[0\]: unknown passage id"):
+    with pytest.raises(NotFoundError, match=r"passage_ids\[0\]: unknown passage id"):
         service.rerank(QUERY, Candidates(passage_ids=["0" * 32]), options(service))
 
 

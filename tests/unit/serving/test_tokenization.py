@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from nestrank.errors import ValidationError
+from nestrank.protocol.errors import ValidationError
 from nestrank.serving.tokenization import TextTokenizer, pad
 
 

@@ -3,8 +3,9 @@ import types
 import numpy as np
 import pytest
 
-from nestrank import errors
-from nestrank.serving.triton_glue import decode_texts, error_response, model_parameters, one_row, request_error
+from nestrank.protocol import errors
+from nestrank.protocol.parameters import string_parameters
+from nestrank.serving.triton_glue import decode_texts, error_response, one_row, request_error
 
 # The code names pb_utils.TritonError documents (python_backend README, "Error Handling").
 TRITON_CODES = ("UNKNOWN", "INTERNAL", "NOT_FOUND", "INVALID_ARG", "UNAVAILABLE", "UNSUPPORTED", "ALREADY_EXISTS")
@@ -83,5 +84,6 @@ def test_limits_on_texts_and_the_batch_row():
         one_row(np.zeros((2, 3)), "x")
 
 
-def test_model_parameters():
-    assert model_parameters({"parameters": {"a": {"string_value": "1"}}}) == {"a": "1"}
+def test_string_parameters_read_either_wrapping():
+    assert string_parameters({"parameters": {"a": {"string_value": "1"}}}) == {"a": "1"}
+    assert string_parameters({"config": {"parameters": {"a": {"string_value": "1"}}}}) == {"a": "1"}

@@ -1,7 +1,7 @@
 import pytest
 
-from nestrank.errors import ValidationError
-from nestrank.serving.embed_config import EmbedderConfig, EmbedOptions, parse_options, validate_texts
+from nestrank.protocol.embedding import EmbedderConfig, EmbedOptions, parse_options, validate_texts
+from nestrank.protocol.errors import ValidationError
 
 CONFIG = EmbedderConfig(
     width=384,

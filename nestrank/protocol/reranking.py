@@ -1,17 +1,72 @@
-"""What an exported FBNL reranker serves (its Triton `parameters`), and one rerank request's options.
+"""The reranking contract: what an exported FBNL reranker serves (its Triton `parameters`), one rerank request's
+options, passage ids, and the tensors of its three models. The server and the client validate with the same rules.
 
-Pure Python: the client validates with the same rules before sending.
+`<name>_encode` returns passage states in float16 (`passage_states`, for the wire and for keeping) or float32
+(`passage_states_fp32`, what the server's cache keeps for exact re-pooling): one output per dtype, asked for by
+name. `<name>_score` and `<name>` take one request at a time (max_batch_size 1: a leading dimension of 1).
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from nestrank.errors import ValidationError
-from nestrank.serving.mep import RATIOS
-from nestrank.serving.parameters import as_bool, as_int, as_str, check_names, from_parameters, to_parameters
+from nestrank.protocol.errors import ValidationError
+from nestrank.protocol.parameters import as_bool, as_int, as_str, check_names, from_parameters, to_parameters
+from nestrank.protocol.tensors import Signature, Tensor
+
+RATIOS = (1, 2, 4, 8, 16, 32)  # MEP compression ratios
+
+
+def passage_id(document: str) -> str:
+    """The id clients and server agree on: a hash of the document's text."""
+    return hashlib.sha256(document.encode("utf-8")).hexdigest()[:32]
+
+
+# Tensor names on the wire (the signatures below give their dtypes and dims).
+QUERY = "query"
+DOCUMENTS = "documents"
+PASSAGE_IDS = "passage_ids"
+PASSAGE_STATES = "passage_states"
+PASSAGE_STATES_FP32 = "passage_states_fp32"
+PASSAGE_COUNTS = "passage_counts"
+DECODER_INPUT_IDS = "decoder_input_ids"
+SCORES = "scores"
+MARGINS = "margins"
+INDICES = "indices"
+
+
+def encode_signature(hidden: int, max_batch_size: int) -> Signature:
+    return Signature(
+        inputs=(Tensor(DOCUMENTS, "BYTES", (1,)),),
+        outputs=(Tensor(PASSAGE_STATES, "FP16", (-1, hidden)), Tensor(PASSAGE_STATES_FP32, "FP32", (-1, hidden)),
+                 Tensor(PASSAGE_COUNTS, "INT32", (-1,))),
+        max_batch_size=max_batch_size,
+    )  # fmt: skip
+
+
+def score_signature(hidden: int) -> Signature:
+    return Signature(
+        inputs=(Tensor(DECODER_INPUT_IDS, "INT64", (-1,)), Tensor(PASSAGE_STATES, "FP32", (-1, -1, hidden)),
+                Tensor(PASSAGE_COUNTS, "INT32", (-1, -1))),
+        outputs=(Tensor(SCORES, "FP32", (-1,)), Tensor(MARGINS, "FP32", (-1,))),
+        max_batch_size=1,
+    )  # fmt: skip
+
+
+def rerank_signature(hidden: int) -> Signature:
+    return Signature(
+        inputs=(Tensor(QUERY, "BYTES", (1,), optional=True), Tensor(DOCUMENTS, "BYTES", (-1,), optional=True),
+                Tensor(PASSAGE_IDS, "BYTES", (-1,), optional=True),
+                Tensor(PASSAGE_STATES, "FP16", (-1, -1, hidden), optional=True),
+                Tensor(PASSAGE_COUNTS, "INT32", (-1, -1), optional=True)),
+        outputs=(Tensor(SCORES, "FP32", (-1,)), Tensor(INDICES, "INT32", (-1,)),
+                 Tensor(DOCUMENTS, "BYTES", (-1,)), Tensor(PASSAGE_IDS, "BYTES", (-1,))),
+        max_batch_size=1,
+    )  # fmt: skip
+
 
 # KaLM-Reranker-V1's templates (model card, "Prompt Template").
 DOCUMENT_TEMPLATE = "<Document>: {document}"

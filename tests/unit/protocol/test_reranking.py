@@ -1,7 +1,7 @@
 import pytest
 
-from nestrank.errors import ValidationError
-from nestrank.serving.rerank_config import DEFAULT_INSTRUCTION, RerankerConfig, RerankOptions, parse_rerank_options
+from nestrank.protocol.errors import ValidationError
+from nestrank.protocol.reranking import DEFAULT_INSTRUCTION, RerankerConfig, RerankOptions, parse_rerank_options
 
 CONFIG = RerankerConfig(architecture="t5gemma2", hidden_size=64, yes_token_id=7, no_token_id=8, ratios=(2, 4, 8))
 

@@ -2,8 +2,8 @@
 
 import pytest
 
-from nestrank.errors import ValidationError
-from nestrank.serving.parameters import as_bool, as_int, as_str, check_names, shown
+from nestrank.protocol.errors import ValidationError
+from nestrank.protocol.parameters import as_bool, as_int, as_str, check_names, shown
 
 
 @pytest.mark.parametrize("value", ["--128", "²", "٣", "1" * 5000, "12.5", "0x10", "", " ", True, None, 1.5, [1]])

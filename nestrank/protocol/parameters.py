@@ -1,5 +1,6 @@
-"""Frozen config dataclasses ⇄ Triton model `parameters` (a string map): each field as JSON. And the readers of
-one request's `parameters`: typed, bounded, and echoed cut short in errors (never a whole 100 KB value)."""
+"""The `parameters` maps of the wire. A model's config parameters are its frozen config dataclass, each field as
+JSON (plus the version that exported it); a request's parameters are read typed, bounded, and echoed cut short in
+errors (never a whole 100 KB value)."""
 
 from __future__ import annotations
 
@@ -7,9 +8,10 @@ import dataclasses
 import json
 import re
 from collections.abc import Mapping
-from typing import Any, TypeVar
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
 
-from nestrank.errors import ValidationError
+from nestrank.protocol.errors import ValidationError
 
 T = TypeVar("T")
 MAX_STRING_CHARS = 4096  # any string parameter; the instruction is the longest anyone needs
@@ -29,6 +31,40 @@ def from_parameters(cls: type[T], parameters: Mapping[str, str]) -> T:
     """Known fields only, so a model directory written by a newer exporter still loads."""
     known = {f.name for f in dataclasses.fields(cls)}
     return cls(**{k: _tuples(json.loads(v)) for k, v in parameters.items() if k in known})
+
+
+def string_parameters(model_config: Mapping[str, Any]) -> dict[str, str]:
+    """A model config's `parameters` as {key: string}, from Triton's JSON form (`get_model_config(as_json=True)` or
+    the config a Python model is given), whichever wrapping it comes in."""
+    config = model_config.get("config", model_config)
+    return {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
+
+
+@dataclass(frozen=True)
+class ModelInfo(Generic[T]):
+    """A served model as a client sees it: name, batch limit, its typed config, and the nestrank that exported it.
+    Attributes of the config read through (`info.width`, `info.max_candidates`)."""
+
+    name: str
+    max_batch_size: int
+    config: T
+    exported_by: str | None = None
+
+    def __getattr__(self, field: str):
+        if field.startswith("__"):
+            raise AttributeError(field)
+        return getattr(self.config, field)
+
+    @classmethod
+    def read(cls, model_config: Mapping[str, Any], config_type: type[T]) -> ModelInfo[T]:
+        from nestrank.protocol.headers import VERSION_PARAMETER
+
+        config = model_config.get("config", model_config)
+        parameters = string_parameters(config)
+        version = json.loads(parameters[VERSION_PARAMETER]) if VERSION_PARAMETER in parameters else None
+        return cls(
+            config["name"], int(config.get("max_batch_size", 0)), from_parameters(config_type, parameters), version
+        )
 
 
 def shown(value: Any, limit: int = 40) -> str:

@@ -1,6 +1,6 @@
 import pytest
 
-from nestrank import errors
+from nestrank.protocol import errors
 
 
 @pytest.mark.parametrize(
@@ -9,7 +9,7 @@ from nestrank import errors
         ("StatusCode.INVALID_ARGUMENT", errors.ValidationError, False),
         ("UNAVAILABLE", errors.UnavailableError, True),
         ("StatusCode.RESOURCE_EXHAUSTED", errors.ValidationError, False),
-        ("StatusCode.DEADLINE_EXCEEDED", errors.DeadlineExceededError, False),
+        ("StatusCode.DEADLINE_EXCEEDED", errors.DeadlineExceededError, True),
         ("StatusCode.NOT_FOUND", errors.NotFoundError, False),
         ("StatusCode.INTERNAL", errors.BackendError, False),
         (None, errors.BackendError, False),
@@ -44,3 +44,20 @@ def test_triton_messages_tell_apart_what_one_status_covers(status, message, cls)
     err = errors.from_grpc_status(status, message)
     assert type(err) is cls
     assert err.retryable is (cls in (errors.OverloadedError, errors.UnavailableError))
+    assert err.retry == {errors.OverloadedError: "backoff", errors.UnavailableError: "elsewhere"}.get(cls, "no")
+
+
+def test_one_table_covers_every_error():
+    kinds = {c for c in vars(errors).values() if isinstance(c, type) and issubclass(c, errors.NestrankError)}
+    assert kinds - {errors.NestrankError} == set(errors.WIRE)
+    for cls, wire in errors.WIRE.items():
+        assert (cls.grpc_code, cls.triton_code, cls.http_status, cls.retry) == (
+            wire.grpc,
+            wire.triton,
+            wire.http,
+            wire.retry,
+        )
+    assert errors.NotFoundError.grpc_code == "NOT_FOUND" and errors.UnauthenticatedError.http_status == 403
+    # what a model answers with comes back as the same type (where the status alone can tell)
+    for cls in (errors.ValidationError, errors.NotFoundError, errors.UnsupportedError, errors.BackendError):
+        assert type(errors.from_grpc_status(cls.grpc_code, "x")) is cls

