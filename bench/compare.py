@@ -74,7 +74,7 @@ class Infinity:
     """Infinity's v2 server on a free port, from its own venv, with its torch or optimum (ONNX) engine."""
 
     def __init__(self, venv: Path, model_dir: Path, engine: str, log):
-        self.venv, self.model_dir, self.engine, self.log = venv, model_dir, engine, log
+        self.venv, self.model_dir, self.engine, self.log = venv.resolve(), model_dir, engine, log  # cwd may change
         self.process = None
         self.url = None
         self.model_id = str(model_dir)

@@ -9,17 +9,13 @@ import threading
 
 
 class SyncClient:
-    """Holds an async client (made inside its loop: gRPC's asyncio channels belong to the loop that makes them)."""
+    """Holds an async client; its gRPC channels are made on first use, inside the wrapper's loop."""
 
     def __init__(self, async_type, *args, **kwargs):
+        self._client = async_type(*args, **kwargs)
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="nestrank-client", daemon=True)
         self._thread.start()
-
-        async def make():
-            return async_type(*args, **kwargs)
-
-        self._client = self._run(make())
 
     def _run(self, coroutine):
         return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result()

@@ -7,10 +7,12 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
-from google.protobuf import text_format
+from google.protobuf import json_format, text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
+from nestrank.protocol import parameters as protocol_parameters
 from nestrank.protocol.headers import VERSION_PARAMETER
+from nestrank.protocol.parameters import exported_version
 from nestrank.protocol.tensors import Signature
 
 CONFIG_FILE = "config.pbtxt"
@@ -86,8 +88,7 @@ def write_model(model_dir: str | Path, config: mc.ModelConfig, glue: str) -> Non
 
 def exported_by(config: mc.ModelConfig) -> str | None:
     """The nestrank version that exported a model (None: one from before versions were recorded)."""
-    value = config.parameters.get(VERSION_PARAMETER)
-    return json.loads(value.string_value) if value is not None else None
+    return exported_version(string_parameters(config))
 
 
 def default_queue_size(max_batch_size: int) -> int:
@@ -107,7 +108,8 @@ def read_config(model_dir: str | Path) -> mc.ModelConfig:
 
 
 def string_parameters(config: mc.ModelConfig) -> dict[str, str]:
-    return {k: v.string_value for k, v in config.parameters.items()}
+    """The contract's reader, over the JSON form Triton gives models and clients."""
+    return protocol_parameters.string_parameters(json_format.MessageToDict(config, preserving_proto_field_name=True))
 
 
 def write_bytes_warmup(model_dir: str | Path, file_name: str, values: Sequence[bytes]) -> None:

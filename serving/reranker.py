@@ -143,6 +143,9 @@ class PassageEncoder:
         return self.encode_ids(self.tokenizer.encode_documents(documents), ratio)
 
 
+SCORE_BATCH = 256  # candidates per scorer run
+
+
 class Scorer:
     """One prompt against many pooled passages: candidates bucketed by pooled length, no padding to the longest."""
 
@@ -150,12 +153,35 @@ class Scorer:
         self.config = config
         self.session = session
 
+    @staticmethod
+    def profile(config: RerankerConfig):
+        """The TensorRT profile covering every batch `margins` cuts: up to SCORE_BATCH candidates of up to the
+        longest pooled passage (ratio min(ratios)), with the longest prompt `check_score_inputs` accepts."""
+        from nestrank.serving.runtime import ShapeProfile
+
+        groups = -(-config.max_passage_tokens // min(config.ratios))
+        prompt, hidden = config.max_query_tokens + MAX_PROMPT_EXTRA_TOKENS, config.hidden_size
+        typical = min(groups, -(-256 // config.default_ratio))  # a 256-token passage at the default ratio
+        batch = max(1, min(SCORE_BATCH, config.score_batch_tokens // typical))
+        return ShapeProfile((
+            ("decoder_input_ids", (1, 1), (batch, min(128, prompt)), (SCORE_BATCH, prompt)),
+            ("passage_states", (1, 1, hidden), (batch, typical, hidden), (SCORE_BATCH, groups, hidden)),
+            ("passage_mask", (1, 1), (batch, typical), (SCORE_BATCH, groups)),
+        ))  # fmt: skip
+
+    @staticmethod
+    def open_session(path: str | Path, config: RerankerConfig, providers: tuple[str, ...] | None = None):
+        from nestrank.serving.runtime import create_session
+
+        return create_session(path, intra_op_threads=config.intra_op_threads, providers=providers,
+                              profile=Scorer.profile(config))  # fmt: skip
+
     def margins(self, prompt_ids: np.ndarray, passages: Sequence[PooledPassage]) -> np.ndarray:
         """logit(yes) - logit(no) per passage, in input order."""
         margins = np.empty(len(passages), dtype=np.float32)
         lengths = [len(p.counts) for p in passages]
         budget = max(self.config.score_batch_tokens, max(lengths, default=1))
-        for idx in length_buckets(lengths, 256, budget, min_fill=0.8):
+        for idx in length_buckets(lengths, SCORE_BATCH, budget, min_fill=0.8):
             longest = max(lengths[i] for i in idx)
             states = np.zeros((len(idx), longest, self.config.hidden_size), dtype=np.float32)
             mask = np.zeros((len(idx), longest), dtype=np.int64)
@@ -228,14 +254,11 @@ class FBNLReranker:
     def load(cls, files: str | Path, config: RerankerConfig, providers: tuple[str, ...] | None = None,
              scorer_files: str | Path | None = None) -> FBNLReranker:  # fmt: skip
         """From one folder holding both graphs and the tokenizer (or the scorer in `scorer_files`)."""
-        from nestrank.serving.runtime import create_session
-
         files = Path(files)
         tokenizer = RerankTokenizer(files / TOKENIZER_FILE, config)
-        threads = config.intra_op_threads
         encoder = PassageEncoder.open_session(files / ENCODER_FILE, config, providers)
         scorer_path = Path(scorer_files or files) / SCORER_FILE
-        scorer = create_session(scorer_path, intra_op_threads=threads, providers=providers)
+        scorer = Scorer.open_session(scorer_path, config, providers)
         return cls(config, tokenizer, PassageEncoder(config, tokenizer, encoder), Scorer(config, scorer))
 
     @classmethod

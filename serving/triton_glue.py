@@ -18,8 +18,7 @@ from typing import Any
 import numpy as np
 
 from nestrank.protocol.errors import NestrankError, ValidationError
-from nestrank.protocol.headers import VERSION_PARAMETER
-from nestrank.protocol.parameters import string_parameters
+from nestrank.protocol.parameters import exported_version, string_parameters
 
 MAX_MESSAGE_CHARS = 1000  # gRPC trailers are small (16 KB): an error never carries a request's bulk back
 
@@ -52,7 +51,7 @@ def read_model_args(pb_utils, args: dict, config_type):
 
     model_config = json.loads(args["model_config"])
     parameters = string_parameters(model_config)
-    exported = json.loads(parameters[VERSION_PARAMETER]) if VERSION_PARAMETER in parameters else "an earlier version"
+    exported = exported_version(parameters) or "an earlier version"
     if exported != __version__:
         pb_utils.Logger.log_warn(f"nestrank: {model_config.get('name')} was exported by nestrank {exported}; this is "
                                  f"{__version__}. It serves; re-export it to pick up exporter changes.")  # fmt: skip

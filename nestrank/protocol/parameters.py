@@ -40,6 +40,13 @@ def string_parameters(model_config: Mapping[str, Any]) -> dict[str, str]:
     return {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
 
 
+def exported_version(parameters: Mapping[str, str]) -> str | None:
+    """The nestrank version that exported a model, from its string parameters (None: before versions were kept)."""
+    from nestrank.protocol.headers import VERSION_PARAMETER
+
+    return json.loads(parameters[VERSION_PARAMETER]) if VERSION_PARAMETER in parameters else None
+
+
 @dataclass(frozen=True)
 class ModelInfo(Generic[T]):
     """A served model as a client sees it: name, batch limit, its typed config, and the nestrank that exported it.
@@ -57,14 +64,10 @@ class ModelInfo(Generic[T]):
 
     @classmethod
     def read(cls, model_config: Mapping[str, Any], config_type: type[T]) -> ModelInfo[T]:
-        from nestrank.protocol.headers import VERSION_PARAMETER
-
         config = model_config.get("config", model_config)
         parameters = string_parameters(config)
-        version = json.loads(parameters[VERSION_PARAMETER]) if VERSION_PARAMETER in parameters else None
-        return cls(
-            config["name"], int(config.get("max_batch_size", 0)), from_parameters(config_type, parameters), version
-        )
+        return cls(config["name"], int(config.get("max_batch_size", 0)), from_parameters(config_type, parameters),
+                   exported_version(parameters))  # fmt: skip
 
 
 def shown(value: Any, limit: int = 40) -> str:

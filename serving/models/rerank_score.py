@@ -12,7 +12,6 @@ from nestrank.protocol.reranking import (
     RerankerConfig,
 )
 from nestrank.serving.reranker import SCORER_FILE, Scorer, check_score_inputs, sigmoid, unstack
-from nestrank.serving.runtime import create_session
 from nestrank.serving.triton_glue import (
     error_response,
     input_array,
@@ -25,7 +24,7 @@ from nestrank.serving.triton_glue import (
 class TritonPythonModel:
     def initialize(self, args):
         _, config, files = read_model_args(pb_utils, args, RerankerConfig)
-        self.scorer = Scorer(config, create_session(files / SCORER_FILE, intra_op_threads=config.intra_op_threads))
+        self.scorer = Scorer(config, Scorer.open_session(files / SCORER_FILE, config))
 
     def execute(self, requests):
         responses = []

@@ -105,3 +105,25 @@ def test_every_bucket_shape_lies_inside_the_tensorrt_profile(lengths, max_batch,
     for bucket in length_buckets(lengths, max_batch, tokens):
         shape = (len(bucket), max(lengths[i] for i in bucket))
         assert all(a <= s <= b for a, s, b in zip(low, shape, high)), (shape, low, high)
+
+
+@settings(max_examples=200, deadline=None)
+@given(groups=st.lists(st.integers(1, 1024), min_size=1, max_size=600), ratios=st.sampled_from([(1, 4), (4, 8), (8,)]),
+       max_passage_tokens=st.sampled_from([256, 1024]), score_batch_tokens=st.sampled_from([1024, 16384]))  # fmt: skip
+def test_every_scorer_batch_lies_inside_its_tensorrt_profile(groups, ratios, max_passage_tokens, score_batch_tokens):
+    from nestrank.protocol.reranking import RerankerConfig
+    from nestrank.serving.batching import length_buckets
+    from nestrank.serving.reranker import SCORE_BATCH, Scorer
+
+    config = RerankerConfig(architecture="t5gemma2", hidden_size=64, yes_token_id=7, no_token_id=8, ratios=ratios,
+                            default_ratio=ratios[-1], max_passage_tokens=max_passage_tokens,
+                            score_batch_tokens=score_batch_tokens)  # fmt: skip
+    shapes = {name: (low, high) for name, low, _, high in Scorer.profile(config).shapes}
+    lengths = [min(g, shapes["passage_mask"][1][1]) for g in groups]  # pooled passages hold at most that many groups
+    budget = max(config.score_batch_tokens, max(lengths))  # as Scorer.margins cuts them
+    for bucket in length_buckets(lengths, SCORE_BATCH, budget, min_fill=0.8):
+        batch = (len(bucket), max(lengths[i] for i in bucket))
+        for name, shape in (("passage_mask", batch), ("passage_states", (*batch, 64)),
+                            ("decoder_input_ids", (len(bucket), config.max_query_tokens))):  # fmt: skip
+            low, high = shapes[name]
+            assert all(a <= s <= b for a, s, b in zip(low, shape, high)), (name, shape, low, high)
