@@ -34,6 +34,3 @@ class Signature:
     inputs: tuple[Tensor, ...]
     outputs: tuple[Tensor, ...]
     max_batch_size: int  # 0: no batch dimension; otherwise requests carry a leading batch dimension
-
-    def output(self, name: str) -> Tensor:
-        return next(t for t in self.outputs if t.name == name)

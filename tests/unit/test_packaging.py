@@ -1,9 +1,11 @@
 """The packages pyproject.toml lists are every package in the tree: an editable install finds a missing one on
 disk, a wheel (the Dockerfile's `pip install .`, a client-only install) silently leaves it out."""
 
-import tomllib
 from pathlib import Path
 
+import pytest
+
+tomllib = pytest.importorskip("tomllib")  # Python 3.11+
 ROOT = Path(__file__).resolve().parents[2]
 
 
