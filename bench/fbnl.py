@@ -29,7 +29,7 @@ from nestrank.clients.rerank import RerankClient
 from nestrank.export.reference import reference_scores
 from nestrank.export.reranker import ScorerGraph, answer_rows_only, export_reranker, load_checkpoint, load_tokenizer
 from nestrank.export.tiny_checkpoints import kalm_shaped_reranker
-from nestrank.serving.launcher import ServerConfig, TritonServer, free_ports
+from nestrank.serving.launcher import ServerConfig, TritonServer
 from nestrank.serving.reranker import FBNLReranker
 from nestrank.texts import realistic_texts
 
@@ -86,10 +86,9 @@ def count_flops(model, tokenizer, export_config, documents: list[str], ratio: in
                         return_tensors="pt")  # fmt: skip
     states = model.get_encoder()(**passage).last_hidden_state
     pooled, mask = pool_chunks(states, passage["attention_mask"], ratio)
-    prompt = tokenizer(decoder_text(tokenizer, export_config, QUERY, export_config.default_instruction),
-                       add_special_tokens=False, return_tensors="pt")["input_ids"]  # fmt: skip
-    padded = tokenizer(decoder_text(tokenizer, export_config, QUERY, export_config.default_instruction),
-                       add_special_tokens=False, padding=True, pad_to_multiple_of=8, return_tensors="pt")  # fmt: skip
+    text = decoder_text(tokenizer, export_config, QUERY, export_config.default_instruction)
+    prompt = tokenizer(text, add_special_tokens=False, return_tensors="pt")["input_ids"]
+    padded = tokenizer(text, add_special_tokens=False, padding=True, pad_to_multiple_of=8, return_tensors="pt")
     encoder = flops(lambda: model.get_encoder()(**passage))
     official_decoder = flops(lambda: model(encoder_outputs=BaseModelOutput(last_hidden_state=pooled),
                                            attention_mask=mask, decoder_input_ids=padded["input_ids"],
@@ -129,8 +128,7 @@ def run(config: RerankBenchConfig, log=print) -> dict:
 
         rows["(c) official PyTorch path (KaLMReranker-style)"] = timed(official_path, config.repeats, "c torch")
 
-        grpc_port, http_port, metrics_port = free_ports(3)
-        server_config = ServerConfig(tmp / "repo", grpc_port=grpc_port, http_port=http_port, metrics_port=metrics_port)
+        server_config = ServerConfig.on_free_ports(tmp / "repo")
         with TritonServer(server_config) as server, RerankClient(server_config.grpc_url, NAME) as client:
             client.warm(docs, compression_ratio=config.ratio)
             served = {}

@@ -192,7 +192,7 @@ async def _level(workload, config: LoadConfig, concurrency: int | None, rate: fl
 
 def run(config: LoadConfig, log=print) -> tuple[list[dict], int]:
     """Runs every level; returns (rows, exit code)."""
-    from nestrank.serving.launcher import ServerConfig, TritonServer, free_ports
+    from nestrank.serving.launcher import ServerConfig, TritonServer
 
     rows: list[dict] = []
     with ExitStack() as stack:
@@ -202,9 +202,7 @@ def run(config: LoadConfig, log=print) -> tuple[list[dict], int]:
                 from nestrank.export.repository import ensure_default_models
 
                 ensure_default_models(config.repository)
-            grpc_port, http_port, metrics_port = free_ports(3)
-            server = TritonServer(ServerConfig(config.repository, grpc_port=grpc_port, http_port=http_port,
-                                               metrics_port=metrics_port))  # fmt: skip
+            server = TritonServer(ServerConfig.on_free_ports(config.repository))
             urls = [stack.enter_context(server).config.grpc_url]
         workload = (EmbedWorkload if config.workload == "embed" else RerankWorkload)(config, urls)
         series = f"{config.workload} {config.model}" + (f" ({config.passages})" if config.workload == "rerank" else "")

@@ -23,6 +23,7 @@ import numpy as np  # noqa: E402
 import tritonclient.grpc as grpcclient  # noqa: E402
 from locust import User, constant, events, task  # noqa: E402
 
+from nestrank.clients.tensors import requested, text_input  # noqa: E402
 from nestrank.clients.transport import Credentials  # noqa: E402
 from nestrank.protocol.embedding import EMBEDDING_OUTPUTS, TEXT  # noqa: E402
 from nestrank.protocol.reranking import DOCUMENTS, PASSAGE_IDS, QUERY, SCORES  # noqa: E402
@@ -43,12 +44,6 @@ def _close_clients(**_kwargs):
     gc.collect()
 
 
-def texts_input(name: str, texts: list[str], shape: list[int]) -> grpcclient.InferInput:
-    tensor = grpcclient.InferInput(name, shape, "BYTES")
-    tensor.set_data_from_numpy(np.array([t.encode() for t in texts], dtype=object).reshape(shape))
-    return tensor
-
-
 class _NestrankUser(User):
     abstract = True
     wait_time = constant(0)
@@ -60,7 +55,7 @@ class _NestrankUser(User):
         _users.append(self)
 
     def infer(self, inputs, output: str, parameters: dict) -> np.ndarray:
-        result = self.client.infer(self.model, inputs, outputs=[grpcclient.InferRequestedOutput(output)],
+        result = self.client.infer(self.model, inputs, outputs=requested(output),
                                    parameters=parameters, headers=self.headers, client_timeout=120)  # fmt: skip
         return result.as_numpy(output)
 
@@ -90,7 +85,7 @@ class EmbedUser(_NestrankUser):
     def embed(self):
         start = (self.turn * BATCH) % (len(self.texts) - BATCH)
         self.turn += 1
-        inputs = [texts_input(TEXT, self.texts[start : start + BATCH], [BATCH, 1])]
+        inputs = [text_input(TEXT, self.texts[start : start + BATCH], [BATCH, 1])]
         self._measure(f"embed {self.model}", lambda: self.infer(inputs, self.output, self.parameters))
 
 
@@ -102,7 +97,7 @@ class RerankUser(_NestrankUser):
         self.ids = []
         for s in range(0, len(documents), BATCH):  # warm the server's passage cache; rerank by id after
             chunk = documents[s : s + BATCH]
-            ids = self.infer([texts_input(DOCUMENTS, chunk, [1, len(chunk)])], PASSAGE_IDS, {"warm": True})
+            ids = self.infer([text_input(DOCUMENTS, chunk, [1, len(chunk)])], PASSAGE_IDS, {"warm": True})
             self.ids += [i.decode() for i in ids[0]]
         self.turn = 0
 
@@ -112,7 +107,7 @@ class RerankUser(_NestrankUser):
         self.turn += 1
         chosen = self.ids[start : start + BATCH]
         inputs = [
-            texts_input(QUERY, ["how do I read a file"], [1, 1]),
-            texts_input(PASSAGE_IDS, chosen, [1, len(chosen)]),
+            text_input(QUERY, ["how do I read a file"], [1, 1]),
+            text_input(PASSAGE_IDS, chosen, [1, len(chosen)]),
         ]
         self._measure(f"rerank {self.model}", lambda: self.infer(inputs, SCORES, {})[0])

@@ -174,13 +174,12 @@ def plot(report: dict, path: Path) -> None:
 def run(config: SoakConfig, log=print) -> dict:
     import os
 
-    from nestrank.serving.launcher import ServerConfig, TritonServer, free_ports
+    from nestrank.serving.launcher import ServerConfig, TritonServer
 
     with tempfile.TemporaryDirectory() as tmp:
         repository = build_repository(Path(tmp), log=lambda _: None)
-        grpc_port, http_port, metrics_port = free_ports(3)
         os.environ["NESTRANK_PASSAGE_CACHE_BYTES"] = str(config.cache_bytes)  # the stubs inherit it
-        server_config = ServerConfig(repository, grpc_port=grpc_port, http_port=http_port, metrics_port=metrics_port)
+        server_config = ServerConfig.on_free_ports(repository)
         with TritonServer(server_config) as server:
             raw = asyncio.run(_drive(config, server_config.grpc_url, server, log))
     report = summarize(config, raw["requests"], raw["memory"])

@@ -11,15 +11,14 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 from collections.abc import Sequence
-from typing import Any
 
 import numpy as np
-import tritonclient.grpc.aio as grpcclient
 from tqdm.auto import tqdm
 
 from nestrank.clients.base import AsyncModelClient
 from nestrank.clients.chunking import split_by_length
 from nestrank.clients.sync import SyncClient, blocking
+from nestrank.clients.tensors import requested, text_input
 from nestrank.clients.transport import DEFAULT_URL
 from nestrank.protocol.embedding import (
     EMBEDDING_OUTPUTS,
@@ -32,12 +31,6 @@ from nestrank.protocol.embedding import (
 from nestrank.protocol.errors import BackendError, ValidationError
 
 DEFAULT_MODEL = "all-minilm-l6-v2"
-
-
-def _text_input(texts: Sequence[str]) -> Any:
-    tensor = grpcclient.InferInput(TEXT, [len(texts), 1], "BYTES")
-    tensor.set_data_from_numpy(np.array([t.encode("utf-8") for t in texts], dtype=object).reshape(-1, 1))
-    return tensor
 
 
 def _check_texts(texts: Sequence[str]) -> list[str]:
@@ -87,7 +80,7 @@ class AsyncEmbedClient(AsyncModelClient[EmbedderConfig]):
         bar = tqdm(total=len(texts), disable=not progress, unit="text")
 
         async def send(chunk: np.ndarray) -> None:
-            inputs, wanted = [_text_input([texts[i] for i in chunk])], [grpcclient.InferRequestedOutput(output)]
+            inputs, wanted = [text_input(TEXT, [texts[i] for i in chunk], [len(chunk), 1])], requested(output)
             async with gate:
                 result = await self._infer(self.model, inputs, wanted, params)
             rows = result.as_numpy(output)

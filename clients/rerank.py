@@ -13,12 +13,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-import tritonclient.grpc.aio as grpcclient
 from tqdm.auto import tqdm
 
 from nestrank.clients.base import AsyncModelClient
 from nestrank.clients.chunking import split_by_length
 from nestrank.clients.sync import SyncClient, blocking
+from nestrank.clients.tensors import array_input, requested, text_input
 from nestrank.clients.transport import DEFAULT_URL
 from nestrank.protocol.errors import ValidationError
 from nestrank.protocol.passages import PassageStates
@@ -47,22 +47,6 @@ class RankedPassage:
     document: str | None = None
 
 
-def _bytes(name: str, values: Sequence[str], shape: list[int]):
-    tensor = grpcclient.InferInput(name, shape, "BYTES")
-    tensor.set_data_from_numpy(np.array([v.encode("utf-8") for v in values], dtype=object).reshape(shape))
-    return tensor
-
-
-def _array(name: str, array: np.ndarray, datatype: str):
-    tensor = grpcclient.InferInput(name, list(array.shape), datatype)
-    tensor.set_data_from_numpy(array)
-    return tensor
-
-
-def _outputs(*names: str):
-    return [grpcclient.InferRequestedOutput(name) for name in names]
-
-
 def _candidates(documents, passages) -> int:
     if (documents is None) == (passages is None):
         raise ValidationError(DOCUMENTS, "pass exactly one of documents= or passages=")
@@ -76,16 +60,16 @@ def _candidates(documents, passages) -> int:
 
 def _request(query: str, chunk: np.ndarray, documents, passages) -> list:
     """One rerank request's tensors, each with the leading batch dimension of 1 the rerank model takes."""
-    inputs = [_bytes(QUERY, [query], [1, 1])]
+    inputs = [text_input(QUERY, [query], [1, 1])]
     if documents is not None:
-        return inputs + [_bytes(DOCUMENTS, [documents[i] for i in chunk], [1, len(chunk)])]
+        return inputs + [text_input(DOCUMENTS, [documents[i] for i in chunk], [1, len(chunk)])]
     if isinstance(passages, PassageStates):
         states, counts = passages.padded(chunk)
         return inputs + [
-            _array(PASSAGE_STATES, states[None], "FP16"),
-            _array(PASSAGE_COUNTS, counts[None], "INT32"),
+            array_input(PASSAGE_STATES, states[None], "FP16"),
+            array_input(PASSAGE_COUNTS, counts[None], "INT32"),
         ]
-    return inputs + [_bytes(PASSAGE_IDS, [passages[i] for i in chunk], [1, len(chunk)])]
+    return inputs + [text_input(PASSAGE_IDS, [passages[i] for i in chunk], [1, len(chunk)])]
 
 
 class AsyncRerankClient(AsyncModelClient[RerankerConfig]):
@@ -120,7 +104,7 @@ class AsyncRerankClient(AsyncModelClient[RerankerConfig]):
         names = (SCORES, INDICES, PASSAGE_IDS)
         chunks = [np.arange(s, min(s + config.max_candidates, count)) for s in range(0, count, config.max_candidates)]
         results = await self._gather(
-            self._infer(self.model, _request(query, chunk, documents, passages), _outputs(*names), params)
+            self._infer(self.model, _request(query, chunk, documents, passages), requested(*names), params)
             for chunk in chunks
         )
         ranked = []
@@ -147,8 +131,8 @@ class AsyncRerankClient(AsyncModelClient[RerankerConfig]):
 
         async def send(chunk):
             texts = [documents[i] for i in chunk]
-            inputs = [_bytes(DOCUMENTS, texts, [len(texts), 1])]
-            outputs = _outputs(PASSAGE_STATES, PASSAGE_COUNTS)
+            inputs = [text_input(DOCUMENTS, texts, [len(texts), 1])]
+            outputs = requested(PASSAGE_STATES, PASSAGE_COUNTS)
             result = await self._infer(f"{self.model}_encode", inputs, outputs, {"compression_ratio": ratio})
             bar.update(len(texts))
             states, counts = result.as_numpy(PASSAGE_STATES), result.as_numpy(PASSAGE_COUNTS)
@@ -169,7 +153,7 @@ class AsyncRerankClient(AsyncModelClient[RerankerConfig]):
         params = {"warm": True, **({"compression_ratio": compression_ratio} if compression_ratio else {})}
         chunks = [documents[s : s + ENCODE_BATCH] for s in range(0, len(documents), ENCODE_BATCH)]
         results = await self._gather(
-            self._infer(self.model, [_bytes(DOCUMENTS, chunk, [1, len(chunk)])], _outputs(PASSAGE_IDS), params)
+            self._infer(self.model, [text_input(DOCUMENTS, chunk, [1, len(chunk)])], requested(PASSAGE_IDS), params)
             for chunk in chunks
         )
         return [pid.decode() for result in results for pid in result.as_numpy(PASSAGE_IDS)[0]]

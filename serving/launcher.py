@@ -97,6 +97,13 @@ class ServerConfig:
     def grpc_url(self) -> str:
         return f"{self.host}:{self.grpc_port}"
 
+    @classmethod
+    def on_free_ports(cls, model_repository: str | Path, **settings) -> ServerConfig:
+        """On loopback ports the OS says are free now (tests and benchmarks that start their own server)."""
+        grpc_port, http_port, metrics_port = free_ports(3)
+        return cls(Path(model_repository), grpc_port=grpc_port, http_port=http_port, metrics_port=metrics_port,
+                   **settings)  # fmt: skip
+
     @property
     def http_url(self) -> str:
         return f"http://{self.http_host or self.host}:{self.http_port}"
@@ -352,9 +359,12 @@ class TritonServer:
         """Model rows that Triton's model table reports as not READY."""
         return [ln.strip() for ln in self._log if ln.startswith("|") and "UNAVAILABLE" in ln]
 
-    def _get(self, path: str, timeout_s: float = 2.0) -> int:
+    def _http(self, path: str, method: str = "GET", headers: dict | None = None, timeout_s: float = 2.0) -> int:
+        """The status of a call to Triton's HTTP API (0: no answer)."""
+        request = urllib.request.Request(self.config.http_url + path, method=method,
+                                         data=b"" if method == "POST" else None, headers=headers or {})  # fmt: skip
         try:
-            with urllib.request.urlopen(self.config.http_url + path, timeout=timeout_s) as response:
+            with urllib.request.urlopen(request, timeout=timeout_s) as response:
                 return response.status
         except urllib.error.HTTPError as err:
             return err.code
@@ -362,10 +372,10 @@ class TritonServer:
             return 0
 
     def is_ready(self) -> bool:
-        return self._get("/v2/health/ready") == 200
+        return self._http("/v2/health/ready") == 200
 
     def model_ready(self, model: str) -> bool:
-        return self._get(f"/v2/models/{model}/ready") == 200
+        return self._http(f"/v2/models/{model}/ready") == 200
 
     def wait_ready(self) -> None:
         deadline = time.monotonic() + self.config.startup_timeout_s
@@ -387,17 +397,7 @@ class TritonServer:
 
     def admin(self, method: str, path: str, timeout_s: float = 300.0) -> int:
         """A call to Triton's HTTP API with the admin key (model repository, statistics, logging)."""
-        request = urllib.request.Request(
-            self.config.http_url + path, method=method, data=b"" if method == "POST" else None,
-            headers={ADMIN_KEY_HEADER: self.config.admin_key},
-        )  # fmt: skip
-        try:
-            with urllib.request.urlopen(request, timeout=timeout_s) as response:
-                return response.status
-        except urllib.error.HTTPError as err:
-            return err.code
-        except (urllib.error.URLError, ConnectionError, TimeoutError):
-            return 0
+        return self._http(path, method, {ADMIN_KEY_HEADER: self.config.admin_key}, timeout_s)
 
     # -- supervision -----------------------------------------------------------------------------------------
 

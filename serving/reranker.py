@@ -65,7 +65,7 @@ class RerankTokenizer:
         self.pad_id = pad_token_id(self._passages)
         # Raw texts are cut before tokenizing (a 5 MB document costs what its first 1024 tokens cost).
         self.max_passage_chars = char_limit(self._passages, config.max_passage_tokens)
-        self.max_query_chars = char_limit(self._passages, config.max_query_tokens)
+        self.max_query_chars = char_limit(self._queries, config.max_query_tokens)
 
     @staticmethod
     def _load(tokenizer_json: str | Path, max_length: int | None) -> Tokenizer:

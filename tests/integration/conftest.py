@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from nestrank.export.embedder import export_embedder
-from nestrank.serving.launcher import ServerConfig, TritonServer, free_ports
+from nestrank.serving.launcher import ServerConfig, TritonServer
 from tests.names import MINILM, MINILM_INT8, TINY_DECODER
 
 
@@ -27,8 +27,7 @@ def repository(tmp_path_factory, minilm_dir, tiny_decoder_dir, reranker_exports)
 
 @pytest.fixture(scope="session")
 def server(repository):
-    grpc_port, http_port, metrics_port = free_ports(3)
-    config = ServerConfig(repository, grpc_port=grpc_port, http_port=http_port, metrics_port=metrics_port)
+    config = ServerConfig.on_free_ports(repository)
     with TritonServer(config) as running:
         yield running
 

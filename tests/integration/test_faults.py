@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from nestrank.clients.embed import EmbedClient
-from nestrank.serving.launcher import SHM_DIR, ServerConfig, TritonServer, free_ports, stub_models, stubs_with_prefix
+from nestrank.serving.launcher import SHM_DIR, ServerConfig, TritonServer, stub_models, stubs_with_prefix
 from nestrank.texts import realistic_texts
 from tests.names import MINILM, TINY_DECODER
 
@@ -24,8 +24,7 @@ pytestmark = pytest.mark.slow
 def start(repository, folder, *models) -> TritonServer:
     for model in models:
         shutil.copytree(repository / model, folder / "repo" / model)
-    grpc_port, http_port, metrics_port = free_ports(3)
-    config = ServerConfig(folder / "repo", grpc_port=grpc_port, http_port=http_port, metrics_port=metrics_port)
+    config = ServerConfig.on_free_ports(folder / "repo")
     return TritonServer(config).start()
 
 

@@ -11,7 +11,7 @@ import pytest
 from nestrank.clients.rerank import RerankClient
 from nestrank.export.cli import main as export_main
 from nestrank.export.tiny_checkpoints import kalm_shaped_reranker
-from nestrank.serving.launcher import ServerConfig, TritonServer, free_ports
+from nestrank.serving.launcher import ServerConfig, TritonServer
 from nestrank.texts import realistic_texts
 from tests.official_kalm import OfficialKaLM
 
@@ -46,8 +46,7 @@ def nano(tmp_path_factory):
         ratios = ",".join(map(str, RATIOS))
         assert export_main(["reranker", "--checkpoint", MODEL_ID, "--name", NAME, "--repository",
                             str(tmp / "repo"), "--ratios", ratios]) == 0  # fmt: skip
-    grpc_port, http_port, metrics_port = free_ports(3)
-    config = ServerConfig(tmp / "repo", grpc_port=grpc_port, http_port=http_port, metrics_port=metrics_port)
+    config = ServerConfig.on_free_ports(tmp / "repo")
     with TritonServer(config), RerankClient(config.grpc_url, NAME) as client:
         yield client, OfficialKaLM(snapshot)
 

@@ -15,8 +15,7 @@ def test_a_model_that_fails_to_load_stops_the_server_with_its_reason(repository,
     broken = tmp_path / "repo"
     shutil.copytree(repository / TINY_DECODER, broken / TINY_DECODER)
     (broken / TINY_DECODER / "1" / "model.onnx").write_bytes(b"not an onnx graph")
-    grpc_port, http_port, metrics_port = free_ports(3)
-    config = ServerConfig(broken, grpc_port=grpc_port, http_port=http_port, metrics_port=metrics_port)
+    config = ServerConfig.on_free_ports(broken)
     with pytest.raises(ServerStartError) as err:
         TritonServer(config).start()
     message = str(err.value)

@@ -16,7 +16,7 @@ from nestrank.clients.embed import EmbedClient
 from nestrank.clients.transport import RetryPolicy, typed_error
 from nestrank.export.triton_config import read_config, write_config
 from nestrank.protocol.errors import OverloadedError
-from nestrank.serving.launcher import ServerConfig, TritonServer, free_ports
+from nestrank.serving.launcher import ServerConfig, TritonServer
 from tests.names import TINY_DECODER
 
 pytestmark = pytest.mark.slow
@@ -36,8 +36,7 @@ def server(repository, tmp_path_factory):
             config.dynamic_batching.default_queue_policy.max_queue_size = 10_000
             config.dynamic_batching.default_queue_policy.default_timeout_microseconds = 200_000
         write_config(config, repo / name)
-    grpc_port, http_port, metrics_port = free_ports(3)
-    config = ServerConfig(repo, grpc_port=grpc_port, http_port=http_port, metrics_port=metrics_port)
+    config = ServerConfig.on_free_ports(repo)
     with TritonServer(config) as running:
         yield running
 

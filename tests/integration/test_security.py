@@ -17,7 +17,7 @@ from nestrank.clients.embed import EmbedClient
 from nestrank.clients.transport import NO_RETRIES
 from nestrank.protocol.errors import UnauthenticatedError, UnavailableError
 from nestrank.protocol.headers import ADMIN_KEY_HEADER, API_KEY_HEADER, grpc_header
-from nestrank.serving.launcher import ServerConfig, TlsConfig, TritonServer, free_ports
+from nestrank.serving.launcher import ServerConfig, TlsConfig, TritonServer
 from tests.certificates import make_certificates
 from tests.names import TINY_DECODER
 
@@ -34,9 +34,7 @@ def certs(tmp_path_factory):
 
 def start(repository, tmp_path, **settings) -> TritonServer:
     shutil.copytree(repository / TINY_DECODER, tmp_path / "repo" / TINY_DECODER)
-    grpc_port, http_port, metrics_port = free_ports(3)
-    config = ServerConfig(tmp_path / "repo", grpc_port=grpc_port, http_port=http_port, metrics_port=metrics_port,
-                          **settings)  # fmt: skip
+    config = ServerConfig.on_free_ports(tmp_path / "repo", **settings)
     return TritonServer(config).start()
 
 
