@@ -10,9 +10,10 @@ PYVER := $(shell $(PYTHON) -c 'import sys; print(f"{sys.version_info[0]}.{sys.ve
 setup: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
-	@# The Python backend stub bundled with nvidia-pytriton links the system libpython.
-	@ldconfig -p | grep -q "libpython$(PYVER).so.1.0" || \
-		(apt-get update -qq && apt-get install -y -qq "libpython$(PYVER)")
+	@# The Python backend stub bundled with nvidia-pytriton links the system libpython; the tests run a real
+	@# redis-server (the passage store shared by replicas).
+	@(ldconfig -p | grep -q "libpython$(PYVER).so.1.0" && command -v redis-server >/dev/null) || \
+		(apt-get update -qq && apt-get install -y -qq "libpython$(PYVER)" redis-server)
 	$(PYTHON) -m venv $(VENV)
 	@# The local CPU build of torch first, so that no resolver pulls CUDA torch.
 	$(BIN)/pip install --quiet "torch==2.13.0"

@@ -1,9 +1,9 @@
 """FBNL rerank clients: pre-encode passages once (index time), rerank them for every later query.
 `AsyncRerankClient` (asyncio) and `RerankClient`, the same client run synchronously.
 
-Three ways to name candidates: `documents` (texts; the server encodes only what its passage-state
-cache misses), `passages=PassageStates` (states you keep beside your documents), or `passages=[ids]`
-(ids of passages the server has cached, e.g. by `warm`).
+Three ways to name candidates: `documents` (texts; the server encodes only what its passage store lacks),
+`passages=PassageStates` (states you keep beside your documents), or `passages=[ids]` (your own ids, given to
+`index` or `nestrank index`, or the content ids `warm` returns).
 """
 
 from __future__ import annotations
@@ -20,23 +20,36 @@ from nestrank.clients.chunking import split_by_length
 from nestrank.clients.sync import SyncClient, blocking
 from nestrank.clients.tensors import array_input, requested, text_input
 from nestrank.clients.transport import DEFAULT_URL
-from nestrank.protocol.errors import ValidationError
+from nestrank.protocol.errors import BackendError, ValidationError
 from nestrank.protocol.passages import PassageStates
 from nestrank.protocol.reranking import (
     DOCUMENTS,
     INDICES,
     PASSAGE_COUNTS,
+    PASSAGE_FINGERPRINT,
     PASSAGE_IDS,
     PASSAGE_STATES,
+    PASSAGE_TOKENS,
     QUERY,
     SCORES,
+    STORED_BYTES,
     RerankerConfig,
     parse_rerank_options,
     passage_id,
 )
 
-__all__ = ["AsyncRerankClient", "PassageStates", "RankedPassage", "RerankClient"]
+__all__ = ["AsyncRerankClient", "Indexed", "PassageStates", "RankedPassage", "RerankClient"]
 ENCODE_BATCH = 32  # documents per request to `<model>_encode`
+
+
+@dataclass(frozen=True)
+class Indexed:
+    """What `index` (or `warm`) did per document: its content id, the tokens encoded for it now, and the bytes
+    written to the store for it (0: it was stored already, so it was skipped)."""
+
+    content_ids: list[str]
+    tokens: np.ndarray
+    stored_bytes: np.ndarray
 
 
 @dataclass(frozen=True)
@@ -98,7 +111,13 @@ class AsyncRerankClient(AsyncModelClient[RerankerConfig]):
         asked = dict(instruction=instruction, top_n=top_n, compression_ratio=compression_ratio)
         params = {k: v for k, v in asked.items() if v is not None}
         if isinstance(passages, PassageStates):
+            if passages.fingerprint != config.passage_fingerprint:  # the server's rule, before sending
+                raise ValidationError("passage_fingerprint", f"the states were made by the model with passage "
+                                      f"fingerprint {passages.fingerprint or 'none (an older file)'}, and "
+                                      f"{self.model}'s is {config.passage_fingerprint}: re-encode the documents "
+                                      "with encode_passages against it")  # fmt: skip
             params["states_ratio"] = passages.ratio
+            params["passage_fingerprint"] = passages.fingerprint
             params.setdefault("compression_ratio", passages.ratio)
         parse_rerank_options(params, config)  # the server's own rules, before sending
         names = (SCORES, INDICES, PASSAGE_IDS)
@@ -132,11 +151,14 @@ class AsyncRerankClient(AsyncModelClient[RerankerConfig]):
         async def send(chunk):
             texts = [documents[i] for i in chunk]
             inputs = [text_input(DOCUMENTS, texts, [len(texts), 1])]
-            outputs = requested(PASSAGE_STATES, PASSAGE_COUNTS)
+            outputs = requested(PASSAGE_STATES, PASSAGE_COUNTS, PASSAGE_FINGERPRINT)
             result = await self._infer(f"{self.model}_encode", inputs, outputs, {"compression_ratio": ratio})
             bar.update(len(texts))
             states, counts = result.as_numpy(PASSAGE_STATES), result.as_numpy(PASSAGE_COUNTS)
-            return PassageStates.from_padded(states, counts, ratio, [passage_id(t) for t in texts])
+            fingerprints = {f.decode() for f in result.as_numpy(PASSAGE_FINGERPRINT).reshape(-1)}
+            if len(fingerprints) != 1:
+                raise BackendError(f"{self.model}_encode answered passage fingerprints {sorted(fingerprints)}")
+            return PassageStates.from_padded(states, counts, ratio, [passage_id(t) for t in texts], fingerprints.pop())
 
         try:
             parts = await self._gather(send(chunk) for chunk in chunks)
@@ -146,17 +168,42 @@ class AsyncRerankClient(AsyncModelClient[RerankerConfig]):
         return PassageStates.concat(parts).subset(order)
 
     async def warm(self, documents: Sequence[str], *, compression_ratio: int | None = None) -> list[str]:
-        """Encode into the server's passage-state cache; returns the ids to rerank by."""
+        """Encode into the server's passage store (on-demand entries, which a full store may evict); returns the
+        content ids to rerank by."""
+        return (await self._store(documents, None, compression_ratio)).content_ids
+
+    async def index(self, documents: Sequence[str], ids: Sequence[str], *,
+                    compression_ratio: int | None = None) -> Indexed:  # fmt: skip
+        """Keep `documents` in the server's passage store for good, under your `ids` (rerank by them from any
+        replica sharing the store). Documents whose id already names the same text, stored at this ratio, are
+        skipped, so a rerun is idempotent. `nestrank index` does this for a whole corpus."""
+        ids = list(ids)
+        if isinstance(ids, str) or len(ids) != len(documents):
+            raise ValidationError("ids", f"one id per document: {len(ids)} ids for {len(documents)} documents")
+        return await self._store(documents, ids, compression_ratio)
+
+    async def _store(self, documents, ids, compression_ratio) -> Indexed:
+        if isinstance(documents, str):
+            raise ValidationError(DOCUMENTS, "expected a list, got a single string")
         documents = list(documents)
         if not documents:
-            raise ValidationError(DOCUMENTS, "nothing to warm; send at least one document")
+            raise ValidationError(DOCUMENTS, "nothing to store; send at least one document")
         params = {"warm": True, **({"compression_ratio": compression_ratio} if compression_ratio else {})}
-        chunks = [documents[s : s + ENCODE_BATCH] for s in range(0, len(documents), ENCODE_BATCH)]
-        results = await self._gather(
-            self._infer(self.model, [text_input(DOCUMENTS, chunk, [1, len(chunk)])], requested(PASSAGE_IDS), params)
-            for chunk in chunks
+        starts = range(0, len(documents), ENCODE_BATCH)
+
+        def request(start):
+            chunk = documents[start : start + ENCODE_BATCH]
+            inputs = [text_input(DOCUMENTS, chunk, [1, len(chunk)])]
+            if ids is not None:
+                inputs.append(text_input(PASSAGE_IDS, ids[start : start + ENCODE_BATCH], [1, len(chunk)]))
+            return self._infer(self.model, inputs, requested(PASSAGE_IDS, PASSAGE_TOKENS, STORED_BYTES), params)
+
+        results = await self._gather(request(start) for start in starts)
+        return Indexed(
+            content_ids=[pid.decode() for result in results for pid in result.as_numpy(PASSAGE_IDS)[0]],
+            tokens=np.concatenate([result.as_numpy(PASSAGE_TOKENS)[0] for result in results]),
+            stored_bytes=np.concatenate([result.as_numpy(STORED_BYTES)[0] for result in results]),
         )
-        return [pid.decode() for result in results for pid in result.as_numpy(PASSAGE_IDS)[0]]
 
 
 class RerankClient(SyncClient):
@@ -169,3 +216,4 @@ class RerankClient(SyncClient):
     rerank = blocking(AsyncRerankClient.rerank)
     encode_passages = blocking(AsyncRerankClient.encode_passages)
     warm = blocking(AsyncRerankClient.warm)
+    index = blocking(AsyncRerankClient.index)

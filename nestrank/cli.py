@@ -9,6 +9,7 @@ import sys
 SUBCOMMANDS = {
     "export": ("nestrank.export.cli", "compile a checkpoint into a Triton model directory"),
     "serve": ("nestrank.serve", "start Triton on a model repository (exports the default model if missing)"),
+    "index": ("nestrank.clients.indexing", "encode a corpus once into a served reranker's passage store"),
     "embed": ("nestrank.clients.cli:main", "embed texts through a running server"),
     "rerank": ("nestrank.clients.cli:rerank_main", "rerank documents for a query through a running server"),
     "bench": ("nestrank.bench.cli", "measure throughput and latency"),

@@ -16,12 +16,39 @@ def parser():
                    help="also serve this FBNL reranker (checkpoint directory or Hugging Face model id, e.g. "
                    "KaLM-Embedding/KaLM-Reranker-V1-Nano), exported into the repository first if missing")  # fmt: skip
     p.add_argument("--reranker-name", help="its Triton model name (default: from the checkpoint's name)")
+    p.add_argument("--passage-store", default=os.environ.get("NESTRANK_PASSAGE_STORE") or default_passage_store(),
+                   help="where rerankers keep pooled passage states: lmdb:///path[?map_size=16GiB] (one host, "
+                   "persistent), redis://host:port/db (shared by replicas), or memory:// (this process only); "
+                   "default %(default)s; env NESTRANK_PASSAGE_STORE")  # fmt: skip
     p.add_argument(
         "--no-default-models",
         action="store_true",
         help="serve the repository as it is (default: export all-MiniLM-L6-v2 fp32 + int8 into it if missing)",
     )
     return p
+
+
+def default_passage_store() -> str:
+    """LMDB in the user's cache directory: persistent, shared by every server on this host (keys carry each model's
+    passage fingerprint, so models never mix)."""
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return f"lmdb://{(cache / 'nestrank' / 'passages').resolve()}"
+
+
+def check_passage_store(url: str) -> None:
+    """Refuse a malformed store URL at start-up; an unreachable store only warns (documents still rerank)."""
+    from nestrank.serving.passage_store import StoreError, open_store
+
+    try:
+        store = open_store(url)
+    except ValueError as err:
+        raise SystemExit(f"nestrank serve: --passage-store: {err}")
+    try:
+        store.get_many([b"nestrank:ping"])
+    except StoreError as err:
+        print(f"nestrank serve: WARNING: {err}; reranking by id fails until it answers", file=sys.stderr)
+    finally:
+        store.close()
 
 
 def prepare(repository: Path, reranker: str | None, reranker_name: str | None, default_models: bool) -> None:
@@ -42,6 +69,8 @@ def prepare(repository: Path, reranker: str | None, reranker_name: str | None, d
 
 def main(argv: list[str]) -> int:
     args = parser().parse_args(argv)
+    check_passage_store(args.passage_store)
+    os.environ["NESTRANK_PASSAGE_STORE"] = args.passage_store  # tritonserver and its model stubs inherit it
     prepare(Path(args.repository), args.reranker, args.reranker_name, not args.no_default_models)
     return serving_cli.run(args)
 

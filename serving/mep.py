@@ -9,6 +9,13 @@ from __future__ import annotations
 
 import numpy as np
 
+from nestrank.protocol.errors import ValidationError
+from nestrank.protocol.passages import PassageStates
+
+# Part of every passage fingerprint: bump it when pooling changes what it computes, so that states pooled by the
+# earlier code are never read again.
+VERSION = 1
+
 
 def pool(states: np.ndarray, mask: np.ndarray, ratio: int) -> tuple[np.ndarray, np.ndarray]:
     """[B, L, H] states, [B, L] mask → ([B, ceil(L/r), H] float32 means, [B, ceil(L/r)] int32 counts)."""
@@ -34,3 +41,15 @@ def repool(pooled: np.ndarray, counts: np.ndarray, factor: int) -> tuple[np.ndar
     totals = weights.sum(axis=2)
     means = sums / np.maximum(totals, 1.0)[..., None]
     return means.astype(np.float32), totals.astype(np.int32)
+
+
+def at_ratio(passages: PassageStates, ratio: int) -> PassageStates:
+    """The same passages at `ratio`, a multiple of theirs: exact re-pooling (each group keeps its token count),
+    the float32 means rounded to float16 once."""
+    if ratio == passages.ratio:
+        return passages
+    if ratio % passages.ratio:
+        raise ValidationError("compression_ratio", f"{ratio} is not a multiple of the stored ratio {passages.ratio}")
+    states, counts = passages.padded()
+    pooled, pooled_counts = repool(states, counts, ratio // passages.ratio)
+    return PassageStates.from_padded(pooled, pooled_counts, ratio, passages.ids, passages.fingerprint)

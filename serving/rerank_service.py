@@ -1,5 +1,5 @@
-"""What the `<name>` rerank model does, free of Triton: resolve candidates (documents through the cache,
-cached passage ids, or client-sent states), score them against one prompt, rank.
+"""What the `<name>` rerank model does, free of Triton: resolve candidates (documents through the passage store,
+stored passage ids, or client-sent states), score them against one prompt, rank; and index documents.
 
 `encode` and `score` are injected: BLS calls inside Triton, in-process sessions in tests and benchmarks.
 """
@@ -13,12 +13,16 @@ import numpy as np
 
 from nestrank.protocol.errors import NotFoundError, ValidationError
 from nestrank.protocol.parameters import shown
+from nestrank.protocol.passages import PassageStates
 from nestrank.protocol.reranking import RerankerConfig, RerankOptions, passage_id
-from nestrank.serving.passage_cache import PassageCache
-from nestrank.serving.reranker import PooledPassage, RerankTokenizer, rank, sigmoid, unstack
+from nestrank.serving.mep import at_ratio
+from nestrank.serving.passages import Passages
+from nestrank.serving.reranker import RerankTokenizer, rank, sigmoid
 
-EncodeFn = Callable[[list[str], int], list[PooledPassage]]
-ScoreFn = Callable[[np.ndarray, list[PooledPassage]], np.ndarray]
+EncodeFn = Callable[[list[str], int], PassageStates]
+ScoreFn = Callable[[np.ndarray, PassageStates], np.ndarray]
+MAX_ID_CHARS = 512  # a user's passage id
+SHOWN_IDS = 5  # missing ids a NOT_FOUND names
 
 
 @dataclass(frozen=True)
@@ -41,27 +45,35 @@ class Candidates:
 class RerankResult:
     indices: np.ndarray  # into the candidates, best first
     scores: np.ndarray  # aligned with indices
-    passage_ids: list[str]  # aligned with indices ("" for client-sent states)
+    passage_ids: list[str]  # aligned with indices: content ids, the ids sent, or "" for client-sent states
+
+
+@dataclass(frozen=True)
+class Stored:
+    """What a warm or index request did, per document."""
+
+    content_ids: list[str]
+    tokens: np.ndarray  # int32: tokens encoded for the document now (0: it was stored already)
+    stored_bytes: np.ndarray  # int64: bytes written to the store for it (0: nothing was; skipped)
+
+
+def _missing(field: str, ids: list[str], total: int, ratio: int) -> NotFoundError:
+    first = ", ".join(shown(i, 60) for i in ids[:SHOWN_IDS])
+    return NotFoundError(f"{field}: {len(ids)} of {total} ids are not stored for this model at ratio {ratio} or a "
+                         f"divisor of it (first: {first}); index them with `nestrank index`, or send the "
+                         "documents")  # fmt: skip
 
 
 class RerankService:
-    def __init__(self, config: RerankerConfig, tokenizer: RerankTokenizer, cache: PassageCache,
+    def __init__(self, config: RerankerConfig, tokenizer: RerankTokenizer, passages: Passages,
                  encode: EncodeFn, score: ScoreFn):  # fmt: skip
         self.config = config
         self.tokenizer = tokenizer
-        self.cache = cache
+        self.passages = passages
         self.encode = encode
         self.score = score
 
-    def _from_documents(self, documents: list[str], ratio: int) -> tuple[list[PooledPassage], list[str]]:
-        ids = [passage_id(d) for d in documents]
-        found = [self.cache.get(pid, ratio) for pid in ids]
-        missing = {pid: doc for pid, doc, hit in zip(ids, documents, found) if hit is None}  # dedupes repeats
-        if missing:
-            for pid, passage in zip(missing, self.encode(list(missing.values()), ratio)):
-                self.cache.put(pid, passage)
-                missing[pid] = passage
-        return [hit if hit is not None else missing[pid] for pid, hit in zip(ids, found)], ids
+    # -- candidates -------------------------------------------------------------------------------------------
 
     def _check_documents(self, documents: list[str]) -> None:
         if len(documents) > self.config.max_candidates:
@@ -70,18 +82,37 @@ class RerankService:
             if not doc:
                 raise ValidationError(f"documents[{i}]", "empty string; send at least one character")
 
-    def _from_ids(self, ids: list[str], ratio: int) -> list[PooledPassage]:
-        passages = []
-        for i, pid in enumerate(ids):
-            hit = self.cache.get(pid, ratio) if len(pid) <= 64 else None
-            if hit is None:
-                hint = "send the document, or warm it (each replica keeps its own cache)"
-                raise NotFoundError(f"passage_ids[{i}]: unknown passage id {shown(pid)} at ratio {ratio} ({hint})")
-            passages.append(hit)
-        return passages
+    def _encode_and_put(self, texts: dict[str, str], ratio: int, pinned: bool):
+        """Encodes {content id: document} and writes the passages through: ({content id: passage}, {content id:
+        bytes written})."""
+        if not texts:
+            return {}, {}
+        encoded = self.encode(list(texts.values()), ratio)
+        written = self.passages.put(list(texts), encoded, pinned=pinned)
+        return {cid: encoded.subset([k]) for k, cid in enumerate(texts)}, dict(zip(texts, written))
 
-    def _from_states(self, states: np.ndarray, counts: np.ndarray, stored: int, ratio: int) -> list[PooledPassage]:
-        hidden = self.config.hidden_size
+    def _from_documents(self, documents: list[str], ratio: int) -> tuple[PassageStates, list[str]]:
+        """Stored passages where the store has them; the rest encoded now and written through."""
+        self._check_documents(documents)
+        ids = [passage_id(d) for d in documents]
+        found = self.passages.get(ids, ratio, strict=False)
+        encoded, _ = self._encode_and_put({cid: d for cid, d in zip(ids, documents) if cid not in found}, ratio, False)
+        found.update(encoded)
+        return PassageStates.concat([found[cid] for cid in ids]), ids
+
+    def _from_ids(self, passage_ids: list[str], ratio: int) -> PassageStates:
+        content_ids = self.passages.resolve(passage_ids)
+        unknown = [pid for pid, cid in zip(passage_ids, content_ids) if cid is None]
+        if unknown:
+            raise _missing("passage_ids", unknown, len(passage_ids), ratio)
+        found = self.passages.get(content_ids, ratio, strict=True)
+        missing = [pid for pid, cid in zip(passage_ids, content_ids) if cid not in found]
+        if missing:
+            raise _missing("passage_ids", missing, len(passage_ids), ratio)
+        return PassageStates.concat([found[cid] for cid in content_ids])
+
+    def _from_states(self, states: np.ndarray, counts: np.ndarray, options: RerankOptions) -> PassageStates:
+        stored, hidden = options.states_ratio or options.compression_ratio, self.config.hidden_size
         if states.ndim != 3 or states.shape[2] != hidden:
             raise ValidationError("passage_states", f"shape {list(states.shape)}; expected [N, groups, {hidden}]")
         most = -(-self.config.max_passage_tokens // stored)
@@ -98,14 +129,59 @@ class RerankService:
             raise ValidationError(f"passage_counts[{int(empty[0])}]", "no valid group; a passage needs tokens")
         if not np.isfinite(states).all():
             raise ValidationError("passage_states", "holds NaN or infinity")
-        return [p.at_ratio(ratio) for p in unstack(states, counts, stored)]
+        mine = self.config.passage_fingerprint
+        if not options.passage_fingerprint:
+            raise ValidationError("passage_fingerprint", "the passage states carry no passage fingerprint (saved by "
+                                  "an older nestrank); re-encode the documents with encode_passages against this "
+                                  f"model (passage fingerprint {mine})")  # fmt: skip
+        if options.passage_fingerprint != mine:
+            raise ValidationError("passage_fingerprint", f"the states were made by the model with passage "
+                                  f"fingerprint {shown(options.passage_fingerprint)}, and this model's is {mine}: "
+                                  "re-encode the documents with encode_passages against this model")  # fmt: skip
+        return at_ratio(PassageStates.from_padded(states, counts, stored, fingerprint=mine), options.compression_ratio)
 
-    def warm(self, documents: list[str], ratio: int) -> list[str]:
-        """Encode and cache; returns the passage ids to rerank by later."""
+    # -- requests ---------------------------------------------------------------------------------------------
+
+    def store(self, documents: list[str], ratio: int, user_ids: list[str] | None = None) -> Stored:
+        """Encodes what is not stored yet and writes it through. Without `user_ids` (warm), as the documents path
+        does: on-demand entries. With them (index), each document is kept for good under its user id; a document
+        whose id already names its text and whose states are stored is skipped, so reruns are idempotent."""
         if not documents:
-            raise ValidationError("documents", "nothing to warm; send at least one document")
+            raise ValidationError("documents", "nothing to store; send at least one document")
         self._check_documents(documents)
-        return self._from_documents(documents, ratio)[1]
+        ids = [passage_id(d) for d in documents]
+        unique_ids = list(dict.fromkeys(ids))
+        pinned = user_ids is not None
+        if pinned:
+            self._check_user_ids(user_ids, documents)
+            names = dict(zip(user_ids, ids))
+            named = dict(zip(names, self.passages.aliases(list(names))))
+            have = {cid for cid, there in zip(unique_ids, self.passages.pin(unique_ids, ratio)) if there}
+        else:
+            have = set(self.passages.get(unique_ids, ratio, strict=False))
+        encoded, written = self._encode_and_put({c: d for c, d in zip(ids, documents) if c not in have}, ratio, pinned)
+        alias_bytes = {}
+        if pinned:
+            renamed = [u for u, cid in names.items() if named[u] != cid]
+            alias_bytes = dict(zip(renamed, self.passages.set_aliases(renamed, [names[u] for u in renamed])))
+        tokens, stored_bytes, done = [], [], set()
+        for row, cid in enumerate(ids):
+            first = cid not in done  # a document sent twice is encoded and written once
+            done.add(cid)
+            tokens.append(int(encoded[cid].counts.sum()) if first and cid in encoded else 0)
+            alias = alias_bytes.pop(user_ids[row], 0) if pinned else 0
+            stored_bytes.append((written.get(cid, 0) if first else 0) + alias)
+        return Stored(ids, np.array(tokens, np.int32), np.array(stored_bytes, np.int64))
+
+    def _check_user_ids(self, user_ids: list[str], documents: list[str]) -> None:
+        if len(user_ids) != len(documents):
+            raise ValidationError("passage_ids", f"{len(user_ids)} ids for {len(documents)} documents; send one each")
+        seen: dict[str, str] = {}
+        for i, (uid, doc) in enumerate(zip(user_ids, documents)):
+            if not uid or len(uid) > MAX_ID_CHARS:
+                raise ValidationError(f"passage_ids[{i}]", f"an id has 1..{MAX_ID_CHARS} characters, got {len(uid)}")
+            if seen.setdefault(uid, doc) != doc:
+                raise ValidationError(f"passage_ids[{i}]", f"{shown(uid)} appears twice with different documents")
 
     def rerank(self, query: str, candidates: Candidates, options: RerankOptions) -> RerankResult:
         given = [n for n, v in (("documents", candidates.documents), ("passage_ids", candidates.passage_ids),
@@ -123,13 +199,11 @@ class RerankService:
         ratio = options.compression_ratio
         ids = [""] * n
         if candidates.documents is not None:
-            self._check_documents(candidates.documents)
             passages, ids = self._from_documents(candidates.documents, ratio)
         elif candidates.passage_ids is not None:
             passages, ids = self._from_ids(candidates.passage_ids, ratio), list(candidates.passage_ids)
         else:
-            stored = options.states_ratio or ratio
-            passages = self._from_states(candidates.states, candidates.counts, stored, ratio)
+            passages = self._from_states(candidates.states, candidates.counts, options)
         scores = sigmoid(self.score(prompt, passages))
         order = rank(scores, options.top_n)
         return RerankResult(order.astype(np.int32), scores[order].astype(np.float32), [ids[i] for i in order])

@@ -6,6 +6,9 @@ benchmark's in-process paths.
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,7 +17,7 @@ import numpy as np
 from tokenizers import Tokenizer
 
 from nestrank.protocol.errors import ValidationError
-from nestrank.protocol.passages import pack, trim, unpack
+from nestrank.protocol.passages import STATE_DTYPE, PassageStates
 from nestrank.protocol.reranking import RerankerConfig
 from nestrank.serving import mep
 from nestrank.serving.batching import length_buckets
@@ -24,28 +27,36 @@ ENCODER_FILE = "encoder.onnx"
 SCORER_FILE = "scorer.onnx"
 TOKENIZER_FILE = "tokenizer.json"
 EMBEDDING_FILE = "embedding.data"  # the input embedding, external to both graphs (one file, hard-linked)
+# What a passage's states depend on, of an `_encode` model's files: the graph, its weights, the tokenizer.
+PASSAGE_FILES = (ENCODER_FILE, ENCODER_FILE + ".data", EMBEDDING_FILE, TOKENIZER_FILE)
 
 
-@dataclass(frozen=True)
-class PooledPassage:
-    """One passage's MEP states at `ratio`: [G, H] float32 means and [G] int32 token counts."""
+def passage_fingerprint(encode_dir: str | Path, config: RerankerConfig) -> str:
+    """The model's passage fingerprint: a hash (128 bits of SHA-256, hex) of everything a passage's pooled states
+    depend on, namely the encoder's graph and weights, the tokenizer, the passage template, the passage limit, the
+    pooling code's version and the stored dtype. Stores key states by it: a model exported with other weights never
+    reads states another made."""
+    digest = hashlib.sha256()
+    settings = {"document_template": config.document_template, "max_passage_tokens": config.max_passage_tokens,
+                "passage_special_tokens": config.passage_special_tokens, "hidden_size": config.hidden_size,
+                "pooling": mep.VERSION, "dtype": np.dtype(STATE_DTYPE).name}  # fmt: skip
+    digest.update(json.dumps(settings, sort_keys=True).encode())
+    for name in PASSAGE_FILES:
+        path = Path(encode_dir) / name
+        if path.is_file():
+            digest.update(name.encode() + b"\0")
+            with path.open("rb") as f:
+                while block := f.read(1 << 23):
+                    digest.update(block)
+    return digest.hexdigest()[:32]
 
-    states: np.ndarray
-    counts: np.ndarray
-    ratio: int
 
-    @property
-    def nbytes(self) -> int:
-        return self.states.nbytes + self.counts.nbytes
-
-    def at_ratio(self, ratio: int) -> PooledPassage:
-        """Exact re-pooling to a multiple of the stored ratio."""
-        if ratio == self.ratio:
-            return self
-        if ratio % self.ratio:
-            raise ValidationError("compression_ratio", f"{ratio} is not a multiple of the stored ratio {self.ratio}")
-        states, counts = mep.repool(self.states[None], self.counts[None], ratio // self.ratio)
-        return PooledPassage(states[0], counts[0], ratio)
+def with_passage_fingerprint(config: RerankerConfig, encode_dir: str | Path) -> RerankerConfig:
+    """`config` as exported, or, for an export from before fingerprints, with the fingerprint computed from its
+    `_encode` files now (every model of the reranker computes the same)."""
+    if config.passage_fingerprint:
+        return config
+    return dataclasses.replace(config, passage_fingerprint=passage_fingerprint(encode_dir, config))
 
 
 class RerankTokenizer:
@@ -110,7 +121,8 @@ ENCODE_BATCH_TOKENS = 8
 
 
 class PassageEncoder:
-    """Documents → PooledPassage at a ratio, length-bucketed like the embedder."""
+    """Documents → pooled passages at a ratio, length-bucketed like the embedder, stamped with the model's passage
+    fingerprint."""
 
     def __init__(self, config: RerankerConfig, tokenizer: RerankTokenizer, session):
         self.config = config
@@ -126,21 +138,30 @@ class PassageEncoder:
                                              ENCODE_BATCH_TOKENS * config.max_passage_tokens)  # fmt: skip
         return create_session(path, intra_op_threads=config.intra_op_threads, providers=providers, profile=profile)
 
-    def encode_ids(self, sequences: Sequence[np.ndarray], ratios: int | Sequence[int]) -> list[PooledPassage]:
-        """Token ids → pooled passages; `ratios` is one ratio for all, or one per sequence."""
+    def encode_ids(self, sequences: Sequence[np.ndarray], ratios: int | Sequence[int],
+                   dtype=STATE_DTYPE) -> list[PassageStates]:  # fmt: skip
+        """Token ids → one pooled passage each; `ratios` is one ratio for all, or one per sequence. `dtype` other
+        than float16 is for the parity gate only: everything served holds float16."""
         ratios = [ratios] * len(sequences) if isinstance(ratios, int) else list(ratios)
-        out: list[PooledPassage | None] = [None] * len(sequences)
+        out: list[PassageStates | None] = [None] * len(sequences)
         lengths = [len(s) for s in sequences]
         for idx in length_buckets(lengths, ENCODE_BATCH, ENCODE_BATCH_TOKENS * self.config.max_passage_tokens):
             input_ids, attention_mask = pad([sequences[i] for i in idx], self.tokenizer.pad_id)
             (states,) = self.session.run(["token_states"], {"input_ids": input_ids, "attention_mask": attention_mask})
-            for row, i in enumerate(idx):
-                pooled, counts = mep.pool(states[row : row + 1], attention_mask[row : row + 1], ratios[i])
-                out[i] = PooledPassage(*trim(pooled[0], counts[0]), ratios[i])
+            for ratio in sorted({ratios[i] for i in idx}):
+                rows = [row for row, i in enumerate(idx) if ratios[i] == ratio]
+                pooled, counts = mep.pool(states[rows], attention_mask[rows], ratio)
+                for k, row in enumerate(rows):
+                    valid = np.flatnonzero(counts[k])
+                    end = int(valid[-1]) + 1 if valid.size else 0
+                    out[idx[row]] = PassageStates.from_passages(
+                        [(pooled[k, :end], counts[k, :end])], ratio, fingerprint=self.config.passage_fingerprint,
+                        dtype=dtype,
+                    )  # fmt: skip
         return out
 
-    def encode(self, documents: Sequence[str], ratio: int) -> list[PooledPassage]:
-        return self.encode_ids(self.tokenizer.encode_documents(documents), ratio)
+    def encode(self, documents: Sequence[str], ratio: int, dtype=STATE_DTYPE) -> PassageStates:
+        return PassageStates.concat(self.encode_ids(self.tokenizer.encode_documents(documents), ratio, dtype))
 
 
 SCORE_BATCH = 256  # candidates per scorer run
@@ -176,18 +197,19 @@ class Scorer:
         return create_session(path, intra_op_threads=config.intra_op_threads, providers=providers,
                               profile=Scorer.profile(config))  # fmt: skip
 
-    def margins(self, prompt_ids: np.ndarray, passages: Sequence[PooledPassage]) -> np.ndarray:
+    def margins(self, prompt_ids: np.ndarray, passages: PassageStates) -> np.ndarray:
         """logit(yes) - logit(no) per passage, in input order."""
         margins = np.empty(len(passages), dtype=np.float32)
-        lengths = [len(p.counts) for p in passages]
-        budget = max(self.config.score_batch_tokens, max(lengths, default=1))
+        lengths = passages.lengths
+        budget = max(self.config.score_batch_tokens, int(lengths.max(initial=1)))
         for idx in length_buckets(lengths, SCORE_BATCH, budget, min_fill=0.8):
-            longest = max(lengths[i] for i in idx)
+            longest = int(lengths[idx].max())
             states = np.zeros((len(idx), longest, self.config.hidden_size), dtype=np.float32)
             mask = np.zeros((len(idx), longest), dtype=np.int64)
             for row, i in enumerate(idx):
-                states[row, : lengths[i]] = passages[i].states
-                mask[row, : lengths[i]] = passages[i].counts > 0
+                passage_states, counts = passages.passage(i)
+                states[row, : len(counts)] = passage_states
+                mask[row, : len(counts)] = counts > 0
             decoder_ids = np.broadcast_to(prompt_ids, (len(idx), len(prompt_ids))).copy()
             (batch_margins,) = self.session.run(
                 ["margins"], {"decoder_input_ids": decoder_ids, "passage_states": states, "passage_mask": mask}
@@ -219,16 +241,6 @@ def check_score_inputs(config: RerankerConfig, prompt: np.ndarray, states: np.nd
     empty = np.flatnonzero((counts > 0).sum(axis=1) == 0)
     if empty.size:
         raise ValidationError(f"passage_counts[{int(empty[0])}]", "no valid group; a passage needs tokens")
-
-
-def stack(passages: Sequence[PooledPassage], dtype=np.float32) -> tuple[np.ndarray, np.ndarray]:
-    """Pooled passages → the wire's padded states and counts (the contract's `pack`)."""
-    return pack([(p.states, p.counts) for p in passages], dtype)
-
-
-def unstack(states: np.ndarray, counts: np.ndarray, ratio: int) -> list[PooledPassage]:
-    """The wire's padded states and counts → pooled passages at `ratio` (the contract's `unpack`)."""
-    return [PooledPassage(s.astype(np.float32), c.astype(np.int32), ratio) for s, c in unpack(states, counts)]
 
 
 def sigmoid(x: np.ndarray) -> np.ndarray:

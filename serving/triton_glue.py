@@ -17,9 +17,10 @@ from typing import Any
 
 import numpy as np
 
-from nestrank.protocol.errors import NestrankError, ValidationError
+from nestrank.protocol.errors import NestrankError, ValidationError, from_triton_error
 from nestrank.protocol.parameters import exported_version, string_parameters
 
+SUB_CALL_CODES = ("INVALID_ARG", "NOT_FOUND", "UNAVAILABLE", "UNSUPPORTED", "INTERNAL", "CANCELLED")
 MAX_MESSAGE_CHARS = 1000  # gRPC trailers are small (16 KB): an error never carries a request's bulk back
 
 
@@ -113,26 +114,60 @@ def error_response(pb_utils, err: Exception):
     return pb_utils.InferenceResponse(error=pb_utils.TritonError(_bounded(message), code))
 
 
-class CacheMetrics:
-    """The passage-state cache's counters on Triton's Prometheus endpoint: nestrank_passage_cache_{hits, misses,
-    evictions, bytes, entries}{model=...}."""
+def bls_call(pb_utils, model: str, inputs, outputs: list[str], parameters: dict | None = None) -> list[np.ndarray]:
+    """A request to another model of this server (BLS); its error keeps its kind, so a full queue below is still
+    overload for the caller, and a dead sub-model is UNAVAILABLE, not the caller's bug."""
+    request = pb_utils.InferenceRequest(model_name=model, inputs=inputs, requested_output_names=outputs,
+                                        parameters=parameters or {})  # fmt: skip
+    response = request.exec()
+    if response.has_error():
+        codes = {getattr(pb_utils.TritonError, name, None): name for name in SUB_CALL_CODES}
+        error = response.error()
+        raise from_triton_error(codes.get(error.code(), "INTERNAL"), f"{model}: {error.message()}")
+    return [pb_utils.get_output_tensor_by_name(response, name).as_numpy() for name in outputs]
 
-    KINDS = {"hits": "COUNTER", "misses": "COUNTER", "evictions": "COUNTER", "bytes": "GAUGE", "entries": "GAUGE"}
-    HELP = {"hits": "passage-state cache hits", "misses": "passage-state cache misses (passages encoded)",
-            "evictions": "passage-state cache evictions", "entries": "passages held",
-            "bytes": "bytes the cached passage states hold (objects included)"}  # fmt: skip
 
-    def __init__(self, pb_utils, model: str):
+class PassageMetrics:
+    """The passage states' counters on Triton's Prometheus endpoint, labelled by model and instance (each instance
+    is a process with its own first level):
+    nestrank_passage_cache_{hits, misses, evictions, bytes, entries} for the first level (this process), and
+    nestrank_passage_store_{hits, misses, errors, corrupt, bytes_read, bytes_written} and the histogram
+    nestrank_passage_store_fetch_seconds for the store (labelled with it too)."""
+
+    CACHE = {"hits": ("COUNTER", "first-level hits (passages)"),
+             "misses": ("COUNTER", "first-level misses (passages)"),
+             "evictions": ("COUNTER", "first-level evictions"),
+             "bytes": ("GAUGE", "bytes the first level holds (objects and index included)"),
+             "entries": ("GAUGE", "passage-state values the first level holds")}  # fmt: skip
+    STORE = {"hits": "passages found in the store", "misses": "passages the store did not have (corrupt included)",
+             "errors": "store operations that failed (unreachable, full)",
+             "corrupt": "store values that failed their header or checksum",
+             "bytes_read": "bytes read from the store", "bytes_written": "bytes written to the store"}  # fmt: skip
+    FETCH_BUCKETS = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0]
+
+    def __init__(self, pb_utils, model: str, instance: str, store: str):
+        family = pb_utils.MetricFamily
         # Families must outlive their metrics: keep both.
-        self.families = {key: pb_utils.MetricFamily(name=f"nestrank_passage_cache_{key}", description=self.HELP[key],
-                                                    kind=getattr(pb_utils.MetricFamily, kind))
-                         for key, kind in self.KINDS.items()}  # fmt: skip
-        self.metrics = {key: family.Metric(labels={"model": model}) for key, family in self.families.items()}
-        self.reported = dict.fromkeys(("hits", "misses", "evictions"), 0)
+        self.families = {f"cache_{key}": family(name=f"nestrank_passage_cache_{key}", description=help_,
+                                                kind=getattr(family, kind))
+                         for key, (kind, help_) in self.CACHE.items()}  # fmt: skip
+        for key, help_ in self.STORE.items():
+            self.families[f"store_{key}"] = family(name=f"nestrank_passage_store_{key}", description=help_,
+                                                   kind=family.COUNTER)  # fmt: skip
+        self.families["fetch"] = family(name="nestrank_passage_store_fetch_seconds", kind=family.HISTOGRAM,
+                                        description="seconds per batched fetch from the store")  # fmt: skip
+        labels = {"model": model, "instance": instance}
+        self.metrics = {key: f.Metric(labels=labels if key.startswith("cache") else {**labels, "store": store})
+                        for key, f in self.families.items() if key != "fetch"}  # fmt: skip
+        self.fetch = self.families["fetch"].Metric(labels={**labels, "store": store}, buckets=self.FETCH_BUCKETS)
+        self.reported: dict[str, int] = {}
 
-    def report(self, stats) -> None:
-        for key in self.reported:
-            self.metrics[key].increment(getattr(stats, key) - self.reported[key])
-            self.reported[key] = getattr(stats, key)
-        self.metrics["bytes"].set(stats.bytes)
-        self.metrics["entries"].set(stats.entries)
+    def report(self, cache_stats, store_stats) -> None:
+        for prefix, stats, keys in (("cache", cache_stats, ("hits", "misses", "evictions")),
+                                    ("store", store_stats, tuple(self.STORE))):  # fmt: skip
+            for key in keys:
+                name, value = f"{prefix}_{key}", getattr(stats, key)
+                self.metrics[name].increment(value - self.reported.get(name, 0))
+                self.reported[name] = value
+        self.metrics["cache_bytes"].set(cache_stats.bytes)
+        self.metrics["cache_entries"].set(cache_stats.entries)

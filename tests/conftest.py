@@ -59,3 +59,12 @@ def reranker_exports(tmp_path_factory, kalm_dir, tiny_t5_dir) -> dict:
         KALM: export_reranker(kalm_dir, KALM, repo, log=quiet),
         TINY_T5: export_reranker(tiny_t5_dir, TINY_T5, repo, max_passage_tokens=T5_MAX_PASSAGE_TOKENS, log=quiet),
     }
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory):
+    """One real redis-server for the session (tests that kill one start their own)."""
+    from tests.redis_server import RedisServer
+
+    with RedisServer(tmp_path_factory.mktemp("redis")) as server:
+        yield server

@@ -59,7 +59,10 @@ class OfficialKaLM:
         return self._states[document]
 
     @torch.inference_mode()
-    def scores(self, query: str, documents: list[str], chunk_size: int, instruction: str = INSTRUCTION) -> np.ndarray:
+    def scores(self, query: str, documents: list[str], chunk_size: int, instruction: str = INSTRUCTION,
+               stored_as: torch.dtype | None = None) -> np.ndarray:  # fmt: skip
+        """The official scores; `stored_as` rounds the pooled passage states to that dtype first, as nestrank holds
+        them (float16), to check everything else exactly."""
         from transformers.modeling_outputs import BaseModelOutput
 
         decoder = torch.tensor([self.decoder_ids(query, instruction)])
@@ -68,6 +71,8 @@ class OfficialKaLM:
             states = self._encoded(document)
             chunks = [states[start : start + chunk_size].mean(dim=0) for start in range(0, len(states), chunk_size)]
             pooled = torch.stack(chunks)[None]
+            if stored_as is not None:
+                pooled = pooled.to(stored_as).float()
             logits = self.model(
                 encoder_outputs=BaseModelOutput(last_hidden_state=pooled),
                 attention_mask=torch.ones(pooled.shape[:2], dtype=torch.long),

@@ -104,3 +104,10 @@ def from_grpc_status(code: str | None, message: str) -> NestrankError:
     err = ValidationError(None, message) if cls is ValidationError else cls(message)
     err.grpc_code = name or cls.grpc_code
     return err
+
+
+def from_triton_error(code: str, message: str) -> NestrankError:
+    """Typed error for a Triton error code as a Python model sees it on a sub-request (pb_utils.TritonError's names:
+    INVALID_ARG, NOT_FOUND, UNAVAILABLE, INTERNAL, ...), through the same table and message rules as gRPC's."""
+    grpc = {"INVALID_ARG": "INVALID_ARGUMENT", "UNSUPPORTED": "UNIMPLEMENTED"}.get(code, code)
+    return from_grpc_status(grpc, message)

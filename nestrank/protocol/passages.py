@@ -1,96 +1,224 @@
-"""Pooled passage states on the wire: the one pack and unpack, and the ragged `PassageStates` clients keep.
+"""Pooled passage states: the one type (`PassageStates`) and the one codec that the wire, the server's store and
+first-level cache, and the `.npz` files clients keep all use.
 
-A passage is its MEP states [G, H] and per-group token counts [G]. On the wire a list of them travels as
-zero-padded [N, G_max, H] states and [N, G_max] int32 counts, where a count of 0 marks padding.
+A passage is its MEP states [G, H] and per-group token counts [G] at a compression ratio. States are float16
+wherever they are held or sent (means are computed in float32 and rounded once per pooling), so every path to a
+passage (encoded now, read from a store, sent by a client) scores the same.
+
+- Wire: N passages travel zero-padded, states [N, G_max, H] float16 and counts [N, G_max] int32; a count of 0
+  marks padding (`padded` / `from_padded`).
+- Store: one value is `to_bytes()`, a versioned header (magic, version, dtype, ratio, passages, groups, width,
+  tokens, a CRC-32 of the body, the model's passage fingerprint) and the arrays; `from_bytes` reads it back
+  without copying the arrays, and refuses anything that fails the header or the checksum (`CorruptStates`).
+- Files: `save` / `load` (.npz), fingerprint included.
+
+The passage fingerprint names the model that made the states (its encoder weights, tokenizer, passage template,
+max passage length and pooling code): states of one model are never scored by another.
 """
 
 from __future__ import annotations
 
+import re
+import struct
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-Passage = tuple[np.ndarray, np.ndarray]  # (states [G, H], counts [G])
+STATE_DTYPE = np.float16
+FINGERPRINT = re.compile(r"[0-9a-f]{32}")  # 128 bits, hex
+
+MAGIC = b"NRPS"
+VERSION = 1
+_DTYPES = {1: np.dtype("<f2")}  # codes in the header; version 1 stores float16 only
+# magic, version, dtype, ratio, passages, groups, width, tokens, crc32 of the body, fingerprint, 4 reserved bytes
+_HEADER = struct.Struct("<4sBBHIIIII16s4x")
+HEADER_BYTES = _HEADER.size  # 48: the body's int64 offsets start 8-aligned
 
 
-def trim(states: np.ndarray, counts: np.ndarray) -> Passage:
-    """One passage without its trailing empty groups (padding)."""
-    valid = np.flatnonzero(counts > 0)
-    end = int(valid[-1]) + 1 if valid.size else 0
-    return states[:end], counts[:end]
+class CorruptStates(ValueError):
+    """A stored value that is not whole, not ours, or not what its key promised: read it as a miss."""
 
 
-def pack(passages: Sequence[Passage], dtype=np.float32, hidden: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Passages → zero-padded [N, G, H] states (`dtype`) and [N, G] int32 counts."""
-    longest = max((len(c) for _, c in passages), default=0)
-    width = passages[0][0].shape[1] if passages else (hidden or 0)
-    states = np.zeros((len(passages), longest, width), dtype=dtype)
-    counts = np.zeros((len(passages), longest), dtype=np.int32)
-    for row, (s, c) in enumerate(passages):
-        states[row, : len(c)] = s
-        counts[row, : len(c)] = c
-    return states, counts
-
-
-def unpack(states: np.ndarray, counts: np.ndarray) -> list[Passage]:
-    """The inverse of pack: each row trimmed of its padding."""
-    return [trim(s, c) for s, c in zip(states, counts)]
+def check_fingerprint(fingerprint: str) -> str:
+    if fingerprint and not FINGERPRINT.fullmatch(fingerprint):
+        raise ValueError(f"a passage fingerprint is 32 lowercase hex digits, got {fingerprint[:40]!r}")
+    return fingerprint
 
 
 @dataclass(frozen=True)
 class PassageStates:
-    """Pooled passage states to keep beside your documents: passage i is states[offsets[i]:offsets[i+1]] (float16)
-    with its per-group token counts. `save`/`load` them, and rerank without re-encoding."""
+    """N pooled passages at one ratio, ragged: passage i is states[offsets[i]:offsets[i+1]] with its per-group
+    token counts. `ids` are content ids (a hash of each document's text) when known; `fingerprint` is the passage
+    fingerprint of the model that encoded them ("" when unknown: files written before fingerprints existed)."""
 
     states: np.ndarray  # [sum of groups, H] float16
     counts: np.ndarray  # [sum of groups] int32
     offsets: np.ndarray  # [N + 1] int64
     ratio: int
-    ids: tuple[str, ...]  # content hashes, as the server computes them
+    ids: tuple[str, ...] = ()
+    fingerprint: str = ""
+
+    def __post_init__(self):
+        if self.states.ndim != 2 or self.counts.shape != self.states.shape[:1] or self.offsets.ndim != 1:
+            raise ValueError(f"states [G, H], counts [G] and offsets [N + 1]; got {self.states.shape}, "
+                             f"{self.counts.shape}, {self.offsets.shape}")  # fmt: skip
+        if len(self.offsets) < 1 or self.offsets[0] != 0 or self.offsets[-1] != len(self.counts):
+            raise ValueError("offsets must run from 0 to the number of groups")
+        if self.ids and len(self.ids) != len(self):
+            raise ValueError(f"{len(self.ids)} ids for {len(self)} passages")
+        check_fingerprint(self.fingerprint)
 
     def __len__(self) -> int:
         return len(self.offsets) - 1
 
-    def passage(self, i: int) -> Passage:
+    @property
+    def width(self) -> int:
+        return self.states.shape[1]
+
+    @property
+    def lengths(self) -> np.ndarray:
+        """Groups per passage."""
+        return np.diff(self.offsets)
+
+    @property
+    def nbytes(self) -> int:
+        return self.states.nbytes + self.counts.nbytes + self.offsets.nbytes
+
+    def passage(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        """Passage i's (states [G, H], counts [G]), views."""
         start, end = self.offsets[i], self.offsets[i + 1]
         return self.states[start:end], self.counts[start:end]
 
-    def padded(self, indices: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
-        """[n, G, H] float16 and [n, G] int32 for the wire."""
-        return pack([self.passage(i) for i in indices], np.float16, hidden=self.states.shape[1])
+    # -- building ---------------------------------------------------------------------------------------------
 
     @classmethod
-    def from_passages(cls, passages: Sequence[Passage], ratio: int, ids: Sequence[str]) -> PassageStates:
+    def from_passages(cls, passages: Sequence[tuple[np.ndarray, np.ndarray]], ratio: int, ids: Sequence[str] = (),
+                      fingerprint: str = "", width: int | None = None, dtype=STATE_DTYPE) -> PassageStates:  # fmt: skip
+        """From (states [G, H], counts [G]) pairs; states are rounded to float16 once, here (another `dtype` is for
+        measuring what that rounding costs, never for serving)."""
         sizes = [len(c) for _, c in passages]
-        hidden = passages[0][0].shape[1] if passages else 0
-        flat_states = np.concatenate([s for s, _ in passages]) if passages else np.zeros((0, hidden))
-        flat_counts = np.concatenate([c for _, c in passages]) if passages else np.zeros(0)
-        offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
-        return cls(flat_states.astype(np.float16), flat_counts.astype(np.int32), offsets, ratio, tuple(ids))
+        width = passages[0][0].shape[1] if passages else (width or 0)
+        states = np.concatenate([s for s, _ in passages]) if passages else np.zeros((0, width))
+        counts = np.concatenate([c for _, c in passages]) if passages else np.zeros(0)
+        offsets = np.zeros(len(sizes) + 1, dtype=np.int64)
+        np.cumsum(sizes, out=offsets[1:])
+        return cls(states.astype(dtype, copy=False), counts.astype(np.int32, copy=False), offsets, ratio,
+                   tuple(ids), fingerprint)  # fmt: skip
 
     @classmethod
-    def from_padded(cls, states: np.ndarray, counts: np.ndarray, ratio: int, ids: Sequence[str]) -> PassageStates:
-        return cls.from_passages(unpack(states, counts), ratio, ids)
+    def from_padded(cls, states: np.ndarray, counts: np.ndarray, ratio: int, ids: Sequence[str] = (),
+                    fingerprint: str = "") -> PassageStates:  # fmt: skip
+        """The wire's zero-padded [N, G, H] / [N, G] → passages without their trailing empty groups."""
+        valid = counts > 0
+        ends = np.where(valid.any(axis=1), counts.shape[1] - np.argmax(valid[:, ::-1], axis=1), 0)
+        return cls.from_passages([(s[:e], c[:e]) for s, c, e in zip(states, counts, ends)], ratio, ids, fingerprint,
+                                 width=states.shape[-1])  # fmt: skip
 
     @classmethod
     def concat(cls, parts: Sequence[PassageStates]) -> PassageStates:
-        if len({p.ratio for p in parts}) != 1:
-            raise ValueError("cannot concatenate states of different ratios")
-        passages = [p.passage(i) for p in parts for i in range(len(p))]
-        return cls.from_passages(passages, parts[0].ratio, [i for p in parts for i in p.ids])
+        if not parts:
+            raise ValueError("nothing to concatenate")
+        if len({p.ratio for p in parts}) != 1 or len({p.fingerprint for p in parts}) != 1:
+            raise ValueError("cannot concatenate states of different ratios or models")
+        ids = [i for p in parts for i in p.ids]
+        if ids and len(ids) != sum(len(p) for p in parts):
+            raise ValueError("some parts have ids and some do not")
+        sizes = np.concatenate([p.lengths for p in parts])
+        offsets = np.zeros(len(sizes) + 1, dtype=np.int64)
+        np.cumsum(sizes, out=offsets[1:])
+        return cls(np.concatenate([p.states for p in parts]), np.concatenate([p.counts for p in parts]), offsets,
+                   parts[0].ratio, tuple(ids), parts[0].fingerprint)  # fmt: skip
 
     def subset(self, indices: Sequence[int]) -> PassageStates:
-        return PassageStates.from_passages(
-            [self.passage(i) for i in indices], self.ratio, [self.ids[i] for i in indices]
+        ids = [self.ids[i] for i in indices] if self.ids else ()
+        return PassageStates.from_passages([self.passage(i) for i in indices], self.ratio, ids, self.fingerprint,
+                                           width=self.width, dtype=self.states.dtype)  # fmt: skip
+
+    # -- the wire ---------------------------------------------------------------------------------------------
+
+    def padded(self, indices: Sequence[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """[n, G_max, H] float16 states and [n, G_max] int32 counts (all passages, or those at `indices`)."""
+        indices = range(len(self)) if indices is None else indices
+        lengths = self.lengths
+        longest = max((int(lengths[i]) for i in indices), default=0)
+        states = np.zeros((len(indices), longest, self.width), dtype=STATE_DTYPE)
+        counts = np.zeros((len(indices), longest), dtype=np.int32)
+        for row, i in enumerate(indices):
+            s, c = self.passage(i)
+            states[row, : len(c)] = s
+            counts[row, : len(c)] = c
+        return states, counts
+
+    # -- a store's value --------------------------------------------------------------------------------------
+
+    def to_bytes(self) -> bytes:
+        body = b"".join((self.offsets.astype("<i8").tobytes(), self.counts.astype("<i4").tobytes(),
+                         self.states.astype("<f2").tobytes()))  # fmt: skip
+        header = _HEADER.pack(
+            MAGIC,
+            VERSION,
+            1,
+            self.ratio,
+            len(self),
+            len(self.counts),
+            self.width,
+            int(self.counts.sum()),
+            zlib.crc32(body),
+            bytes.fromhex(self.fingerprint or "0" * 32),
         )
+        return header + body
+
+    @classmethod
+    def from_bytes(cls, value: bytes | memoryview, fingerprint: str | None = None, ratio: int | None = None,
+                   verify: bool = True) -> PassageStates:  # fmt: skip
+        """A value written by `to_bytes`, its arrays views of `value` (no copies). Raises CorruptStates when the
+        header, the checksum, or the model (`fingerprint`) and `ratio` the caller expects do not match.
+        `verify=False` skips the checksum and the count checks, for values this process verified already."""
+        if len(value) < HEADER_BYTES:
+            raise CorruptStates(f"{len(value)} bytes: shorter than the header")
+        magic, version, dtype, stored_ratio, n, groups, width, tokens, crc, raw_fingerprint = _HEADER.unpack_from(value)
+        if magic != MAGIC or version != VERSION or dtype not in _DTYPES:
+            raise CorruptStates(f"not a passage-state value of version {VERSION} (magic {magic!r}, version {version})")
+        found = raw_fingerprint.hex() if any(raw_fingerprint) else ""
+        if fingerprint is not None and found != fingerprint:
+            raise CorruptStates(f"made by the model with passage fingerprint {found or 'none'}, not {fingerprint}")
+        if ratio is not None and stored_ratio != ratio:
+            raise CorruptStates(f"holds ratio {stored_ratio}, not {ratio}")
+        itemsize = _DTYPES[dtype].itemsize
+        expected = HEADER_BYTES + 8 * (n + 1) + 4 * groups + itemsize * groups * width
+        if len(value) != expected:
+            raise CorruptStates(f"{len(value)} bytes where the header promises {expected}")
+        if verify and zlib.crc32(memoryview(value)[HEADER_BYTES:]) != crc:
+            raise CorruptStates("checksum mismatch")
+        at = HEADER_BYTES
+        offsets = np.frombuffer(value, "<i8", n + 1, at)
+        at += 8 * (n + 1)
+        counts = np.frombuffer(value, "<i4", groups, at)
+        at += 4 * groups
+        states = np.frombuffer(value, _DTYPES[dtype], groups * width, at).reshape(groups, width)
+        try:
+            passages = cls(states, counts, offsets, stored_ratio, (), found)
+        except ValueError as err:
+            raise CorruptStates(str(err)) from None
+        if verify and (int(counts.sum()) != tokens or (counts < 0).any() or (np.diff(offsets) < 0).any()):
+            raise CorruptStates("counts or offsets do not add up")
+        return passages
+
+    # -- files ------------------------------------------------------------------------------------------------
 
     def save(self, path: str | Path) -> None:
         np.savez(path, states=self.states, counts=self.counts, offsets=self.offsets, ratio=self.ratio,
-                 ids=np.array(self.ids))  # fmt: skip
+                 ids=np.array(self.ids, dtype=str), fingerprint=self.fingerprint)  # fmt: skip
 
     @classmethod
     def load(cls, path: str | Path) -> PassageStates:
+        """A file `save` wrote. Files from before fingerprints load with fingerprint "" (a server refuses them:
+        re-encode the documents with `encode_passages`)."""
         with np.load(path) as f:
-            return cls(f["states"], f["counts"], f["offsets"], int(f["ratio"]), tuple(str(i) for i in f["ids"]))
+            fingerprint = str(f["fingerprint"]) if "fingerprint" in f.files else ""
+            return cls(f["states"].astype(STATE_DTYPE, copy=False), f["counts"].astype(np.int32, copy=False),
+                       f["offsets"].astype(np.int64, copy=False), int(f["ratio"]), tuple(str(i) for i in f["ids"]),
+                       fingerprint)  # fmt: skip

@@ -1,9 +1,9 @@
 """The reranking contract: what an exported FBNL reranker serves (its Triton `parameters`), one rerank request's
 options, passage ids, and the tensors of its three models. The server and the client validate with the same rules.
 
-`<name>_encode` returns passage states in float16 (`passage_states`, for the wire and for keeping) or float32
-(`passage_states_fp32`, what the server's cache keeps for exact re-pooling): one output per dtype, asked for by
-name. `<name>_score` and `<name>` take one request at a time (max_batch_size 1: a leading dimension of 1).
+`<name>_encode` returns passage states in float16 with their per-group token counts, and the passage fingerprint of
+the model that made them (states are float16 everywhere: `passages.py`). `<name>_score` and `<name>` take one
+request at a time (max_batch_size 1: a leading dimension of 1).
 """
 
 from __future__ import annotations
@@ -30,8 +30,10 @@ QUERY = "query"
 DOCUMENTS = "documents"
 PASSAGE_IDS = "passage_ids"
 PASSAGE_STATES = "passage_states"
-PASSAGE_STATES_FP32 = "passage_states_fp32"
 PASSAGE_COUNTS = "passage_counts"
+PASSAGE_FINGERPRINT = "passage_fingerprint"  # an `_encode` output per document, and a rerank request parameter
+PASSAGE_TOKENS = "passage_tokens"  # tokens per passage, answered to a warm / index request
+STORED_BYTES = "stored_bytes"  # bytes a warm / index request wrote to the store per passage (0: already there)
 DECODER_INPUT_IDS = "decoder_input_ids"
 SCORES = "scores"
 MARGINS = "margins"
@@ -41,15 +43,15 @@ INDICES = "indices"
 def encode_signature(hidden: int, max_batch_size: int) -> Signature:
     return Signature(
         inputs=(Tensor(DOCUMENTS, "BYTES", (1,)),),
-        outputs=(Tensor(PASSAGE_STATES, "FP16", (-1, hidden)), Tensor(PASSAGE_STATES_FP32, "FP32", (-1, hidden)),
-                 Tensor(PASSAGE_COUNTS, "INT32", (-1,))),
+        outputs=(Tensor(PASSAGE_STATES, "FP16", (-1, hidden)), Tensor(PASSAGE_COUNTS, "INT32", (-1,)),
+                 Tensor(PASSAGE_FINGERPRINT, "BYTES", (1,))),
         max_batch_size=max_batch_size,
     )  # fmt: skip
 
 
 def score_signature(hidden: int) -> Signature:
     return Signature(
-        inputs=(Tensor(DECODER_INPUT_IDS, "INT64", (-1,)), Tensor(PASSAGE_STATES, "FP32", (-1, -1, hidden)),
+        inputs=(Tensor(DECODER_INPUT_IDS, "INT64", (-1,)), Tensor(PASSAGE_STATES, "FP16", (-1, -1, hidden)),
                 Tensor(PASSAGE_COUNTS, "INT32", (-1, -1))),
         outputs=(Tensor(SCORES, "FP32", (-1,)), Tensor(MARGINS, "FP32", (-1,))),
         max_batch_size=1,
@@ -63,7 +65,8 @@ def rerank_signature(hidden: int) -> Signature:
                 Tensor(PASSAGE_STATES, "FP16", (-1, -1, hidden), optional=True),
                 Tensor(PASSAGE_COUNTS, "INT32", (-1, -1), optional=True)),
         outputs=(Tensor(SCORES, "FP32", (-1,)), Tensor(INDICES, "INT32", (-1,)),
-                 Tensor(DOCUMENTS, "BYTES", (-1,)), Tensor(PASSAGE_IDS, "BYTES", (-1,))),
+                 Tensor(DOCUMENTS, "BYTES", (-1,)), Tensor(PASSAGE_IDS, "BYTES", (-1,)),
+                 Tensor(PASSAGE_TOKENS, "INT32", (-1,)), Tensor(STORED_BYTES, "INT64", (-1,))),
         max_batch_size=1,
     )  # fmt: skip
 
@@ -107,8 +110,9 @@ class RerankerConfig:
     weights: str = "fp32"
     max_candidates: int = 1000
     score_batch_tokens: int = 16384  # candidates x pooled length per scorer run
-    passage_cache_bytes: int = 512 << 20
+    passage_cache_bytes: int = 512 << 20  # the in-process first level in front of the passage store
     intra_op_threads: int = 0
+    passage_fingerprint: str = ""  # serving/reranker.py's passage_fingerprint; "" in exports from before it existed
 
     def __post_init__(self):
         if self.architecture not in ("t5gemma2", "t5"):
@@ -143,6 +147,7 @@ class RerankOptions:
     truncate: bool = True
     warm: bool = False  # encode and cache the documents, score nothing
     states_ratio: int | None = None  # ratio of client-sent passage states (default: compression_ratio)
+    passage_fingerprint: str | None = None  # of the model that made client-sent states (PassageStates.fingerprint)
 
 
 def parse_rerank_options(parameters: Mapping[str, Any], config: RerankerConfig) -> RerankOptions:
@@ -164,7 +169,11 @@ def parse_rerank_options(parameters: Mapping[str, Any], config: RerankerConfig) 
             raise ValidationError(
                 "states_ratio", f"{states_ratio} must divide compression_ratio {ratio} (states re-pool to multiples)"
             )
+    fingerprint = parameters.get("passage_fingerprint")
+    if fingerprint is not None:
+        fingerprint = as_str("passage_fingerprint", fingerprint, 64)
     return RerankOptions(
+        passage_fingerprint=fingerprint,
         compression_ratio=ratio,
         warm=as_bool("warm", parameters.get("warm", False)),
         states_ratio=states_ratio,

@@ -1,13 +1,20 @@
-"""Triton glue for `<name>_encode`: documents → MEP passage states at a ratio (query-independent), in float16
-(`passage_states`) or float32 (`passage_states_fp32`), whichever outputs the request asks for."""
+"""Triton glue for `<name>_encode`: documents → MEP passage states at a ratio (query-independent): float16 states,
+per-group token counts, and the passage fingerprint of this model for each document."""
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from nestrank.protocol.errors import ValidationError
 from nestrank.protocol.parameters import as_int, check_names
-from nestrank.protocol.reranking import DOCUMENTS, PASSAGE_COUNTS, PASSAGE_STATES, PASSAGE_STATES_FP32, RerankerConfig
-from nestrank.serving.reranker import ENCODER_FILE, TOKENIZER_FILE, PassageEncoder, RerankTokenizer, stack
+from nestrank.protocol.passages import PassageStates
+from nestrank.protocol.reranking import DOCUMENTS, PASSAGE_COUNTS, PASSAGE_FINGERPRINT, PASSAGE_STATES, RerankerConfig
+from nestrank.serving.reranker import (
+    ENCODER_FILE,
+    TOKENIZER_FILE,
+    PassageEncoder,
+    RerankTokenizer,
+    with_passage_fingerprint,
+)
 from nestrank.serving.triton_glue import (
     decode_texts,
     error_response,
@@ -15,10 +22,7 @@ from nestrank.serving.triton_glue import (
     read_model_args,
     request_error,
     request_parameters,
-    wanted_outputs,
 )
-
-STATES = {PASSAGE_STATES: np.float16, PASSAGE_STATES_FP32: np.float32}
 
 
 def read_ratio(params, config):
@@ -32,9 +36,16 @@ def read_ratio(params, config):
 class TritonPythonModel:
     def initialize(self, args):
         _, config, files = read_model_args(pb_utils, args, RerankerConfig)
+        config = with_passage_fingerprint(config, files)
         tokenizer = RerankTokenizer(files / TOKENIZER_FILE, config)
-        session = PassageEncoder.open_session(files / ENCODER_FILE, config)
-        self.encoder = PassageEncoder(config, tokenizer, session)
+        self.encoder = PassageEncoder(config, tokenizer, PassageEncoder.open_session(files / ENCODER_FILE, config))
+
+    def _respond(self, passages: PassageStates):
+        states, counts = passages.padded()
+        fingerprint = np.array([[passages.fingerprint.encode()]] * len(passages), dtype=object)
+        return pb_utils.InferenceResponse([pb_utils.Tensor(PASSAGE_STATES, states),
+                                           pb_utils.Tensor(PASSAGE_COUNTS, counts),
+                                           pb_utils.Tensor(PASSAGE_FINGERPRINT, fingerprint)])  # fmt: skip
 
     def execute(self, requests):
         responses = [None] * len(requests)
@@ -44,11 +55,10 @@ class TritonPythonModel:
                 documents = decode_texts(input_array(pb_utils, request, DOCUMENTS), DOCUMENTS)
                 ratio = read_ratio(request_parameters(request), self.encoder.config)
                 ids = self.encoder.tokenizer.encode_documents(documents)
-                wanted = [name for name in STATES if name in wanted_outputs(request, (PASSAGE_STATES,))]
             except Exception as err:
                 responses[i] = request_error(pb_utils, err)
                 continue
-            jobs.append((i, len(sequences), len(sequences) + len(ids), wanted))
+            jobs.append((i, len(sequences), len(sequences) + len(ids)))
             sequences += ids
             ratios += [ratio] * len(ids)
         try:
@@ -57,11 +67,9 @@ class TritonPythonModel:
             for i, *_ in jobs:
                 responses[i] = error_response(pb_utils, err)
             return responses
-        for i, start, end, wanted in jobs:
-            outputs = []
-            for name in wanted:
-                states, counts = stack(passages[start:end], STATES[name])
-                outputs.append(pb_utils.Tensor(name, states))
-            outputs.append(pb_utils.Tensor(PASSAGE_COUNTS, stack(passages[start:end])[1]))
-            responses[i] = pb_utils.InferenceResponse(outputs)
+        for i, start, end in jobs:
+            try:
+                responses[i] = self._respond(PassageStates.concat(passages[start:end]))
+            except Exception as err:
+                responses[i] = error_response(pb_utils, err)
         return responses

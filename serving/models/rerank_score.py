@@ -1,8 +1,9 @@
-"""Triton glue for `<name>_score`: one decoder prompt + pooled passage states → scores (one request at a time:
-each carries its own prompt; max_batch_size 1, so the leading dimension is 1)."""
+"""Triton glue for `<name>_score`: one decoder prompt + pooled passage states (float16) → scores (one request at a
+time: each carries its own prompt; max_batch_size 1, so the leading dimension is 1)."""
 
 import triton_python_backend_utils as pb_utils
 
+from nestrank.protocol.passages import PassageStates
 from nestrank.protocol.reranking import (
     DECODER_INPUT_IDS,
     MARGINS,
@@ -11,14 +12,8 @@ from nestrank.protocol.reranking import (
     SCORES,
     RerankerConfig,
 )
-from nestrank.serving.reranker import SCORER_FILE, Scorer, check_score_inputs, sigmoid, unstack
-from nestrank.serving.triton_glue import (
-    error_response,
-    input_array,
-    one_row,
-    read_model_args,
-    request_error,
-)
+from nestrank.serving.reranker import SCORER_FILE, Scorer, check_score_inputs, sigmoid
+from nestrank.serving.triton_glue import error_response, input_array, one_row, read_model_args, request_error
 
 
 class TritonPythonModel:
@@ -33,11 +28,13 @@ class TritonPythonModel:
                 names = (DECODER_INPUT_IDS, PASSAGE_STATES, PASSAGE_COUNTS)
                 prompt, states, counts = (one_row(input_array(pb_utils, request, n), n) for n in names)
                 check_score_inputs(self.scorer.config, prompt, states, counts)
+                # ratio 0: the scorer needs none (counts only mark valid groups)
+                passages = PassageStates.from_padded(states, counts, ratio=0)
             except Exception as err:
                 responses.append(request_error(pb_utils, err))
                 continue
             try:
-                margins = self.scorer.margins(prompt, unstack(states, counts, ratio=0))
+                margins = self.scorer.margins(prompt, passages)
                 outputs = [pb_utils.Tensor(SCORES, sigmoid(margins)[None]), pb_utils.Tensor(MARGINS, margins[None])]
                 responses.append(pb_utils.InferenceResponse(outputs))
             except Exception as err:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -26,10 +27,20 @@ def repository(tmp_path_factory, minilm_dir, tiny_decoder_dir, reranker_exports)
 
 
 @pytest.fixture(scope="session")
-def server(repository):
+def passage_store(tmp_path_factory) -> str:
+    """The session server's passage store: LMDB, as `nestrank serve` has by default."""
+    return f"lmdb://{tmp_path_factory.mktemp('passages')}"
+
+
+@pytest.fixture(scope="session")
+def server(repository, passage_store):
     config = ServerConfig.on_free_ports(repository)
-    with TritonServer(config) as running:
-        yield running
+    os.environ["NESTRANK_PASSAGE_STORE"] = passage_store  # tritonserver and its stubs inherit it
+    try:
+        with TritonServer(config) as running:
+            yield running
+    finally:
+        os.environ.pop("NESTRANK_PASSAGE_STORE", None)
 
 
 @pytest.fixture(scope="session")

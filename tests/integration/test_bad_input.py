@@ -68,7 +68,7 @@ def states(n, groups, width=640, value=0.0, counts=1, dtype="FP16"):
 
 
 def score_inputs(ids=(2, 105, 50), n=1, groups=2, width=640, value=0.0, counts=1):
-    return [ints("decoder_input_ids", [list(ids)], "INT64"), floats("passage_states", np.full((1, n, groups, width), value), "FP32"),
+    return [ints("decoder_input_ids", [list(ids)], "INT64"), floats("passage_states", np.full((1, n, groups, width), value), "FP16"),
             ints("passage_counts", np.full((1, n, groups), counts))]  # fmt: skip
 
 
@@ -111,8 +111,10 @@ CASES = {
     "rerank: top_n 0": Case(KALM, [Q, row("documents", ["a"])], "top_n: must be in 1..", {"top_n": 0}),
     "rerank: empty instruction": Case(KALM, [Q, row("documents", ["a"])], "instruction: empty", {"instruction": " "}),
     "rerank: instruction of 100 KB": Case(KALM, [Q, row("documents", ["a"])], "instruction: 100000 characters exceed", {"instruction": "i" * 100_000}),
-    "rerank: unknown passage id": Case(KALM, [Q, row("passage_ids", ["f" * 32])], "passage_ids[0]: unknown passage id", status="NOT_FOUND"),
-    "rerank: passage id of 100 KB": Case(KALM, [Q, row("passage_ids", ["f" * 100_000])], "passage_ids[0]: unknown passage id", status="NOT_FOUND"),
+    "rerank: unknown passage id": Case(KALM, [Q, row("passage_ids", ["f" * 32])], "passage_ids: 1 of 1 ids are not stored", status="NOT_FOUND"),
+    "rerank: passage id of 100 KB": Case(KALM, [Q, row("passage_ids", ["f" * 100_000])], "passage_ids: 1 of 1 ids are not stored", status="NOT_FOUND"),
+    "rerank: states without a fingerprint": Case(KALM, [Q, *states(1, 2)], "passage_fingerprint: the passage states carry no passage fingerprint"),
+    "rerank: states of another model": Case(KALM, [Q, *states(1, 2)], "passage_fingerprint: the states were made by the model", {"passage_fingerprint": "0" * 32}),
     "rerank: states of the wrong width": Case(KALM, [Q, *states(1, 2, width=32)], "passage_states"),
     "rerank: states of the wrong dtype": Case(KALM, [Q, *states(1, 2, dtype="FP32")], "passage_states"),
     "rerank: 50,000 groups": Case(KALM, [Q, *states(1, 50_000, width=640)], "passage_states: 50000 groups exceed 256"),
@@ -137,7 +139,7 @@ CASES = {
     "score: no valid group": Case(SCORE, score_inputs(counts=0), "passage_counts[0]: no valid group"),
     "score: NaN states": Case(SCORE, score_inputs(value=np.nan), "passage_states: at most 1024 groups, all values finite"),
     "score: 2,000 groups": Case(SCORE, score_inputs(groups=2000), "passage_states: at most 1024 groups"),
-    "score: a batch of 2": Case(SCORE, [ints("decoder_input_ids", [[2], [2]], "INT64"), floats("passage_states", np.zeros((2, 1, 1, 640)), "FP32"),
+    "score: a batch of 2": Case(SCORE, [ints("decoder_input_ids", [[2], [2]], "INT64"), floats("passage_states", np.zeros((2, 1, 1, 640)), "FP16"),
                                         ints("passage_counts", np.ones((2, 1, 1)))], "batch-size must be <= 1"),
 }  # fmt: skip
 

@@ -21,8 +21,8 @@ def manifests() -> list[dict]:
     return [doc for doc in yaml.safe_load_all((DEPLOY / "kubernetes.yaml").read_text()) if doc]
 
 
-def by_kind(kind: str) -> dict:
-    (doc,) = [d for d in manifests() if d["kind"] == kind]
+def by_kind(kind: str, name: str | None = None) -> dict:
+    (doc,) = [d for d in manifests() if d["kind"] == kind and name in (None, d["metadata"]["name"])]
     return doc
 
 
@@ -31,7 +31,7 @@ def dockerfile_cmd() -> list[str]:
     return yaml.safe_load(line[len("CMD ") :])  # the exec form is a JSON array
 
 
-@pytest.mark.parametrize("index", range(2))
+@pytest.mark.parametrize("index", range(5))
 def test_each_kubernetes_object_fits_the_schema(index):
     kubernetes_validate = pytest.importorskip("kubernetes_validate")
     kubernetes_validate.validate(manifests()[index], KUBERNETES_VERSION, strict=True)  # raises on any error
@@ -46,7 +46,7 @@ def test_a_schema_error_would_be_caught():
 
 
 def test_the_deployment_runs_replicas_on_gpus_with_truthful_probes():
-    deployment, service = by_kind("Deployment"), by_kind("Service")
+    deployment, service = by_kind("Deployment"), by_kind("Service", "nestrank")
     pod = deployment["spec"]["template"]
     (container,) = pod["spec"]["containers"]
     assert deployment["spec"]["replicas"] >= 2
@@ -101,3 +101,47 @@ def test_compose_reserves_a_gpu_checks_readiness_and_needs_the_key():
     assert service["environment"]["NESTRANK_API_KEY"].startswith("${NESTRANK_API_KEY:?")  # refuses to start without
     assert service["build"] == {"context": "..", "dockerfile": "deploy/Dockerfile"}  # the repository root
     assert sorted(service["ports"]) == ["8000:8000", "8001:8001", "8002:8002"]
+
+
+def test_the_replicas_share_a_persistent_redis():
+    container = by_kind("Deployment")["spec"]["template"]["spec"]["containers"][0]
+    store = {e["name"]: e for e in container["env"]}["NESTRANK_PASSAGE_STORE"]["value"]
+    redis, service = by_kind("StatefulSet", "nestrank-redis"), by_kind("Service", "nestrank-redis")
+    host, port = store.removeprefix("redis://").split("/")[0].split(":")
+    assert host == service["metadata"]["name"] == redis["spec"]["serviceName"]
+    assert service["spec"]["selector"].items() <= redis["spec"]["template"]["metadata"]["labels"].items()
+    (redis_container,) = redis["spec"]["template"]["spec"]["containers"]
+    assert int(port) == service["spec"]["ports"][0]["port"] == redis_container["ports"][0]["containerPort"]
+    args = redis_container["args"]
+    assert args[args.index("--appendonly") + 1] == "yes"  # indexed passages survive a restart
+    assert args[args.index("--maxmemory-policy") + 1] == "volatile-lru"  # only on-demand entries (with a TTL) go
+    (claim,) = redis["spec"]["volumeClaimTemplates"]
+    assert {"name": claim["metadata"]["name"], "mountPath": "/data"} in redis_container["volumeMounts"]
+
+
+def test_the_index_job_splits_the_corpus_across_indexed_workers():
+    from nestrank.clients import indexing
+
+    job = by_kind("Job", "nestrank-index")["spec"]
+    assert job["completionMode"] == "Indexed" and job["completions"] == job["parallelism"] >= 2
+    (container,) = job["template"]["spec"]["containers"]
+    env = {e["name"]: e for e in container["env"]}
+    index_source = env["JOB_COMPLETION_INDEX"]["valueFrom"]["fieldRef"]["fieldPath"]
+    assert index_source == "metadata.annotations['batch.kubernetes.io/job-completion-index']"
+    assert container["command"] == ["nestrank", "index"]
+    shards = set()
+    for worker in range(job["completions"]):  # as Kubernetes expands $(JOB_COMPLETION_INDEX) for each worker
+        argv = [a.replace("$(JOB_COMPLETION_INDEX)", str(worker)) for a in container["args"]]
+        args = indexing.parser().parse_args(argv)
+        shards.add(args.shard)
+        assert args.url == ["nestrank:8001"]  # the Service's gRPC port
+    assert shards == {(i, job["completions"]) for i in range(job["completions"])}
+
+
+def test_compose_points_nestrank_at_a_persistent_redis():
+    services = yaml.safe_load((DEPLOY / "compose.yaml").read_text())["services"]
+    assert services["nestrank"]["environment"]["NESTRANK_PASSAGE_STORE"] == "redis://redis:6379/0"
+    assert services["nestrank"]["depends_on"]["redis"]["condition"] == "service_healthy"
+    command = services["redis"]["command"]
+    assert command[command.index("--appendonly") + 1] == "yes" and "volatile-lru" in command
+    assert any(volume.endswith(":/data") for volume in services["redis"]["volumes"])

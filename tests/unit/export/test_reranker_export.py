@@ -21,7 +21,7 @@ from nestrank.export.reranker import (
 )
 from nestrank.export.triton_config import read_config, string_parameters
 from nestrank.protocol.reranking import RerankerConfig
-from nestrank.serving.reranker import RerankTokenizer
+from nestrank.serving.reranker import FBNLReranker, RerankTokenizer, passage_fingerprint, sigmoid
 from tests.names import KALM, T5_MAX_PASSAGE_TOKENS, TINY_T5
 
 
@@ -32,17 +32,58 @@ def kalm(reranker_exports):
 
 
 @pytest.mark.parametrize("name, architecture", [(KALM, "t5gemma2"), (TINY_T5, "t5")])
-def test_parity_at_every_ratio(reranker_exports, name, architecture):
+def test_three_models_each_carrying_the_config_and_its_passage_fingerprint(reranker_exports, name, architecture):
     result = reranker_exports[name]
     assert result.config.architecture == architecture
-    assert set(result.parity.max_score_diff) == {1, 2, 4, 8, 16, 32}
-    assert max(result.parity.max_score_diff.values()) <= 1e-4
+    assert set(result.parity.exact) == set(result.parity.served) == {1, 2, 4, 8, 16, 32}
+    encode_dir = result.model_dirs[0] / "1"
+    assert result.config.passage_fingerprint == passage_fingerprint(encode_dir, result.config)
     # The three models, each config parseable and carrying the same reranker config.
     assert [d.name for d in result.model_dirs] == [f"{name}_encode", f"{name}_score", name]
     for model_dir in result.model_dirs:
         config = read_config(model_dir)
         assert config.name == model_dir.name
         assert RerankerConfig.from_parameters(string_parameters(config)) == result.config
+
+
+@pytest.mark.parametrize("ratio", [1, 4, 32])
+def test_the_exported_pipeline_scores_like_the_official_code(reranker_exports, official_kalm, ratio):
+    """The exporter's gate, checked from outside: the exported files in-process against an independent transcription
+    of the official code, exactly with float32 passage states, and within float16 rounding as served."""
+    export = reranker_exports[KALM]
+    reranker = FBNLReranker.from_repository(export.model_dirs[0].parent, KALM, export.config)
+    documents = parity_documents(export.config.max_passage_tokens)
+    query = "which documents explain how to read a file"
+    prompt = reranker.tokenizer.encode_prompt(query, export.config.default_instruction)
+    exact = sigmoid(reranker.scorer.margins(prompt, reranker.encoder.encode(documents, ratio, dtype=np.float32)))
+    served = sigmoid(reranker.scorer.margins(prompt, reranker.encoder.encode(documents, ratio)))
+    official = official_kalm.scores(query, documents, ratio)
+    assert np.abs(exact - official).max() <= 1e-5
+    assert np.abs(served - official_kalm.scores(query, documents, ratio, stored_as=torch.float16)).max() <= 1e-5
+    drift = np.abs(served - official).max()
+    assert 0 < drift <= 1e-3  # what float16 passage states cost (README), and that they are float16
+
+
+def test_the_passage_fingerprint_follows_what_passages_depend_on(reranker_exports, tmp_path):
+    import dataclasses
+    import shutil
+
+    export = reranker_exports[TINY_T5]
+    encode_dir = tmp_path / "encode"
+    shutil.copytree(export.model_dirs[0] / "1", encode_dir)
+    base = passage_fingerprint(encode_dir, export.config)
+    assert base == export.config.passage_fingerprint  # deterministic: the same files, the same fingerprint
+    changed = {passage_fingerprint(encode_dir, dataclasses.replace(export.config, **field))
+               for field in ({"max_passage_tokens": 128}, {"document_template": "Doc: {document}"},
+                             {"passage_special_tokens": False})}  # fmt: skip
+    weights = encode_dir / "encoder.onnx.data"
+    data = bytearray(weights.read_bytes())
+    data[len(data) // 2] ^= 1  # one bit of one weight
+    weights.write_bytes(bytes(data))
+    changed.add(passage_fingerprint(encode_dir, export.config))
+    (encode_dir / "tokenizer.json").write_text((encode_dir / "tokenizer.json").read_text().replace("yes", "yes!", 1))
+    changed.add(passage_fingerprint(encode_dir, export.config))
+    assert len(changed) == 5 and base not in changed
 
 
 def test_the_test_checkpoint_is_shaped_and_stored_like_the_real_one(kalm_dir):

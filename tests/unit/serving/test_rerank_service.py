@@ -1,77 +1,128 @@
-"""RerankService on the exported tiny KaLM-style model, in-process: the logic the `<name>` BLS model runs."""
+"""RerankService on the exported KaLM-shaped model, in-process: the logic the `<name>` BLS model runs, checked
+against an independent transcription of the official code (tests/official_kalm.py), not against itself."""
 
 import numpy as np
 import pytest
+import torch
 
 from nestrank.protocol.errors import NotFoundError, ValidationError
 from nestrank.protocol.reranking import RerankOptions, parse_rerank_options, passage_id
 from nestrank.serving.passage_cache import PassageCache
+from nestrank.serving.passage_store import MemoryStore
+from nestrank.serving.passages import Passages
 from nestrank.serving.rerank_service import Candidates, RerankService
-from nestrank.serving.reranker import FBNLReranker, sigmoid, stack
+from nestrank.serving.reranker import FBNLReranker
 from tests.names import KALM
 
 DOCS = ["how to read a file in python", "ok", "the weather is nice today", "open the file and read each line"]
 QUERY = "read a file"
 
 
-@pytest.fixture
-def setup(reranker_exports):
+@pytest.fixture(scope="module")
+def reranker(reranker_exports):
     export = reranker_exports[KALM]
-    reranker = FBNLReranker.from_repository(export.model_dirs[0].parent, KALM, export.config)
+    return FBNLReranker.from_repository(export.model_dirs[0].parent, KALM, export.config)
+
+
+@pytest.fixture
+def setup(reranker):
     encoded = []
 
     def encode(documents, ratio):
         encoded.extend(documents)
         return reranker.encoder.encode(documents, ratio)
 
-    service = RerankService(export.config, reranker.tokenizer, PassageCache(1 << 20), encode, reranker.scorer.margins)
-    return service, reranker, encoded
+    config = reranker.config
+    passages = Passages(config.passage_fingerprint, config.ratios, PassageCache(1 << 20), MemoryStore())
+    return RerankService(config, reranker.tokenizer, passages, encode, reranker.scorer.margins), encoded
 
 
 def options(service, **params):
     return parse_rerank_options(params, service.config)
 
 
-def test_scores_match_the_in_process_pipeline_and_come_back_ranked(setup):
-    service, reranker, _ = setup
+def official(official_kalm, documents, ratio=4, query=QUERY):
+    return official_kalm.scores(query, documents, ratio, stored_as=torch.float16)
+
+
+def test_scores_are_the_official_ones_ranked(setup, official_kalm):
+    service, _ = setup
     result = service.rerank(QUERY, Candidates(documents=DOCS), options(service))
-    expected = sigmoid(reranker.margins(QUERY, DOCS, 4))
-    np.testing.assert_allclose(result.scores, expected[result.indices], atol=1e-6)
+    np.testing.assert_allclose(result.scores, official(official_kalm, DOCS)[result.indices], atol=1e-5)
     assert list(result.scores) == sorted(result.scores, reverse=True)
     assert result.passage_ids == [passage_id(DOCS[i]) for i in result.indices]
 
 
-def test_a_second_rerank_encodes_nothing(setup):
-    service, _, encoded = setup
+def test_a_second_rerank_encodes_nothing_and_a_coarser_ratio_is_re_pooled(setup, official_kalm):
+    service, encoded = setup
     service.rerank(QUERY, Candidates(documents=DOCS), options(service))
     assert len(encoded) == len(DOCS)
-    service.rerank("another query", Candidates(documents=DOCS + DOCS[:1]), options(service, compression_ratio=8))
+    result = service.rerank(QUERY, Candidates(documents=DOCS + DOCS[:1]), options(service, compression_ratio=8))
     assert len(encoded) == len(DOCS)  # ratio 8 re-pooled from the stored ratio 4
-    assert service.cache.stats.misses == len(DOCS)
+    np.testing.assert_allclose(np.sort(result.scores), np.sort(official(official_kalm, DOCS + DOCS[:1], 8)),
+                               atol=1e-4)  # fmt: skip
 
 
-def test_warm_then_rerank_by_id(setup):
-    service, _, encoded = setup
-    ids = service.warm(DOCS, 4)
-    by_id = service.rerank(QUERY, Candidates(passage_ids=ids), options(service))
-    by_text = service.rerank(QUERY, Candidates(documents=DOCS), options(service))
+def test_index_under_user_ids_then_rerank_by_them(setup):
+    service, encoded = setup
+    stored = service.store(DOCS, 4, [f"doc-{i}" for i in range(len(DOCS))])
+    assert stored.content_ids == [passage_id(d) for d in DOCS] and (stored.tokens > 0).all()
+    assert (stored.stored_bytes > 0).all()
+    by_id = service.rerank(QUERY, Candidates(passage_ids=["doc-3", "doc-0"]), options(service))
+    by_text = service.rerank(QUERY, Candidates(documents=[DOCS[3], DOCS[0]]), options(service))
     np.testing.assert_array_equal(by_id.indices, by_text.indices)
+    np.testing.assert_array_equal(by_id.scores, by_text.scores)
+    assert by_id.passage_ids == [["doc-3", "doc-0"][i] for i in by_id.indices]
     assert len(encoded) == len(DOCS)
-    with pytest.raises(NotFoundError, match=r"passage_ids\[0\]: unknown passage id"):
-        service.rerank(QUERY, Candidates(passage_ids=["0" * 32]), options(service))
+    again = service.store(DOCS, 4, [f"doc-{i}" for i in range(len(DOCS))])
+    assert (again.stored_bytes == 0).all() and (again.tokens == 0).all() and len(encoded) == len(DOCS)  # skipped
+    service.store([DOCS[2]], 4, ["doc-0"])  # doc-0 now names other text
+    moved = service.rerank(QUERY, Candidates(passage_ids=["doc-0"]), options(service))
+    np.testing.assert_array_equal(moved.scores, service.rerank(QUERY, Candidates(documents=[DOCS[2]]),
+                                                               options(service)).scores)  # fmt: skip
 
 
-def test_client_states_rerank_like_documents_and_repool(setup):
-    service, reranker, _ = setup
-    states, counts = stack(reranker.encoder.encode(DOCS, 2))
+def test_unknown_ids_are_not_found_naming_how_many_and_the_first(setup):
+    service, _ = setup
+    service.store(DOCS[:1], 4, ["known"])
+    with pytest.raises(NotFoundError, match=r"passage_ids: 7 of 8 ids are not stored .*first: 'x0', 'x1', 'x2'"):
+        service.rerank(QUERY, Candidates(passage_ids=["known"] + [f"x{i}" for i in range(7)]), options(service))
+    with pytest.raises(NotFoundError, match="1 of 1 ids are not stored for this model at ratio 2"):
+        service.rerank(QUERY, Candidates(passage_ids=["known"]), options(service, compression_ratio=2))
+
+
+def test_a_user_id_twice_with_different_documents_is_refused(setup):
+    service, _ = setup
+    with pytest.raises(ValidationError, match=r"passage_ids\[1\]: 'a' appears twice with different documents"):
+        service.store(DOCS[:2], 4, ["a", "a"])
+    with pytest.raises(ValidationError, match="2 ids for 1 documents"):
+        service.store(DOCS[:1], 4, ["a", "b"])
+
+
+def test_client_states_score_like_documents_and_repool(setup, reranker, official_kalm):
+    service, _ = setup
+    states, counts = reranker.encoder.encode(DOCS, 2).padded()
+    fingerprint = reranker.config.passage_fingerprint
     result = service.rerank(QUERY, Candidates(states=states, counts=counts),
-                            options(service, compression_ratio=8, states_ratio=2))  # fmt: skip
-    expected = sigmoid(reranker.margins(QUERY, DOCS, 8))
-    np.testing.assert_allclose(result.scores, expected[result.indices], atol=1e-5)
+                            options(service, compression_ratio=8, states_ratio=2,
+                                    passage_fingerprint=fingerprint))  # fmt: skip
+    np.testing.assert_allclose(result.scores, official(official_kalm, DOCS, 8)[result.indices], atol=1e-4)
+
+
+@pytest.mark.parametrize(
+    "fingerprint, message",
+    [(None, "carry no passage fingerprint"), ("c" * 32, "made by the model with passage fingerprint 'ccc")],
+)
+def test_states_of_another_model_are_refused(setup, reranker, fingerprint, message):
+    service, _ = setup
+    states, counts = reranker.encoder.encode(DOCS, 4).padded()
+    params = {"passage_fingerprint": fingerprint} if fingerprint else {}
+    with pytest.raises(ValidationError, match=f"passage_fingerprint: .*{message}"):
+        service.rerank(QUERY, Candidates(states=states, counts=counts), options(service, **params))
 
 
 def test_top_n(setup):
-    service, _, _ = setup
+    service, _ = setup
     assert len(service.rerank(QUERY, Candidates(documents=DOCS), options(service, top_n=2)).indices) == 2
 
 
@@ -98,13 +149,14 @@ def test_top_n(setup):
     ],
 )
 def test_bad_candidates(setup, candidates, fragment):
-    service, _, _ = setup
+    service, _ = setup
+    fingerprint = service.config.passage_fingerprint
     with pytest.raises(ValidationError, match=fragment):
-        service.rerank(QUERY, candidates, options(service))
+        service.rerank(QUERY, candidates, options(service, passage_fingerprint=fingerprint))
 
 
 def test_bad_queries(setup):
-    service, _, _ = setup
+    service, _ = setup
     with pytest.raises(ValidationError, match="query: empty"):
         service.rerank("  ", Candidates(documents=DOCS), options(service))
     long_query = " ".join(["file"] * 600)
