@@ -55,6 +55,19 @@ def parser() -> argparse.ArgumentParser:
     f.add_argument("--repeats", type=int, default=3)
     f.add_argument("--ratio", type=int, default=4)
     f.add_argument("--out", type=Path, default=Path("bench/out/fbnl.json"))
+    st = workloads.add_parser("store", help="rerank by id from LMDB / Redis vs the first level; store sizes, "
+                              "fetch latency, nestrank index throughput")  # fmt: skip
+    st.add_argument("--shape", choices=("nano", "small", "large"), default="nano")
+    st.add_argument("--layers", type=int, help="layers on each side (default: the shape's full depth)")
+    st.add_argument("--passages", type=int, default=100, help="candidates per rerank")
+    st.add_argument("--passage-tokens", type=int, default=256)
+    st.add_argument("--repeats", type=int, default=3)
+    st.add_argument("--ratio", type=int, default=4)
+    st.add_argument("--store-passages", type=int, default=100_000, help="synthetic passages in the large store")
+    st.add_argument("--store-tokens", type=int, default=128, help="tokens per synthetic passage")
+    st.add_argument("--fetches", type=int, default=200)
+    st.add_argument("--index-passages", type=int, default=200)
+    st.add_argument("--out", type=Path, default=Path("bench/out/store.json"))
     s = workloads.add_parser(
         "soak", help="saturate the server for a while, embed and rerank mixed: memory, errors, p99"
     )
@@ -79,6 +92,14 @@ def main(argv: list[str]) -> int:
         run(RerankBenchConfig(shape=args.shape, layers=args.layers, passages=args.passages,
                               passage_tokens=args.passage_tokens, repeats=args.repeats, ratio=args.ratio,
                               out=args.out))  # fmt: skip
+        return 0
+    if args.workload == "store":
+        from nestrank.bench.store import StoreBenchConfig, run
+
+        run(StoreBenchConfig(shape=args.shape, layers=args.layers, passages=args.passages,
+                             passage_tokens=args.passage_tokens, repeats=args.repeats, ratio=args.ratio,
+                             store_passages=args.store_passages, store_tokens=args.store_tokens,
+                             fetches=args.fetches, index_passages=args.index_passages, out=args.out))  # fmt: skip
         return 0
     if args.workload == "soak":
         from nestrank.bench.soak import SoakConfig, run

@@ -49,12 +49,12 @@ class RerankBenchConfig:
     out: Path = Path("bench/out/fbnl.json")
 
 
-def make_passages(tokenizer, config: RerankBenchConfig, salt: str = "") -> list[str]:
-    """`passages` texts whose document template is `passage_tokens` tokens long (cut at token boundaries)."""
-    ids = tokenizer(" ".join(realistic_texts(60 * config.passages, seed=3)), add_special_tokens=False)["input_ids"]
+def make_passages(tokenizer, count: int, tokens: int, salt: str = "") -> list[str]:
+    """`count` texts whose document template is `tokens` tokens long (cut at token boundaries)."""
+    ids = tokenizer(" ".join(realistic_texts(60 * count, seed=3)), add_special_tokens=False)["input_ids"]
     prefix = len(tokenizer("<Document>: " + salt, add_special_tokens=False)["input_ids"])
-    body = config.passage_tokens - prefix
-    return [salt + tokenizer.decode(ids[i * body : (i + 1) * body]) for i in range(config.passages)]
+    body = tokens - prefix
+    return [salt + tokenizer.decode(ids[i * body : (i + 1) * body]) for i in range(count)]
 
 
 def timed(fn, repeats: int, label: str) -> list[float]:
@@ -110,7 +110,7 @@ def run(config: RerankBenchConfig, log=print) -> dict:
         reranker = FBNLReranker.from_repository(tmp / "repo", NAME, export.config)
         model, _ = load_checkpoint(checkpoint)
         tokenizer = load_tokenizer(checkpoint)
-        docs = make_passages(tokenizer, config)
+        docs = make_passages(tokenizer, config.passages, config.passage_tokens)
         tokens = [len(x) for x in reranker.tokenizer.encode_documents(docs)]
         rows: dict[str, list[float]] = {}
 
@@ -138,7 +138,9 @@ def run(config: RerankBenchConfig, log=print) -> dict:
 
             def fresh(n, run):  # texts never seen: every passage misses the cache and is encoded
                 client.rerank(
-                    QUERY, make_passages(tokenizer, config, salt=f"run{run} ")[:n], compression_ratio=config.ratio
+                    QUERY,
+                    make_passages(tokenizer, config.passages, config.passage_tokens, salt=f"run{run} ")[:n],
+                    compression_ratio=config.ratio,
                 )
 
             rows["(a) nestrank gRPC, cached passages"] = timed(cached, config.repeats, "a served")

@@ -64,7 +64,7 @@ def reranker_exports(tmp_path_factory, kalm_dir, tiny_t5_dir) -> dict:
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory):
     """One real redis-server for the session (tests that kill one start their own)."""
-    from tests.redis_server import RedisServer
+    from nestrank.bench.redis_process import RedisServer
 
     with RedisServer(tmp_path_factory.mktemp("redis")) as server:
         yield server

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 
+from nestrank.bench.redis_process import RedisServer
 from nestrank.clients.indexing import main as index_main
 from nestrank.clients.rerank import RerankClient
 from nestrank.clients.tensors import array_input, requested, text_input
@@ -27,7 +28,6 @@ from nestrank.protocol.errors import NotFoundError, UnavailableError, Validation
 from nestrank.protocol.reranking import PASSAGE_COUNTS, PASSAGE_STATES, QUERY, SCORES, passage_id
 from nestrank.texts import realistic_texts
 from tests.names import T5_MAX_PASSAGE_TOKENS, TINY_T5
-from tests.redis_server import RedisServer
 from tests.serve_process import ServeProcess, metric_values
 
 pytestmark = pytest.mark.slow

@@ -4,6 +4,7 @@ re-pooling from a finer stored ratio, corrupt values read as misses, aliases, an
 import numpy as np
 import pytest
 
+from nestrank.bench.redis_process import RedisServer
 from nestrank.protocol.errors import BackendError, UnavailableError
 from nestrank.protocol.passages import PassageStates
 from nestrank.protocol.reranking import passage_id
@@ -11,7 +12,6 @@ from nestrank.serving.mep import at_ratio
 from nestrank.serving.passage_cache import PassageCache
 from nestrank.serving.passage_store import MemoryStore, open_store
 from nestrank.serving.passages import Passages
-from tests.redis_server import RedisServer
 
 MODEL, OTHER_MODEL = "a" * 32, "b" * 32
 RATIOS = (1, 2, 4, 8, 16, 32)

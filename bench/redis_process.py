@@ -1,5 +1,6 @@
-"""A real `redis-server` (Debian's package, which `make setup` installs) on a free loopback port, for tests that need
-one: started, killed with SIGKILL, restarted on its data (append-only file, fsync'd on every write)."""
+"""A real `redis-server` (Debian's package, which `make setup` installs) on a free loopback port, for benchmarks and
+tests: started, killed with SIGKILL, restarted on its data (append-only file, fsync'd on every write, unless
+`persistent=False`)."""
 
 from __future__ import annotations
 
@@ -9,15 +10,14 @@ import subprocess
 import time
 from pathlib import Path
 
-import pytest
-
 from nestrank.serving.launcher import free_ports
 
 
 class RedisServer:
-    def __init__(self, directory: Path, port: int | None = None):
+    def __init__(self, directory: Path, port: int | None = None, persistent: bool = True):
         self.directory = Path(directory)
         self.port = port or free_ports(1)[0]
+        self.persistent = persistent
         self.process: subprocess.Popen | None = None
 
     @property
@@ -27,11 +27,12 @@ class RedisServer:
     def start(self) -> RedisServer:
         binary = shutil.which("redis-server")
         if binary is None:
-            pytest.fail("redis-server is not installed: `make setup` installs it (Debian package redis-server)")
+            raise RuntimeError("redis-server is not installed: `make setup` installs it (Debian package redis-server)")
         self.directory.mkdir(parents=True, exist_ok=True)
+        persistence = ["--appendonly", "yes", "--appendfsync", "always"] if self.persistent else ["--appendonly", "no"]
         self.process = subprocess.Popen(
-            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.directory),
-             "--appendonly", "yes", "--appendfsync", "always", "--save", "", "--maxmemory-policy", "volatile-lru"],
+            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.directory), *persistence,
+             "--save", "", "--maxmemory-policy", "volatile-lru"],
             stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
         )  # fmt: skip
         import redis

@@ -1,0 +1,299 @@
+"""`nestrank bench store`: what the passage store costs and saves, on a KaLM-Reranker-V1-shaped model (random weights,
+real widths), in one run.
+
+1. Rerank 100 candidates of 256 tokens for one query, by each way of getting the candidates: first-level hits (the
+   in-process LRU), LMDB and Redis on loopback with the first level off (every passage read from the store),
+   client-sent states, and documents encoded per request. Medians of `repeats`.
+2. Bytes per stored passage at ratios 1, 4 and 32 against the payload (the float16 states): the value's size, and
+   what LMDB and Redis spend on it.
+3. A store of `store_passages` synthetic passages at the model's width: p50 / p99 to fetch `fetch_ids` random ids
+   (first level off), for LMDB and Redis.
+4. `nestrank index` throughput against in-process encoding of the same passages.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import tempfile
+import time
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from nestrank.bench.fbnl import QUERY, make_passages
+from nestrank.bench.redis_process import RedisServer
+from nestrank.bench.results import update_section
+from nestrank.clients.indexing import main as index_main
+from nestrank.clients.rerank import RerankClient
+from nestrank.clients.transport import NO_RETRIES
+from nestrank.export.reranker import export_reranker, load_tokenizer
+from nestrank.export.tiny_checkpoints import kalm_shaped_reranker
+from nestrank.protocol.passages import PassageStates
+from nestrank.protocol.reranking import passage_id
+from nestrank.serving.launcher import ServerConfig, TritonServer
+from nestrank.serving.passage_cache import PassageCache
+from nestrank.serving.passage_store import LmdbStore, PassageStore, RedisStore, open_store
+from nestrank.serving.passages import Passages
+from nestrank.serving.reranker import FBNLReranker
+
+NAME = "bench-kalm"
+
+
+@dataclass(frozen=True)
+class StoreBenchConfig:
+    shape: str = "nano"
+    layers: int | None = None  # None: the shape's full depth
+    passages: int = 100  # candidates per rerank
+    passage_tokens: int = 256
+    repeats: int = 3
+    ratio: int = 4
+    store_passages: int = 100_000
+    store_tokens: int = 128  # tokens per synthetic passage in the large store
+    fetches: int = 200
+    fetch_ids: int = 100
+    index_passages: int = 200
+    out: Path = Path("bench/out/store.json")
+
+
+def timed(fn, repeats: int) -> list[float]:
+    seconds = []
+    for run in range(repeats):
+        start = time.perf_counter()
+        fn(run)
+        seconds.append(time.perf_counter() - start)
+    return seconds
+
+
+@contextmanager
+def served(repository: Path, store: str, first_level_bytes: int | None = None):
+    """A tritonserver on `repository` with this passage store (and first-level bound), and a client."""
+    settings = {"NESTRANK_PASSAGE_STORE": store}
+    if first_level_bytes is not None:
+        settings["NESTRANK_PASSAGE_CACHE_BYTES"] = str(first_level_bytes)
+    saved = {k: os.environ.get(k) for k in settings}
+    os.environ.update(settings)  # tritonserver and its stubs inherit them
+    try:
+        config = ServerConfig.on_free_ports(repository)
+        with TritonServer(config), RerankClient(config.grpc_url, NAME, retry=NO_RETRIES) as client:
+            yield client, config
+    finally:
+        for key, value in saved.items():
+            os.environ.pop(key) if value is None else os.environ.__setitem__(key, value)
+
+
+def synthetic(count: int, tokens: int, ratio: int, width: int, fingerprint: str, seed: int) -> PassageStates:
+    rng = np.random.default_rng(seed)
+    groups = -(-tokens // ratio)
+    counts = np.full(groups, ratio)
+    counts[-1] = tokens - ratio * (groups - 1)
+    parts = [(rng.standard_normal((groups, width), dtype=np.float32), counts) for _ in range(count)]
+    return PassageStates.from_passages(parts, ratio, fingerprint=fingerprint)
+
+
+def bytes_per_passage(store: PassageStore, width: int, tokens: int, ratios=(1, 4, 32), count: int = 500) -> dict:
+    """Per ratio: the float16 payload of one `tokens`-token passage, its value, and what the store spends on it."""
+    rows = {}
+    for ratio in ratios:
+        passages = synthetic(count, tokens, ratio, width, "0" * 32, seed=ratio)
+        values = {f"bytes-probe:{ratio}:{i}".encode(): passages.subset([i]).to_bytes() for i in range(count)}
+        if isinstance(store, LmdbStore):
+            before = store.used_bytes()
+            store.put_many(values, pinned=True)
+            spent = (store.used_bytes() - before) / count
+        else:
+            store.put_many(values, pinned=True)
+            spent = statistics.mean(store.client.memory_usage(k, samples=0) for k in list(values)[:50])
+        rows[ratio] = {"groups": -(-tokens // ratio), "payload": passages.states.nbytes / count,
+                       "value": statistics.mean(len(v) for v in values.values()), "stored": spent}  # fmt: skip
+    return rows
+
+
+def fetch_latency(store: PassageStore, config: StoreBenchConfig, width: int, log) -> dict:
+    """Fills `store` with synthetic passages through the store API, then times batched fetches of random ids."""
+    fingerprint = "5" * 32
+    writer = Passages(fingerprint, (config.ratio,), PassageCache(0), store)
+    ids = [passage_id(f"synthetic {i}") for i in range(config.store_passages)]
+    batch = 1000
+    with tqdm(total=len(ids), unit="passage", desc=f"fill {store.url.split(':')[0]}", disable=log is None) as bar:
+        for start in range(0, len(ids), batch):
+            chunk = ids[start : start + batch]
+            writer.put(chunk, synthetic(len(chunk), config.store_tokens, config.ratio, width, fingerprint, start),
+                       pinned=True)  # fmt: skip
+            bar.update(len(chunk))
+    reader = Passages(fingerprint, (config.ratio,), PassageCache(0), store)  # every read from the store
+    rng = np.random.default_rng(0)
+    seconds = []
+    for _ in range(config.fetches):
+        chosen = [ids[i] for i in rng.choice(len(ids), config.fetch_ids, replace=False)]
+        start = time.perf_counter()
+        found = reader.get(chosen, config.ratio, strict=True)
+        seconds.append(time.perf_counter() - start)
+        assert len(found) == len(chosen)
+    value_bytes = len(synthetic(1, config.store_tokens, config.ratio, width, fingerprint, 0).to_bytes())
+    return {"passages": len(ids), "value_bytes": value_bytes, "p50_ms": 1e3 * float(np.percentile(seconds, 50)),
+            "p99_ms": 1e3 * float(np.percentile(seconds, 99)),
+            "mb_per_s": config.fetch_ids * value_bytes / float(np.median(seconds)) / 1e6}  # fmt: skip
+
+
+def run(config: StoreBenchConfig, log=print) -> dict:
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        checkpoint = kalm_shaped_reranker(tmp / "ckpt", config.shape, layers=config.layers)
+        export = export_reranker(checkpoint, NAME, tmp / "repo", ratios=(config.ratio,), log=log)
+        width = export.config.hidden_size
+        tokenizer = load_tokenizer(checkpoint)
+        docs = make_passages(tokenizer, config.passages, config.passage_tokens)
+        ids = [f"doc-{i}" for i in range(len(docs))]
+        rows: dict[str, list[float]] = {}
+        scores: dict[str, np.ndarray] = {}
+
+        def by_id(client, key):
+            def call(_run):
+                ranked = client.rerank(QUERY, passages=ids, compression_ratio=config.ratio)
+                scores[key] = np.array([r.score for r in sorted(ranked, key=lambda r: r.index)])
+
+            return call
+
+        redis = RedisServer(tmp / "redis", persistent=False).start()
+        try:
+            for label, store, first_level in (("LMDB (first level off)", f"lmdb://{tmp / 'lmdb'}", 0),
+                                              ("Redis on loopback (first level off)", redis.url, 0),
+                                              ("first-level hits (in-process LRU)", "memory://", None)):  # fmt: skip
+                log(f"rerank: {label}")
+                with served(tmp / "repo", store, first_level) as (client, server):
+                    client.index(docs, ids, compression_ratio=config.ratio)
+                    by_id(client, label)(0)  # the first level (where on) holds them from here
+                    rows[label] = timed(by_id(client, label), config.repeats)
+                    if first_level is None:  # the same server for the paths that need no store
+                        states = client.encode_passages(docs, compression_ratio=config.ratio)
+                        rows["client-sent states"] = timed(
+                            lambda _: client.rerank(QUERY, passages=states), config.repeats
+                        )
+                        rows["documents encoded per request"] = timed(
+                            lambda run: client.rerank(QUERY, [f"run {run} {d}" for d in docs],
+                                                      compression_ratio=config.ratio), config.repeats,
+                        )  # fmt: skip
+                        fresh = make_passages(tokenizer, config.index_passages, config.passage_tokens, "index run ")
+                        indexing = index_throughput(tmp, server.grpc_url, export, fresh, config)
+            log("bytes per passage")
+            sizes = {"lmdb": bytes_per_passage(open_store(f"lmdb://{tmp / 'sizes'}?map_size=4GiB"), width,
+                                               config.passage_tokens),
+                     "redis": bytes_per_passage(RedisStore(redis.url), width, config.passage_tokens)}  # fmt: skip
+            log(f"a store of {config.store_passages} passages")
+            value = len(synthetic(1, config.store_tokens, config.ratio, width, "0" * 32, 0).to_bytes())
+            size = int(1.3 * config.store_passages * value) + (1 << 30)  # LMDB pages around each value, and room
+            latency = {"lmdb": fetch_latency(open_store(f"lmdb://{tmp / 'big'}?map_size={size}"), config, width, log),
+                       "redis": fetch_latency(RedisStore(redis.url, timeout_s=10), config, width, log)}  # fmt: skip
+        finally:
+            redis.stop()
+    first = statistics.median(rows["first-level hits (in-process LRU)"])
+    report = {
+        "config": {k: str(v) for k, v in asdict(config).items()},
+        "model": {"shape": config.shape, "hidden": width, "layers": config.layers or "full"},
+        "rerank_s": {
+            k: {"median_s": statistics.median(v), "vs_first_level": statistics.median(v) / first, "runs": v}
+            for k, v in rows.items()
+        },  # fmt: skip
+        "same_scores_across_stores": float(
+            max(np.abs(s - scores["first-level hits (in-process LRU)"]).max() for s in scores.values())
+        ),  # fmt: skip
+        "bytes_per_passage": sizes,
+        "fetch": latency,
+        "index": indexing,
+    }
+    config.out.parent.mkdir(parents=True, exist_ok=True)
+    config.out.write_text(json.dumps(report, indent=2))
+    plot(report, config.out.with_suffix(".png"))
+    update_section("store", results_markdown(report, config))
+    log(results_markdown(report, config))
+    return report
+
+
+def index_throughput(tmp: Path, url: str, export, documents: list[str], config: StoreBenchConfig) -> dict:
+    """Passages/s through `nestrank index` (the served model, over gRPC, into the store) against the same passages
+    encoded in-process by the same graphs."""
+    reranker = FBNLReranker.from_repository(tmp / "repo", NAME, export.config)
+    reranker.encoder.encode(documents[:8], config.ratio)  # sessions warm
+    start = time.perf_counter()
+    reranker.encoder.encode(documents, config.ratio)
+    in_process = len(documents) / (time.perf_counter() - start)
+    del reranker
+    corpus = tmp / "index.jsonl"
+    corpus.write_text("".join(json.dumps({"id": f"i{i}", "text": d}) + "\n" for i, d in enumerate(documents)))
+    start = time.perf_counter()
+    code = index_main([str(corpus), "--url", url, "--model", NAME, "--compression-ratio", str(config.ratio),
+                       "--quiet"])  # fmt: skip
+    served_rate = len(documents) / (time.perf_counter() - start)
+    if code != 0:
+        raise RuntimeError(f"nestrank index exited with {code}")
+    return {"passages": len(documents), "in_process_per_s": in_process, "nestrank_index_per_s": served_rate,
+            "ratio": served_rate / in_process}  # fmt: skip
+
+
+def plot(report: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(report["rerank_s"])
+    medians = [report["rerank_s"][n]["median_s"] for n in names]
+    fig, ax = plt.subplots(figsize=(8, 3.2))
+    ax.barh(names, medians, color=["#4c72b0"] * (len(names) - 1) + ["#c44e52"])
+    for y, value in enumerate(medians):
+        ax.text(value, y, f" {value:.1f} s", va="center")
+    ax.set_xlabel("seconds to rerank 100 candidates (median)")
+    ax.invert_yaxis()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def results_markdown(report: dict, config: StoreBenchConfig) -> str:
+    rerank, fetch, index = report["rerank_s"], report["fetch"], report["index"]
+    lines = [
+        f"## Passage store: rerank by id from LMDB and Redis, {config.passages} candidates",
+        "",
+        f"Regenerated by `nestrank bench store --shape {config.shape}` (random weights at the real widths, width "
+        f"{report['model']['hidden']}); {config.passages} passages of {config.passage_tokens} tokens, ratio "
+        f"{config.ratio}, medians of {config.repeats}.",
+        "",
+        "| candidates from | median s | vs first level |",
+        "| --- | --- | --- |",
+        *(f"| {name} | {row['median_s']:.2f} | {row['vs_first_level']:.3f}x |" for name, row in rerank.items()),
+        "",
+        f"- scores through every store equal (max |Δscore| {report['same_scores_across_stores']:.1e}).",
+        f"- `nestrank index`: {index['nestrank_index_per_s']:.2f} passages/s against {index['in_process_per_s']:.2f} "
+        f"encoding in-process, {index['ratio']:.2f}x ({index['passages']} passages of {config.passage_tokens} "
+        "tokens).",
+        "",
+        f"Bytes per {config.passage_tokens}-token passage (payload: the float16 states):",
+        "",
+        "| ratio | groups | payload | value | in LMDB | in Redis |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for ratio, row in report["bytes_per_passage"]["lmdb"].items():
+        redis_row = report["bytes_per_passage"]["redis"][ratio]
+        lines.append(f"| {ratio} | {row['groups']} | {row['payload']:,.0f} | {row['value']:,.0f} | "
+                     f"{row['stored']:,.0f} | {redis_row['stored']:,.0f} |")  # fmt: skip
+    lines += [
+        "",
+        f"Fetching {config.fetch_ids} random ids from a store of {fetch['lmdb']['passages']:,} passages "
+        f"({config.store_tokens} tokens each, {fetch['lmdb']['value_bytes']:,} bytes a value), first level off, "
+        f"{config.fetches} fetches:",
+        "",
+        "| store | p50 ms | p99 ms | MB/s at p50 |",
+        "| --- | --- | --- | --- |",
+        *(
+            f"| {name} | {row['p50_ms']:.1f} | {row['p99_ms']:.1f} | {row['mb_per_s']:,.0f} |"
+            for name, row in fetch.items()
+        ),  # fmt: skip
+        "",
+        "![rerank time by where the candidates come from](store.png)",
+    ]
+    return "\n".join(lines)
