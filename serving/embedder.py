@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from nestrank.protocol.embedding import EmbedderConfig, EmbedOptions, parse_options, validate_texts
-from nestrank.protocol.errors import BackendError, NestrankError, ValidationError
+from nestrank.protocol.errors import BackendError
 from nestrank.serving.batching import length_buckets
 from nestrank.serving.matryoshka import truncate_dimensions
 from nestrank.serving.quantization import quantize
@@ -31,7 +31,7 @@ class EmbedJob:
 
     texts: Sequence[str]
     options: EmbedOptions
-    result: np.ndarray | NestrankError | None = field(default=None)
+    result: np.ndarray | Exception | None = field(default=None)
 
 
 class Embedder:
@@ -86,26 +86,29 @@ class Embedder:
                     truncate=job.options.truncate,
                     direction=job.options.truncation_direction,
                 )
-            except NestrankError as err:
+            except Exception as err:  # typed: the request's fault; anything else: a server bug (INTERNAL), its alone
                 job.result = err
-                continue
-            except Exception as err:  # tokenizing depends on the request alone: its fault, nobody else's
-                job.result = ValidationError("text", f"could not be tokenized ({type(err).__name__})")
                 continue
             spans.append((job, len(sequences), len(sequences) + len(ids)))
             sequences.extend(ids)
         if not sequences:
             return jobs
         normalized, pooled = self.encode(sequences)
-        for job, start, end in spans:
+        for job, start, end in spans:  # each job's own steps fail it alone
             opts = job.options
-            source = normalized if opts.normalize else pooled
-            vectors = truncate_dimensions(source[start:end], opts.dimensions, opts.normalize)
             try:
-                job.result = quantize(vectors, opts.precision, self.ranges.get(opts.dimensions))
-            except ValueError as err:  # e.g. a model exported without calibration ranges
-                job.result = BackendError(f"precision {opts.precision}: {err}")
+                source = normalized if opts.normalize else pooled
+                vectors = truncate_dimensions(source[start:end], opts.dimensions, opts.normalize)
+                job.result = self.quantize(vectors, opts)
+            except Exception as err:
+                job.result = err
         return jobs
+
+    def quantize(self, vectors: np.ndarray, options: EmbedOptions) -> np.ndarray:
+        try:
+            return quantize(vectors, options.precision, self.ranges.get(options.dimensions))
+        except ValueError as err:  # a model exported without the calibration ranges it claims
+            raise BackendError(f"precision {options.precision}: {err}") from None
 
     def embed(self, texts: Sequence[str], **options: Any) -> np.ndarray:
         """In-process convenience: one request, errors raised."""

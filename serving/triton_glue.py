@@ -3,9 +3,10 @@
 Only the model files import `triton_python_backend_utils`; it is passed in here so this module
 imports (and is tested) outside Triton.
 
-Every model reads each request on its own: whatever goes wrong while reading one request becomes that
-request's error (INVALID_ARGUMENT unless typed otherwise), never its batch-mates'. Only a failure of the
-shared model run fails the batch, as INTERNAL without a traceback (the server log has it).
+Every model reads and answers each request inside its own `try`: whatever goes wrong with one request becomes that
+request's error, never its batch-mates'. Bad input raises a typed error (INVALID_ARGUMENT naming the field and the
+limit); any other exception is a server bug: INTERNAL, its traceback in the server log. Only a failure of the
+shared model run fails the batch.
 """
 
 from __future__ import annotations
@@ -90,15 +91,6 @@ def request_parameters(request) -> dict[str, Any]:
 
 def _bounded(message: str) -> str:
     return message if len(message) <= MAX_MESSAGE_CHARS else message[:MAX_MESSAGE_CHARS] + "… (cut)"
-
-
-def request_error(pb_utils, err: Exception):
-    """The response for a request that could not be read. Reading depends on nothing but the request, so an
-    unexpected exception there is still the request's fault: INVALID_ARGUMENT, its details in the server log."""
-    if not isinstance(err, NestrankError):
-        pb_utils.Logger.log_error(f"nestrank: a request could not be read:\n{traceback.format_exc()}")
-        err = ValidationError(None, f"the request could not be read ({type(err).__name__})")
-    return error_response(pb_utils, err)
 
 
 def error_response(pb_utils, err: Exception):

@@ -10,7 +10,6 @@ from nestrank.serving.triton_glue import (
     error_response,
     input_array,
     read_model_args,
-    request_error,
     request_parameters,
     wanted_outputs,
 )
@@ -40,7 +39,7 @@ class TritonPythonModel:
                 texts, options, outputs[i] = read(request, self.embedder.config)
                 jobs[i] = EmbedJob(texts, options)
             except Exception as err:
-                responses[i] = request_error(pb_utils, err)
+                responses[i] = error_response(pb_utils, err)
         try:
             self.embedder.run(list(jobs.values()))
         except Exception as err:  # the shared model run failed: every request in it learns (INTERNAL)
@@ -48,8 +47,10 @@ class TritonPythonModel:
                 responses[i] = error_response(pb_utils, err)
             return responses
         for i, job in jobs.items():
-            if isinstance(job.result, Exception):
-                responses[i] = error_response(pb_utils, job.result)
-            else:
+            try:
+                if isinstance(job.result, Exception):
+                    raise job.result
                 responses[i] = pb_utils.InferenceResponse([pb_utils.Tensor(outputs[i], job.result)])
+            except Exception as err:
+                responses[i] = error_response(pb_utils, err)
         return responses

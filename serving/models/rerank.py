@@ -24,7 +24,6 @@ from nestrank.serving.triton_glue import (
     input_array,
     one_row,  # fmt: skip
     read_model_args,
-    request_error,
     request_parameters,
 )
 
@@ -103,7 +102,7 @@ class TritonPythonModel:
             try:
                 read = self._read(request)
             except Exception as err:
-                responses.append(request_error(pb_utils, err))
+                responses.append(error_response(pb_utils, err))
                 continue
             try:
                 responses.append(pb_utils.InferenceResponse(self._respond(*read)))

@@ -20,7 +20,6 @@ from nestrank.serving.triton_glue import (
     error_response,
     input_array,
     read_model_args,
-    request_error,
     request_parameters,
 )
 
@@ -56,7 +55,7 @@ class TritonPythonModel:
                 ratio = read_ratio(request_parameters(request), self.encoder.config)
                 ids = self.encoder.tokenizer.encode_documents(documents)
             except Exception as err:
-                responses[i] = request_error(pb_utils, err)
+                responses[i] = error_response(pb_utils, err)
                 continue
             jobs.append((i, len(sequences), len(sequences) + len(ids)))
             sequences += ids

@@ -13,7 +13,7 @@ from nestrank.protocol.reranking import (
     RerankerConfig,
 )
 from nestrank.serving.reranker import SCORER_FILE, Scorer, check_score_inputs, sigmoid
-from nestrank.serving.triton_glue import error_response, input_array, one_row, read_model_args, request_error
+from nestrank.serving.triton_glue import error_response, input_array, one_row, read_model_args
 
 
 class TritonPythonModel:
@@ -31,7 +31,7 @@ class TritonPythonModel:
                 # ratio 0: the scorer needs none (counts only mark valid groups)
                 passages = PassageStates.from_padded(states, counts, ratio=0)
             except Exception as err:
-                responses.append(request_error(pb_utils, err))
+                responses.append(error_response(pb_utils, err))
                 continue
             try:
                 margins = self.scorer.margins(prompt, passages)

@@ -5,7 +5,7 @@ import pytest
 
 from nestrank.protocol import errors
 from nestrank.protocol.parameters import string_parameters
-from nestrank.serving.triton_glue import decode_texts, error_response, one_row, request_error
+from nestrank.serving.triton_glue import decode_texts, error_response, one_row
 
 # The code names pb_utils.TritonError documents (python_backend README, "Error Handling").
 TRITON_CODES = ("UNKNOWN", "INTERNAL", "NOT_FOUND", "INVALID_ARG", "UNAVAILABLE", "UNSUPPORTED", "ALREADY_EXISTS")
@@ -63,12 +63,17 @@ def test_error_response_keeps_the_message_and_code():
     assert "/srv/secret" in logged[-1]  # the details go to the server log
 
 
-def test_a_request_that_cannot_be_read_is_its_own_fault():
+def test_an_unexpected_error_is_internal_with_a_log_line_and_bad_input_is_typed():
+    """Reading a request raises a typed error for anything a caller sent; whatever else goes wrong is the server's
+    bug, and must not pass for the caller's fault (which would hide it from the fuzz tests)."""
     try:
         int("not a number")
     except ValueError as err:
-        response = request_error(fake_pb_utils, err)
-    assert response.error.code == "INVALID_ARG" and "could not be read (ValueError)" in response.error.message
+        response = error_response(fake_pb_utils, err)
+    assert response.error.code == "INTERNAL" and "ValueError" in response.error.message
+    assert "invalid literal" in logged[-1]  # the traceback is in the server log
+    response = error_response(fake_pb_utils, errors.ValidationError("text[0]", "empty string"))
+    assert response.error.code == "INVALID_ARG"
 
 
 def test_messages_are_cut_short():
