@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 
 from nestrank.serving import cli as serving_cli
@@ -40,10 +41,12 @@ def prepare(repository: Path, reranker: str | None, reranker_name: str | None, d
         exported.warn_about_other_versions(repository)
 
 
-def main(argv: list[str]) -> int:
+def main(argv: list[str], environment: Mapping[str, str] | None = None) -> int:
+    """`environment`: extra variables for tritonserver and its models, from Python (no flag), e.g.
+    `main(["--repository", "repo"], environment={"NESTRANK_PASSAGE_STORE": "lmdb:///var/lib/nestrank"})`."""
     args = parser().parse_args(argv)
     prepare(Path(args.repository), args.reranker, args.reranker_name, not args.no_default_models)
-    return serving_cli.run(args)
+    return serving_cli.run(args, environment)
 
 
 if __name__ == "__main__":

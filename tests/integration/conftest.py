@@ -26,6 +26,14 @@ def repository(tmp_path_factory, minilm_dir, tiny_decoder_dir, reranker_exports)
 
 
 @pytest.fixture(scope="session")
+def small_repository(tmp_path_factory, tiny_decoder_dir) -> Path:
+    """One tiny embedder, exported in seconds: for tests of the launcher itself (each starts its own servers)."""
+    repo = tmp_path_factory.mktemp("small_repository")
+    export_embedder(tiny_decoder_dir, TINY_DECODER, repo, max_batch_size=16, log=lambda _: None)
+    return repo
+
+
+@pytest.fixture(scope="session")
 def server(repository):
     config = ServerConfig.on_free_ports(repository)
     with TritonServer(config) as running:
