@@ -194,6 +194,27 @@ def test_the_backends_own_region_cannot_be_registered_without_the_admin_key(mutu
     assert mutual.process is process and process.poll() is None and stub in stub_models(process.pid)  # not restarted
 
 
+def test_a_client_with_the_admin_key_uses_shared_memory_in_the_servers_directory(locked, grpc_tls):
+    """The trusted path: a region created in the server's shm directory, registered with the admin key, receives
+    the output."""
+    path = locked.regions.directory / f"client_{os.getpid()}"
+    fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o600)
+    keys = {**headers(API_KEY, grpc=True), **headers(ADMIN_KEY, grpc=True)}
+    try:
+        os.ftruncate(fd, 1 << 16)
+        refused(lambda: grpc_tls.register_system_shared_memory("mine", f"/{path.name}", 1 << 16))
+        grpc_tls.register_system_shared_memory("mine", f"/{path.name}", 1 << 16, headers=keys)
+        output = grpcclient.InferRequestedOutput("embeddings")
+        output.set_shared_memory("mine", 64 * 4)
+        grpc_tls.infer(TINY_DECODER, [text_input(grpcclient)], outputs=[output], headers=keys)
+        expected = grpc_tls.infer(TINY_DECODER, [text_input(grpcclient)], headers=keys).as_numpy("embeddings")[0]
+        np.testing.assert_allclose(np.frombuffer(os.pread(fd, 64 * 4, 0), dtype=np.float32), expected, atol=1e-6)
+    finally:
+        grpc_tls.unregister_system_shared_memory("mine", headers=keys)
+        os.close(fd)
+        path.unlink()
+
+
 @pytest.mark.skipif(private_shm_unavailable() is not None, reason=f"no private /dev/shm: {private_shm_unavailable()}")
 def test_another_local_user_never_opens_a_region(small_repository, tmp_path):
     """uid 65534 tries to open every region it can name, all the time: at start-up, across a stub reload and after
