@@ -64,8 +64,9 @@ class Regions:
 
 
 def new_regions(private: bool) -> Regions:
-    """Regions for one tritonserver launch; the names carry this launcher's pid (see `remove_leftovers`)."""
-    token = f"{os.getpid()}_{secrets.token_hex(4)}"
+    """Regions for one tritonserver launch; the names carry this launcher's pid and pid namespace (see
+    `remove_leftovers`)."""
+    token = f"{os.getpid()}_{pid_namespace()}_{secrets.token_hex(4)}"
     if not private:
         return Regions(f"nestrank_{token}_", SHM_DIR, False)
     directory = SHM_DIR / f"nestrank-{token}"
@@ -99,14 +100,24 @@ def private_shm_unavailable() -> str | None:
     return None
 
 
+def pid_namespace() -> str:
+    """This process's pid namespace: a pid in a name means something only there (containers may share /dev/shm)."""
+    try:
+        return format(os.stat("/proc/self/ns/pid").st_ino, "x")
+    except OSError:
+        return "0"
+
+
 def remove_leftovers() -> list[Path]:
-    """Regions and private directories of this user whose launcher is gone (its pid is in their names): a launcher
-    killed with SIGKILL cannot clean up after itself."""
-    removed = []
+    """Regions and private directories of this user whose launcher is gone (its pid, in this pid namespace, is in
+    their names): a launcher killed with SIGKILL cannot clean up after itself."""
+    removed, namespace = [], pid_namespace()
     for path in SHM_DIR.glob("nestrank[-_]*") if SHM_DIR.is_dir() else ():
-        fields = path.name.replace("-", "_").split("_")
+        fields = path.name.replace("-", "_").split("_")  # nestrank, pid, namespace, ...
         try:
-            if path.stat().st_uid != os.geteuid() or not fields[1].isdigit() or _alive(int(fields[1])):
+            if len(fields) < 4 or not fields[1].isdigit() or fields[2] != namespace:
+                continue
+            if path.stat().st_uid != os.geteuid() or _alive(int(fields[1])):
                 continue
         except FileNotFoundError:
             continue

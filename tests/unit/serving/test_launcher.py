@@ -325,18 +325,21 @@ def test_regions_are_created_inside_a_directory_only_their_owner_can_enter():
 
 
 def test_leftovers_of_dead_launchers_are_removed_and_live_ones_kept():
+    """Only those of this pid namespace: elsewhere the same pid is another process."""
     dead = subprocess.Popen(["true"])
     dead.wait()
-    mine = [shm.SHM_DIR / f"nestrank-{os.getpid()}_aa", shm.SHM_DIR / f"nestrank_{os.getpid()}_aa_region"]
-    gone = [shm.SHM_DIR / f"nestrank-{dead.pid}_bb", shm.SHM_DIR / f"nestrank_{dead.pid}_bb_region"]
-    for directory, region in (mine, gone):
+    here, elsewhere = shm.pid_namespace(), "f00d"
+    mine = [shm.SHM_DIR / f"nestrank-{os.getpid()}_{here}_aa", shm.SHM_DIR / f"nestrank_{os.getpid()}_{here}_aa_r"]
+    gone = [shm.SHM_DIR / f"nestrank-{dead.pid}_{here}_bb", shm.SHM_DIR / f"nestrank_{dead.pid}_{here}_bb_r"]
+    other = [shm.SHM_DIR / f"nestrank-{dead.pid}_{elsewhere}_cc", shm.SHM_DIR / f"nestrank_{dead.pid}_{elsewhere}_cc_r"]
+    for directory, region in (mine, gone, other):
         directory.mkdir(mode=0o700)
         (directory / "region").write_bytes(b"x")
         region.write_bytes(b"x")
     try:
         removed = shm.remove_leftovers()
         assert set(gone) <= set(removed) and not any(p.exists() for p in gone)
-        assert all(p.exists() for p in mine)
+        assert all(p.exists() for p in mine + other)
     finally:
-        for path in mine + gone:
+        for path in mine + gone + other:
             subprocess.run(["rm", "-rf", str(path)], check=True)
