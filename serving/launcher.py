@@ -69,9 +69,6 @@ class TritonServer:
         if not self.config.model_repository.is_dir():
             raise ServerStartError(f"model repository {self.config.model_repository} does not exist")
         self._install = find_tritonserver(self.config.tritonserver)
-        self._workdir = Path(tempfile.mkdtemp(prefix="nestrank-triton-"))
-        self._backend_dir = prepare_backends(self._install, self._workdir)
-        self._env = server_environment(self._install, self.config.environment)
         reason = "turned off (private_shm=False)" if self.config.private_shm is False else private_shm_unavailable()
         if reason and self.config.private_shm:
             raise ServerStartError(f"private_shm: this host cannot give tritonserver a private /dev/shm: {reason}")
@@ -81,6 +78,9 @@ class TritonServer:
                             "unprivileged user namespaces (a container's own /dev/shm is not shared)")  # fmt: skip
         self._private_shm = reason is None
         remove_leftovers()
+        self._workdir = Path(tempfile.mkdtemp(prefix="nestrank-triton-"))
+        self._backend_dir = prepare_backends(self._install, self._workdir)
+        self._env = server_environment(self._install, self.config.environment)
 
     def start(self) -> TritonServer:
         self.prepare()
