@@ -45,7 +45,8 @@ def main(argv: list[str], environment: Mapping[str, str] | None = None) -> int:
     """`environment`: extra variables for tritonserver and its models, from Python (no flag), e.g.
     `main(["--repository", "repo"], environment={"NESTRANK_PASSAGE_STORE": "lmdb:///var/lib/nestrank"})`."""
     args = parser().parse_args(argv)
-    prepare(Path(args.repository), args.reranker, args.reranker_name, not args.no_default_models)
+    if not serving_cli.refused(args):  # else run() says why, before any export
+        prepare(Path(args.repository), args.reranker, args.reranker_name, not args.no_default_models)
     return serving_cli.run(args, environment)
 
 

@@ -59,15 +59,20 @@ def main(argv: list[str], environment: Mapping[str, str] | None = None) -> int:
     return run(parser().parse_args(argv), environment)
 
 
+def refused(args: argparse.Namespace) -> str | None:
+    """Why these flags cannot start a server (checked before anything is exported or started)."""
+    if args.allow_shared_memory:
+        return ("--allow-shared-memory was removed: a client that registers shared memory can crash the server, so "
+                "shared memory needs --admin-key (README: Operating it safely)")  # fmt: skip
+    if (args.tls_cert is None) != (args.tls_key is None) or (args.tls_ca and not args.tls_cert):
+        return "--tls-cert and --tls-key go together (and --tls-ca needs them)"
+    return None
+
+
 def run(args: argparse.Namespace, environment: Mapping[str, str] | None = None) -> int:
     repository = Path(args.repository)
-    if args.allow_shared_memory:
-        print("nestrank serve: --allow-shared-memory was removed: a client that registers shared memory can crash "
-              "the server, so shared memory needs --admin-key (README: Operating it safely)",
-              file=sys.stderr)  # fmt: skip
-        return 2
-    if (args.tls_cert is None) != (args.tls_key is None) or (args.tls_ca and not args.tls_cert):
-        print("nestrank serve: --tls-cert and --tls-key go together (and --tls-ca needs them)", file=sys.stderr)
+    if reason := refused(args):
+        print(f"nestrank serve: {reason}", file=sys.stderr)
         return 2
     try:
         config = ServerConfig(

@@ -134,8 +134,9 @@ def test_allow_shared_memory_is_refused_with_the_reason(tmp_path, capsys):
     """It let any local client register the backend's own regions and crash the server."""
     from nestrank.serve import main
 
-    assert main(["--repository", str(tmp_path), "--no-default-models", "--allow-shared-memory"]) == 2
+    assert main(["--repository", str(tmp_path / "repo"), "--allow-shared-memory"]) == 2  # before exporting anything
     assert "--allow-shared-memory was removed" in capsys.readouterr().err
+    assert not (tmp_path / "repo").exists()
 
 
 # -- buffers read while other threads write ------------------------------------------------------------------------
