@@ -14,7 +14,6 @@ real widths), in one run.
 from __future__ import annotations
 
 import json
-import os
 import statistics
 import tempfile
 import time
@@ -72,18 +71,12 @@ def timed(fn, repeats: int) -> list[float]:
 @contextmanager
 def served(repository: Path, store: str, first_level_bytes: int | None = None):
     """A tritonserver on `repository` with this passage store (and first-level bound), and a client."""
-    settings = {"NESTRANK_PASSAGE_STORE": store}
+    environment = {"NESTRANK_PASSAGE_STORE": store}
     if first_level_bytes is not None:
-        settings["NESTRANK_PASSAGE_CACHE_BYTES"] = str(first_level_bytes)
-    saved = {k: os.environ.get(k) for k in settings}
-    os.environ.update(settings)  # tritonserver and its stubs inherit them
-    try:
-        config = ServerConfig.on_free_ports(repository)
-        with TritonServer(config), RerankClient(config.grpc_url, NAME, retry=NO_RETRIES) as client:
-            yield client, config
-    finally:
-        for key, value in saved.items():
-            os.environ.pop(key) if value is None else os.environ.__setitem__(key, value)
+        environment["NESTRANK_PASSAGE_CACHE_BYTES"] = str(first_level_bytes)
+    config = ServerConfig.on_free_ports(repository, environment=environment)
+    with TritonServer(config), RerankClient(config.grpc_url, NAME, retry=NO_RETRIES) as client:
+        yield client, config
 
 
 def synthetic(count: int, tokens: int, ratio: int, width: int, fingerprint: str, seed: int) -> PassageStates:

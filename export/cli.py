@@ -1,8 +1,9 @@
-"""`nestrank export embedder ...`"""
+"""`nestrank export embedder|reranker ...`: a progress bar and the parity figures; `-v` adds the libraries' output."""
 
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 
 DEFAULT_REPOSITORY = "model_repository"
@@ -17,8 +18,13 @@ def _dims(text: str) -> tuple[int, ...]:
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="nestrank export", description="Compile a checkpoint for Triton.")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-v", "--verbose", action="store_true",
+                        help="also show the libraries' warnings and logs (torch.onnx, transformers, ONNX "
+                        "Runtime)")  # fmt: skip
     kinds = p.add_subparsers(dest="kind", required=True)
-    e = kinds.add_parser("embedder", help="a (Matryoshka) embedder: encoder + pooling + normalize in one ONNX graph")
+    e = kinds.add_parser("embedder", parents=[common],
+                         help="a (Matryoshka) embedder: encoder + pooling + normalize in one ONNX graph")  # fmt: skip
     e.add_argument("--checkpoint", required=True, help="Hugging Face / sentence-transformers checkpoint directory")
     e.add_argument("--name", required=True, help="Triton model name (the folder under the repository)")
     e.add_argument("--repository", default=DEFAULT_REPOSITORY)
@@ -30,7 +36,8 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--instances", type=int, default=1, help="model instances (each runs its own ORT session)")
     e.add_argument("--threads", type=int, default=0, help="ORT intra-op threads per instance (0: all cores)")
     e.add_argument("--tensorrt-fp16", action="store_true", help="GPU with TensorRT: build fp16 engines")
-    r = kinds.add_parser("reranker", help="an FBNL reranker (T5Gemma 2 / T5): passage encoder + scorer graphs")
+    r = kinds.add_parser("reranker", parents=[common],
+                         help="an FBNL reranker (T5Gemma 2 / T5): passage encoder + scorer graphs")  # fmt: skip
     r.add_argument("--checkpoint", required=True,
                    help="checkpoint directory, or Hugging Face model id (e.g. KaLM-Embedding/KaLM-Reranker-V1-Nano): "
                    "taken from the local cache, downloaded when there is a network")  # fmt: skip
@@ -48,40 +55,49 @@ def main(argv: list[str]) -> int:
     if args.kind == "embedder":
         os.environ.setdefault("HF_HUB_OFFLINE", "1")  # embedder checkpoints are directories, never hub ids
     from nestrank.export import ParityError
+    from nestrank.export.console import StageBar, library_output
 
+    if args.kind == "reranker":
+        from nestrank.export.reranker import RERANKER_STAGES as stages
+        from nestrank.export.reranker import export_reranker
+
+        export = functools.partial(
+            export_reranker,
+            args.checkpoint,
+            args.name,
+            args.repository,
+            ratios=args.ratios,
+            max_query_tokens=args.max_query_tokens,
+            max_passage_tokens=args.max_passage_tokens,
+            precision=args.precision,
+        )
+    else:
+        from nestrank.export.embedder import EMBEDDER_STAGES as stages
+        from nestrank.export.embedder import export_embedder
+
+        export = functools.partial(
+            export_embedder,
+            args.checkpoint,
+            args.name,
+            args.repository,
+            precision=args.precision,
+            max_length=args.max_length,
+            dimensions=args.dims,
+            pooling=args.pooling,
+            max_batch_size=args.max_batch_size,
+            instance_count=args.instances,
+            intra_op_threads=args.threads,
+            tensorrt_fp16=args.tensorrt_fp16,
+        )
+    bar = StageBar(args.name, stages)
     try:
-        if args.kind == "reranker":
-            from nestrank.export.reranker import export_reranker
-
-            result = export_reranker(
-                args.checkpoint,
-                args.name,
-                args.repository,
-                ratios=args.ratios,
-                max_query_tokens=args.max_query_tokens,
-                max_passage_tokens=args.max_passage_tokens,
-                precision=args.precision,
-            )
-            written = result.model_dirs
-        else:
-            from nestrank.export.embedder import export_embedder
-
-            result = export_embedder(
-                args.checkpoint,
-                args.name,
-                args.repository,
-                precision=args.precision,
-                max_length=args.max_length,
-                dimensions=args.dims,
-                pooling=args.pooling,
-                max_batch_size=args.max_batch_size,
-                instance_count=args.instances,
-                intra_op_threads=args.threads,
-                tensorrt_fp16=args.tensorrt_fp16,
-            )
-            written = (result.model_dir,)
+        with library_output(args.verbose):
+            result = export(log=bar.write, progress=bar.stage)
     except (ParityError, FileNotFoundError, ValueError) as err:
+        bar.close(done=False)
         print(f"nestrank export: {err}")
         return 1
+    bar.close()
+    written = result.model_dirs if args.kind == "reranker" else (result.model_dir,)
     print("wrote " + ", ".join(str(d) for d in written))
     return 0

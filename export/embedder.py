@@ -121,6 +121,9 @@ def check_parity(embedder: Embedder, reference: np.ndarray, texts: list[str], pr
     return ParityReport(precision, float(cosines.min()), float(cosines.mean()), len(texts))
 
 
+EMBEDDER_STAGES = ("loading the checkpoint", "exporting the ONNX graph", "checking parity", "calibrating, writing")
+
+
 @dataclass(frozen=True)
 class ExportResult:
     model_dir: Path
@@ -142,8 +145,11 @@ def export_embedder(
     intra_op_threads: int = 0,
     tensorrt_fp16: bool = False,
     log=print,
+    progress=lambda stage: None,
 ) -> ExportResult:
-    """Exports, gates on parity, and only then writes `<repository>/<name>/`."""
+    """Exports, gates on parity, and only then writes `<repository>/<name>/`. `log` gets the parity figures,
+    `progress` the name of each stage (EMBEDDER_STAGES) as it starts."""
+    progress(EMBEDDER_STAGES[0])
     ckpt = read_checkpoint(checkpoint, pooling)
     from transformers import AutoModel
 
@@ -168,12 +174,14 @@ def export_embedder(
         version_dir = staging / "1"
         version_dir.mkdir()
         fp32_path = version_dir / MODEL_FILE
+        progress(EMBEDDER_STAGES[1])
         with torch.no_grad():
             export_onnx(PooledEncoder(backbone, ckpt.pooling).eval(), fp32_path, backbone.config.vocab_size)
         if precision != "fp32":
             convert_precision(fp32_path, precision)
         shutil.copy(ckpt.tokenizer_json, version_dir / TOKENIZER_FILE)
 
+        progress(EMBEDDER_STAGES[2])
         embedder = Embedder.load(version_dir, config, providers=("CPUExecutionProvider",))
         texts = list(PARITY_TEXTS)
         report = check_parity(embedder, reference_embeddings(ckpt, texts, max_length), texts, precision)
@@ -182,6 +190,7 @@ def export_embedder(
             raise ParityError(f"{name}: {report}; nothing written")
 
         # Fixed int8/uint8 ranges per served dimension, from this model's own outputs.
+        progress(EMBEDDER_STAGES[3])
         calibration = embedder.embed(realistic_texts(512, seed=1234))
         np.savez(
             version_dir / CALIBRATION_FILE,

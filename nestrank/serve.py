@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 
 from nestrank.serving import cli as serving_cli
@@ -67,12 +68,15 @@ def prepare(repository: Path, reranker: str | None, reranker_name: str | None, d
         exported.warn_about_other_versions(repository)
 
 
-def main(argv: list[str]) -> int:
+def main(argv: list[str], environment: Mapping[str, str] | None = None) -> int:
+    """`environment`: extra variables for tritonserver and its models, from Python (no flag), e.g.
+    `main(["--repository", "repo"], environment={"NESTRANK_PASSAGE_STORE": "lmdb:///var/lib/nestrank"})`."""
     args = parser().parse_args(argv)
-    check_passage_store(args.passage_store)
-    os.environ["NESTRANK_PASSAGE_STORE"] = args.passage_store  # tritonserver and its model stubs inherit it
-    prepare(Path(args.repository), args.reranker, args.reranker_name, not args.no_default_models)
-    return serving_cli.run(args)
+    if not serving_cli.refused(args):  # else run() says why, before any export
+        check_passage_store(args.passage_store)
+        prepare(Path(args.repository), args.reranker, args.reranker_name, not args.no_default_models)
+    # tritonserver and its model stubs get the store in their environment
+    return serving_cli.run(args, {"NESTRANK_PASSAGE_STORE": args.passage_store, **(environment or {})})
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ import argparse
 import os
 import signal
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 
 from nestrank.serving.launcher import ServerConfig, ServerStartError, TlsConfig, TritonServer
@@ -37,11 +38,8 @@ def parser() -> argparse.ArgumentParser:
                    help="key (header nestrank-admin-key) that opens Triton's admin APIs: shared memory, model "
                    "repository, statistics, trace, logging (default: a random key, so they stay closed); "
                    "env NESTRANK_ADMIN_KEY")  # fmt: skip
-    p.add_argument(
-        "--allow-shared-memory",
-        action="store_true",
-        help="open the shared-memory APIs without the admin key (same-host clients that need them)",
-    )
+    # Removed: a client that registers shared memory can crash the server (it may name the backend's own regions).
+    p.add_argument("--allow-shared-memory", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--tls-cert", type=Path, help="gRPC TLS: the server certificate (PEM)")
     p.add_argument("--tls-key", type=Path, help="gRPC TLS: the server key (PEM)")
     p.add_argument("--tls-ca", type=Path, help="gRPC mutual TLS: accept client certificates signed by this CA (PEM)")
@@ -55,15 +53,26 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str]) -> int:
-    """Serves the repository as it is (`nestrank serve` prepares it first: `nestrank/serve.py`)."""
-    return run(parser().parse_args(argv))
+def main(argv: list[str], environment: Mapping[str, str] | None = None) -> int:
+    """Serves the repository as it is (`nestrank serve` prepares it first: `nestrank/serve.py`). `environment`:
+    extra variables for tritonserver and its models (ServerConfig.environment)."""
+    return run(parser().parse_args(argv), environment)
 
 
-def run(args: argparse.Namespace) -> int:
-    repository = Path(args.repository)
+def refused(args: argparse.Namespace) -> str | None:
+    """Why these flags cannot start a server (checked before anything is exported or started)."""
+    if args.allow_shared_memory:
+        return ("--allow-shared-memory was removed: a client that registers shared memory can crash the server, so "
+                "shared memory needs --admin-key (README: Operating it safely)")  # fmt: skip
     if (args.tls_cert is None) != (args.tls_key is None) or (args.tls_ca and not args.tls_cert):
-        print("nestrank serve: --tls-cert and --tls-key go together (and --tls-ca needs them)", file=sys.stderr)
+        return "--tls-cert and --tls-key go together (and --tls-ca needs them)"
+    return None
+
+
+def run(args: argparse.Namespace, environment: Mapping[str, str] | None = None) -> int:
+    repository = Path(args.repository)
+    if reason := refused(args):
+        print(f"nestrank serve: {reason}", file=sys.stderr)
         return 2
     try:
         config = ServerConfig(
@@ -77,9 +86,9 @@ def run(args: argparse.Namespace) -> int:
             response_cache_bytes=args.response_cache_bytes,
             api_key=args.api_key,
             admin_key=args.admin_key,
-            allow_shared_memory=args.allow_shared_memory,
             tls=TlsConfig(args.tls_cert, args.tls_key, args.tls_ca) if args.tls_cert else None,
             extra_args=tuple(args.triton_arg),
+            environment=environment or {},
         )
     except ValueError as err:
         print(f"nestrank serve: {err}", file=sys.stderr)
@@ -107,7 +116,7 @@ def run(args: argparse.Namespace) -> int:
     if stopping:  # the signal came before tritonserver existed
         server.stop()
         return 0
-    print(f"nestrank: serving {repository} — gRPC {config.grpc_url}, HTTP {config.host}:{config.http_port}", flush=True)
+    print(f"nestrank: serving {repository} — gRPC {config.grpc_url}, HTTP {config.http_address}", flush=True)
     code = server.wait()
     server.stop()
     return code

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 from pathlib import Path
 
@@ -33,14 +32,18 @@ def passage_store(tmp_path_factory) -> str:
 
 
 @pytest.fixture(scope="session")
+def small_repository(tmp_path_factory, tiny_decoder_dir) -> Path:
+    """One tiny embedder, exported in seconds: for tests of the launcher itself (each starts its own servers)."""
+    repo = tmp_path_factory.mktemp("small_repository")
+    export_embedder(tiny_decoder_dir, TINY_DECODER, repo, max_batch_size=16, log=lambda _: None)
+    return repo
+
+
+@pytest.fixture(scope="session")
 def server(repository, passage_store):
-    config = ServerConfig.on_free_ports(repository)
-    os.environ["NESTRANK_PASSAGE_STORE"] = passage_store  # tritonserver and its stubs inherit it
-    try:
-        with TritonServer(config) as running:
-            yield running
-    finally:
-        os.environ.pop("NESTRANK_PASSAGE_STORE", None)
+    config = ServerConfig.on_free_ports(repository, environment={"NESTRANK_PASSAGE_STORE": passage_store})
+    with TritonServer(config) as running:
+        yield running
 
 
 @pytest.fixture(scope="session")

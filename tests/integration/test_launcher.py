@@ -1,19 +1,29 @@
 """`nestrank serve`'s launcher against the real binary: readable failure when a model cannot load; a model exported
-by an older nestrank keeps serving."""
+by an older nestrank keeps serving; the configured environment reaches the models; nothing outlives a launcher
+killed with SIGKILL."""
 
 import shutil
+import time
+from pathlib import Path
 
 import pytest
 
-from nestrank.serving.launcher import ServerConfig, ServerStartError, TritonServer, free_ports
+from nestrank.serving.launcher import (
+    ServerConfig,
+    ServerStartError,
+    TritonServer,
+    free_ports,
+    stub_models,
+    stubs_with_prefix,
+)
 from tests.names import TINY_DECODER
 
 pytestmark = pytest.mark.slow
 
 
-def test_a_model_that_fails_to_load_stops_the_server_with_its_reason(repository, tmp_path):
+def test_a_model_that_fails_to_load_stops_the_server_with_its_reason(small_repository, tmp_path):
     broken = tmp_path / "repo"
-    shutil.copytree(repository / TINY_DECODER, broken / TINY_DECODER)
+    shutil.copytree(small_repository / TINY_DECODER, broken / TINY_DECODER)
     (broken / TINY_DECODER / "1" / "model.onnx").write_bytes(b"not an onnx graph")
     config = ServerConfig.on_free_ports(broken)
     with pytest.raises(ServerStartError) as err:
@@ -23,8 +33,10 @@ def test_a_model_that_fails_to_load_stops_the_server_with_its_reason(repository,
     assert TINY_DECODER in message and "UNAVAILABLE" in message
 
 
-def test_serve_command_serves_a_model_an_older_nestrank_exported_until_sigterm(repository, tmp_path):
-    """An upgrade keeps an exported repository serving: its model.py imports the installed glue; serve warns."""
+def test_serve_command_serves_a_model_an_older_nestrank_exported_until_sigterm(small_repository, tmp_path):
+    """An upgrade keeps an exported repository serving: its model.py imports the installed glue; serve warns. Run
+    as `nestrank.serve.main(argv, environment=...)` from Python: the variables reach the models' processes, and the
+    start-up line names the HTTP address actually bound (--http-host)."""
     import json
     import queue
     import signal
@@ -37,13 +49,15 @@ def test_serve_command_serves_a_model_an_older_nestrank_exported_until_sigterm(r
     from nestrank.protocol.headers import VERSION_PARAMETER
 
     repo = tmp_path / "repo"
-    shutil.copytree(repository / TINY_DECODER, repo / TINY_DECODER)
+    shutil.copytree(small_repository / TINY_DECODER, repo / TINY_DECODER)
     config = read_config(repo / TINY_DECODER)
     config.parameters[VERSION_PARAMETER].string_value = json.dumps("0.0.1")
     write_config(config, repo / TINY_DECODER)
     grpc_port, http_port, metrics_port = free_ports(3)
     ports = ["--grpc-port", str(grpc_port), "--http-port", str(http_port), "--metrics-port", str(metrics_port)]
-    cmd = [sys.executable, "-m", "nestrank", "serve", "--repository", str(repo), "--no-default-models", *ports]
+    serve = "import sys; from nestrank.serve import main; sys.exit(main(sys.argv[1:], environment={'NESTRANK_X': 'y'}))"
+    addresses = ["--host", "localhost", "--http-host", "127.0.0.1"]
+    cmd = [sys.executable, "-c", serve, "--repository", str(repo), "--no-default-models", *addresses, *ports]
     process = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     lines = queue.Queue()
     threading.Thread(target=lambda: [lines.put(line) for line in process.stdout], daemon=True).start()
@@ -52,10 +66,55 @@ def test_serve_command_serves_a_model_an_older_nestrank_exported_until_sigterm(r
         while not any("nestrank: serving" in line for line in seen):  # printed once Triton is ready
             seen.append(lines.get(timeout=120))
         assert any(f"WARNING: {TINY_DECODER} was exported by nestrank 0.0.1" in line for line in seen)
+        assert f"gRPC localhost:{grpc_port}, HTTP 127.0.0.1:{http_port}" in seen[-1]
         with EmbedClient(f"127.0.0.1:{grpc_port}", TINY_DECODER) as client:
             assert client.embed(["still serving"]).shape[0] == 1
+        (stub,) = stub_models(process.pid)  # launcher → tritonserver → stub
+        assert b"NESTRANK_X=y" in open(f"/proc/{stub}/environ", "rb").read().split(b"\0")
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=60) == 0
     finally:
         if process.poll() is None:
             process.kill()
+
+
+LAUNCHER = """
+import sys
+from nestrank.serving.launcher import ServerConfig, TritonServer
+server = TritonServer(ServerConfig.on_free_ports(sys.argv[1])).start()
+print(server.process.pid, server.regions.prefix, server.regions.directory, flush=True)
+server.wait()
+"""
+
+
+def test_nothing_outlives_a_launcher_killed_with_sigkill(small_repository, tmp_path):
+    """tritonserver gets SIGTERM when its launcher dies and takes its stubs with it; the next launcher's start
+    removes the shared memory the dead one could not."""
+    import subprocess
+    import sys
+
+    from nestrank.serving.process_tree import running
+    from nestrank.serving.shm import SHM_DIR
+
+    shutil.copytree(small_repository / TINY_DECODER, tmp_path / "repo" / TINY_DECODER)
+    launcher = subprocess.Popen([sys.executable, "-c", LAUNCHER, str(tmp_path / "repo")], stdout=subprocess.PIPE,
+                                text=True)  # fmt: skip
+    try:
+        pid, prefix, directory = launcher.stdout.readline().split()
+        stubs = stubs_with_prefix(prefix)
+        assert stubs and running(int(pid))
+        launcher.kill()
+        launcher.wait()
+        deadline = time.monotonic() + 120
+        while any(running(p) for p in [int(pid), *stubs]) or stubs_with_prefix(prefix):
+            assert time.monotonic() < deadline, "tritonserver or a stub outlived its launcher"
+            time.sleep(0.1)
+        left = sorted(Path(directory).glob(f"{prefix}*")) if Path(directory).is_dir() else []
+        print(f"launcher SIGKILLed: tritonserver and {len(stubs)} stub(s) gone; left behind: "
+              f"{'its directory' if Path(directory).is_dir() and Path(directory) != SHM_DIR else 'nothing'}, "
+              f"{len(left)} regions")  # fmt: skip
+        TritonServer(ServerConfig.on_free_ports(tmp_path / "repo")).prepare()  # the next launcher
+        assert not (Path(directory) != SHM_DIR and Path(directory).exists())
+        assert not list(SHM_DIR.glob(f"{prefix}*"))
+    finally:
+        launcher.kill()
