@@ -121,7 +121,11 @@ class AsyncRerankClient(AsyncModelClient[RerankerConfig]):
             params.setdefault("compression_ratio", passages.ratio)
         parse_rerank_options(params, config)  # the server's own rules, before sending
         names = (SCORES, INDICES, PASSAGE_IDS)
-        chunks = [np.arange(s, min(s + config.max_candidates, count)) for s in range(0, count, config.max_candidates)]
+        per_request = config.candidates_per_request(params.get("compression_ratio", config.default_ratio))
+        if isinstance(passages, PassageStates):  # as sent: their own size
+            longest = config.state_bytes(int(passages.lengths.max()))
+            per_request = max(1, min(config.max_candidates, config.max_request_state_bytes // longest))
+        chunks = [np.arange(s, min(s + per_request, count)) for s in range(0, count, per_request)]
         results = await self._gather(
             self._infer(self.model, _request(query, chunk, documents, passages), requested(*names), params)
             for chunk in chunks

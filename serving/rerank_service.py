@@ -140,6 +140,41 @@ class RerankService:
                                   "re-encode the documents with encode_passages against this model")  # fmt: skip
         return at_ratio(PassageStates.from_padded(states, counts, stored, fingerprint=mine), options.compression_ratio)
 
+    def _check_state_bytes(self, field: str, candidates: Candidates, options: RerankOptions) -> None:
+        """Before any work: the passage states this request would hold stay within max_request_state_bytes."""
+        limit, ratio = self.config.max_request_state_bytes, options.compression_ratio
+        if candidates.states is not None:  # as sent
+            held = candidates.states.nbytes + (0 if candidates.counts is None else candidates.counts.nbytes)
+            if held > limit:
+                raise ValidationError("passage_states", f"{held / 2**20:.1f} MiB of states exceed "
+                                      f"max_request_state_bytes {limit / 2**20:.0f} MiB; send fewer per request (the "
+                                      "clients split them)")  # fmt: skip
+            return
+        most = self.config.candidates_per_request(ratio)
+        if candidates.count() > most:
+            longest = self.config.state_bytes(-(-self.config.max_passage_tokens // ratio))
+            raise ValidationError(field, f"{candidates.count()} candidates at ratio {ratio} may hold up to "
+                                  f"{candidates.count() * longest / 2**20:.0f} MiB of passage states, over "
+                                  f"max_request_state_bytes {limit / 2**20:.0f} MiB: send at most {most} per request "
+                                  "at this ratio (the clients split for you), or use a coarser ratio")  # fmt: skip
+
+    def _score_in_chunks(self, prompt: np.ndarray, passages: PassageStates) -> np.ndarray:
+        """Margins, the candidates sent to the scorer in length-sorted calls of at most score_chunk_bytes (padded)."""
+        margins = np.empty(len(passages), dtype=np.float32)
+        lengths = passages.lengths
+        order = np.argsort(lengths, kind="stable")
+        start = 0
+        while start < len(order):
+            end = start + 1  # sorted: the chunk's last passage is its longest, so its padded size is count × that
+            while end < len(order) and (end + 1 - start) * self.config.state_bytes(int(lengths[order[end]])) <= (
+                self.config.score_chunk_bytes
+            ):
+                end += 1
+            chunk = order[start:end]
+            margins[chunk] = self.score(prompt, passages.subset(chunk))
+            start = end
+        return margins
+
     # -- requests ---------------------------------------------------------------------------------------------
 
     def store(self, documents: list[str], ratio: int, user_ids: list[str] | None = None) -> Stored:
@@ -149,6 +184,7 @@ class RerankService:
         if not documents:
             raise ValidationError("documents", "nothing to store; send at least one document")
         self._check_documents(documents)
+        self._check_state_bytes("documents", Candidates(documents=documents), RerankOptions(ratio, ""))
         ids = [passage_id(d) for d in documents]
         unique_ids = list(dict.fromkeys(ids))
         pinned = user_ids is not None
@@ -195,6 +231,7 @@ class RerankService:
             raise ValidationError(given[0], "no candidates; send at least one")
         if n > self.config.max_candidates:
             raise ValidationError(given[0], f"{n} candidates exceed max_candidates {self.config.max_candidates}")
+        self._check_state_bytes(given[0], candidates, options)
         prompt = self.tokenizer.encode_prompt(query, options.instruction, options.truncate)  # validates the query first
         ratio = options.compression_ratio
         ids = [""] * n
@@ -204,6 +241,6 @@ class RerankService:
             passages, ids = self._from_ids(candidates.passage_ids, ratio), list(candidates.passage_ids)
         else:
             passages = self._from_states(candidates.states, candidates.counts, options)
-        scores = sigmoid(self.score(prompt, passages))
+        scores = sigmoid(self._score_in_chunks(prompt, passages))
         order = rank(scores, options.top_n)
         return RerankResult(order.astype(np.int32), scores[order].astype(np.float32), [ids[i] for i in order])

@@ -235,6 +235,9 @@ def check_score_inputs(config: RerankerConfig, prompt: np.ndarray, states: np.nd
                               f"1 <= N <= {config.max_candidates}")  # fmt: skip
     if states.shape[1] > most or not np.isfinite(states).all():
         raise ValidationError("passage_states", f"at most {most} groups, all values finite")
+    if states.nbytes > config.max_request_state_bytes:
+        raise ValidationError("passage_states", f"{states.nbytes / 2**20:.1f} MiB exceed max_request_state_bytes "
+                              f"{config.max_request_state_bytes / 2**20:.0f} MiB")  # fmt: skip
     if counts.shape != states.shape[:2] or (counts < 0).any() or (counts > most).any():
         raise ValidationError("passage_counts", f"shape {list(counts.shape)}, values 0..{most}; expected "
                               f"{list(states.shape[:2])}")  # fmt: skip

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from nestrank.protocol.errors import NestrankError, ValidationError, from_triton_error
+from nestrank.protocol.errors import NestrankError, UnavailableError, ValidationError, from_triton_error
 from nestrank.protocol.parameters import exported_version, string_parameters
 
 SUB_CALL_CODES = ("INVALID_ARG", "NOT_FOUND", "UNAVAILABLE", "UNSUPPORTED", "INTERNAL", "CANCELLED")
@@ -115,7 +115,10 @@ def bls_call(pb_utils, model: str, inputs, outputs: list[str], parameters: dict 
     if response.has_error():
         codes = {getattr(pb_utils.TritonError, name, None): name for name in SUB_CALL_CODES}
         error = response.error()
-        raise from_triton_error(codes.get(error.code(), "INTERNAL"), f"{model}: {error.message()}")
+        code = codes.get(error.code(), "INTERNAL")
+        if code == "NOT_FOUND":  # our own sub-model, unloaded while the launcher reloads it: this replica's outage
+            raise UnavailableError(f"{model} is not loaded (reloading); try another replica")
+        raise from_triton_error(code, f"{model}: {error.message()}")
     return [pb_utils.get_output_tensor_by_name(response, name).as_numpy() for name in outputs]
 
 

@@ -111,6 +111,11 @@ class RerankerConfig:
     max_candidates: int = 1000
     score_batch_tokens: int = 16384  # candidates x pooled length per scorer run
     passage_cache_bytes: int = 512 << 20  # the in-process first level in front of the passage store
+    # Memory bounds. One rerank request holds at most this many bytes of passage states (its candidates at the
+    # request's ratio, counted at their longest: ⌈max_passage_tokens / ratio⌉ groups each; client-sent states as
+    # sent), and the rerank model sends them to the scorer in calls of at most score_chunk_bytes through /dev/shm.
+    max_request_state_bytes: int = 512 << 20
+    score_chunk_bytes: int = 64 << 20
     intra_op_threads: int = 0
     passage_fingerprint: str = ""  # serving/reranker.py's passage_fingerprint; "" in exports from before it existed
 
@@ -129,6 +134,16 @@ class RerankerConfig:
             raise ValueError("document_template lacks {document}")
         if self.max_query_tokens < 1 or self.max_passage_tokens < 2 or self.max_candidates < 1:
             raise ValueError("max_query_tokens >= 1, max_passage_tokens >= 2 and max_candidates >= 1")
+
+    def state_bytes(self, groups: int) -> int:
+        """Bytes of one passage's pooled states and counts: float16 [groups, H] and int32 [groups]."""
+        return groups * (2 * self.hidden_size + 4)
+
+    def candidates_per_request(self, ratio: int) -> int:
+        """The most candidates one request may carry at `ratio` (documents or ids): max_candidates, or fewer where
+        their longest states would pass max_request_state_bytes. Clients split longer lists into requests of it."""
+        longest = self.state_bytes(-(-self.max_passage_tokens // ratio))
+        return max(1, min(self.max_candidates, self.max_request_state_bytes // longest))
 
     def to_parameters(self) -> dict[str, str]:
         return to_parameters(self)

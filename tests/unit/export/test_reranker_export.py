@@ -24,6 +24,8 @@ from nestrank.protocol.reranking import RerankerConfig
 from nestrank.serving.reranker import FBNLReranker, RerankTokenizer, passage_fingerprint, sigmoid
 from tests.names import KALM, T5_MAX_PASSAGE_TOKENS, TINY_T5
 
+pytestmark = pytest.mark.slow  # exports two rerankers (the session's shared fixture)
+
 
 @pytest.fixture(scope="module")
 def kalm(reranker_exports):

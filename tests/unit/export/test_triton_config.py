@@ -50,12 +50,13 @@ def test_bytes_warmup_layout(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def built_repository(tmp_path_factory, tiny_decoder_dir, reranker_exports):
+def built_repository(tmp_path_factory, tiny_decoder_dir, reranker_exports):  # slow: exports two rerankers
     """Model directories exported here: an embedder, and the session's rerankers (three models each)."""
     embedder = export_embedder(tiny_decoder_dir, "embedder", tmp_path_factory.mktemp("repo"), log=lambda _: None)
     return [embedder.model_dir, *(d for export in reranker_exports.values() for d in export.model_dirs)]
 
 
+@pytest.mark.slow
 def test_every_config_of_an_exported_repository_parses(built_repository):
     assert len(built_repository) == 7
     for model_dir in built_repository:

@@ -14,6 +14,8 @@ from nestrank.serving.rerank_service import Candidates, RerankService
 from nestrank.serving.reranker import FBNLReranker
 from tests.names import KALM
 
+pytestmark = pytest.mark.slow  # exports two rerankers (the session's shared fixture)
+
 DOCS = ["how to read a file in python", "ok", "the weather is nice today", "open the file and read each line"]
 QUERY = "read a file"
 
@@ -164,3 +166,32 @@ def test_bad_queries(setup):
         service.rerank(long_query, Candidates(documents=DOCS), RerankOptions(4, "find", truncate=False))
     cut = service.rerank(long_query, Candidates(documents=DOCS), options(service))
     assert len(cut.scores) == len(DOCS)
+
+
+def test_requests_are_bounded_in_bytes_and_the_scorer_gets_bounded_calls(reranker, official_kalm):
+    """At ratio 1, 1,000 candidates of up to 1,024 tokens could hold 1.3 GB of states on the Nano width: the request
+    is refused before any work, naming the limit; what is admitted reaches the scorer in bounded calls."""
+    import dataclasses
+
+    config = dataclasses.replace(reranker.config, score_chunk_bytes=200_000)
+    calls = []
+
+    def score(prompt, passages):
+        calls.append(len(passages.padded()[0].tobytes()))
+        return reranker.scorer.margins(prompt, passages)
+
+    passages = Passages(config.passage_fingerprint, config.ratios, PassageCache(1 << 20), MemoryStore())
+    service = RerankService(config, reranker.tokenizer, passages, reranker.encoder.encode, score)
+    most = config.candidates_per_request(1)
+    assert most == (512 << 20) // (1024 * (2 * 640 + 4)) == 408 and config.candidates_per_request(4) == 1000
+    with pytest.raises(ValidationError, match=r"documents: 409 candidates at ratio 1 may hold up to 513 MiB .* "
+                                              r"max_request_state_bytes 512 MiB: send at most 408"):  # fmt: skip
+        service.rerank(QUERY, Candidates(documents=["x"] * 409), options(service, compression_ratio=1))
+    big = np.zeros((1, 1024, 640), np.float16)
+    with pytest.raises(ValidationError, match="passage_states: .* exceed max_request_state_bytes"):
+        service.rerank(QUERY, Candidates(states=np.repeat(big, 500, 0), counts=np.ones((500, 1024), np.int32)),
+                       options(service, compression_ratio=1, passage_fingerprint=config.passage_fingerprint))  # fmt: skip
+    docs = DOCS * 5
+    result = service.rerank(QUERY, Candidates(documents=docs), options(service, compression_ratio=1))
+    assert len(calls) > 1 and max(calls) <= 200_000
+    np.testing.assert_allclose(np.sort(result.scores), np.sort(official(official_kalm, docs, 1)), atol=1e-4)
