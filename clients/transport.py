@@ -10,7 +10,7 @@
 - An unknown model is final (a misspelled name is not an outage), unless the server says it is not ready: with
   `--strict-readiness`, that is a model being reloaded, so the endpoint counts as down.
 - A grpc.aio channel belongs to the event loop it was made in, so each loop that uses a client gets channels of
-  its own. They reconnect quickly after a server restart (see CHANNEL_ARGS).
+  its own. An endpoint that failed gets a fresh channel, so that a restarted server is used as soon as it is up.
 """
 
 from __future__ import annotations
@@ -93,19 +93,18 @@ class Credentials:
         return options
 
 
-# tritonclient.grpc.aio passes these to grpc.aio verbatim (and then leaves out its own keepalive defaults).
-# Reconnect: a channel whose server went away retries the connection after 100 ms, growing 1.6x a try up to the
-# maximum (±20% jitter), and fails requests at once meanwhile. With a 1 s maximum a restarted server was ready for
-# up to 1.2 s before the channel noticed (10-11 requests failed after readiness, one every 50 ms; gRPC's default,
-# 120 s, gave 35-46); 250 ms caps that near 0.3 s, which the client's own retries cover. A dead endpoint then costs
-# a refused connect four times a second.
+# tritonclient.grpc.aio passes these to grpc.aio verbatim (and then leaves out its own keepalive defaults). A channel
+# that failed to connect fails requests at once until its next try, which gRPC backs off (100 ms, growing 1.6x to
+# the maximum, ±20%); the client does not wait for that: an endpoint that failed gets a fresh channel (see `call`).
 CHANNEL_ARGS = [
     ("grpc.max_send_message_length", _MAX_MESSAGE),
     ("grpc.max_receive_message_length", _MAX_MESSAGE),
     ("grpc.initial_reconnect_backoff_ms", 100),
-    ("grpc.min_reconnect_backoff_ms", 100),  # gRPC core reads it as the minimum connect timeout
     ("grpc.max_reconnect_backoff_ms", 250),
-    ("grpc.use_local_subchannel_pool", 1),  # a new client does not inherit another client's backoff
+    # Despite its name, gRPC core reads this as the time a connection attempt may take (default 20 s): long enough
+    # for a TLS handshake across regions, short enough that a vanished host does not hold a request for long.
+    ("grpc.min_reconnect_backoff_ms", 2_000),
+    ("grpc.use_local_subchannel_pool", 1),  # a fresh channel does not inherit another channel's backoff
     ("grpc.keepalive_time_ms", 30_000),  # a dead peer is noticed within a minute, even during a long call
 ]
 
@@ -255,10 +254,16 @@ class AsyncEndpoints:
         call = _Call(self.endpoints, self._turn, self.retry, deadline, self.credentials.headers)
         while True:
             endpoint = call.choose()
+            client = self._client(state, endpoint)
             try:
                 async with state.gate:
-                    result = await self._attempt(fn, self._client(state, endpoint), endpoint, call)
+                    result = await self._attempt(fn, client, endpoint, call)
             except NestrankError as err:
+                if isinstance(err, UnavailableError) and state.clients.get(endpoint.url) is client:
+                    # A channel that could not connect waits out gRPC's reconnect backoff (up to 0.3 s here, 2 min by
+                    # default) while the server may already be back; a fresh one connects on its first request. The
+                    # old one closes when the calls still on it finish.
+                    del state.clients[endpoint.url]
                 await asyncio.sleep(call.retry_after(endpoint, err))
                 continue
             call.succeeded(endpoint)
