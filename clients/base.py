@@ -9,6 +9,7 @@ started is cancelled, down to its gRPC call, which reaches the server as a cance
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any, Generic, TypeVar
@@ -83,6 +84,7 @@ class AsyncModelClient(Generic[C]):
         self._endpoints = AsyncEndpoints(url, retry, Credentials.from_env(api_key, **tls), self.concurrency)
         self._info: ModelInfo[C] | None = None
         self._running: set[asyncio.Task] = set()  # the calls in flight, on whatever loop: close() cancels them
+        self._running_lock = threading.Lock()
 
     @property
     def closed(self) -> bool:
@@ -94,7 +96,8 @@ class AsyncModelClient(Generic[C]):
             raise ClientClosedError("the client is closed")
         deadline = time.monotonic() + self.timeout_s
         task = asyncio.ensure_future(work(deadline))
-        self._running.add(task)
+        with self._running_lock:
+            self._running.add(task)
         try:
             return await asyncio.wait_for(task, self.timeout_s)
         except DeadlineExceededError:
@@ -106,7 +109,8 @@ class AsyncModelClient(Generic[C]):
                 raise ClientClosedError("the client was closed during the call") from None
             raise
         finally:
-            self._running.discard(task)
+            with self._running_lock:
+                self._running.discard(task)
 
     async def _infer(self, model: str, inputs: list, outputs: list, parameters: dict, deadline: float):
         return await self._endpoints.call(
@@ -130,8 +134,10 @@ class AsyncModelClient(Generic[C]):
         """Idempotent. Calls still running fail with ClientClosedError; channels are closed."""
         self._endpoints.closed = True
         current = asyncio.get_running_loop()
-        here = [task for task in self._running if task.get_loop() is current]
-        for task in list(self._running):
+        with self._running_lock:
+            running = list(self._running)
+        here = [task for task in running if task.get_loop() is current]
+        for task in running:
             if task.get_loop() is current:
                 task.cancel()
             elif not task.get_loop().is_closed():
