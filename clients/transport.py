@@ -253,6 +253,8 @@ class AsyncEndpoints:
         state = self._state()
         call = _Call(self.endpoints, self._turn, self.retry, deadline, self.credentials.headers)
         while True:
+            if self.closed:  # closed from another thread while this call was backing off
+                raise ClientClosedError("the client is closed")
             endpoint = call.choose()
             client = self._client(state, endpoint)
             try:
