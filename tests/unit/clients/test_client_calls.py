@@ -67,7 +67,7 @@ def test_every_request_of_a_call_shares_its_one_deadline(server):
 
     asyncio.run(one())
     first, second = server.requests()
-    assert second.time_remaining < 0.75 < 1.25 < first.time_remaining
+    assert second.time_remaining < first.time_remaining - 0.9  # the first took 1 s of the call's 1.5
 
 
 def test_a_failed_call_cancels_its_siblings_and_their_grpc_calls(server):
