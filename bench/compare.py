@@ -207,7 +207,8 @@ def run(config: CompareConfig, log=print) -> int:
             outputs = [None] * len(batches)
 
             async def measure():
-                async with AsyncEmbedClient(server_config.grpc_url, model, concurrency=1, retry=NO_RETRIES) as client:
+                async with AsyncEmbedClient(server_config.grpc_url, model, concurrency=config.concurrency,
+                                            retry=NO_RETRIES) as client:  # fmt: skip
                     for batch in batches[:4]:
                         await client.embed(batch)
 

@@ -20,6 +20,7 @@ from nestrank.bench.loadgen import closed_loop, open_loop, sequential, write_rep
 from nestrank.texts import realistic_texts
 
 PASSAGE_MODES = ("cached", "states", "fresh")
+IN_FLIGHT = 4096  # the load generator decides what is in flight (closed or open loop); the client must not cap it
 
 
 @dataclass(frozen=True)
@@ -103,7 +104,7 @@ class EmbedWorkload:
         self.tokens = [count(b) if count else 0 for b in self.batches]
         from nestrank.clients.embed import AsyncEmbedClient
 
-        self.client = AsyncEmbedClient(list(url), config.model, concurrency=1, retry=config.retry)
+        self.client = AsyncEmbedClient(list(url), config.model, concurrency=IN_FLIGHT, retry=config.retry)
 
     async def send(self, i: int) -> tuple[int, int]:
         i = (i + self.config.warmup) % len(self.batches)  # duration-bounded runs cycle through the texts
@@ -143,7 +144,7 @@ class RerankWorkload:
 
         self.config = config
         self.documents = load_texts(config, config.batch_size * 4)
-        self.client = AsyncRerankClient(list(url), config.model, retry=config.retry)
+        self.client = AsyncRerankClient(list(url), config.model, concurrency=IN_FLIGHT, retry=config.retry)
         count = token_counter(config)
         self.doc_tokens = count(self.documents) / len(self.documents) if count else 0
         self.ids: list[str] = []

@@ -61,8 +61,9 @@ async def _drive(config: SoakConfig, url: str, server, log) -> dict:
     rng = random.Random(0)
     requests: list[tuple[float, str, float | None, str]] = []  # (start offset, kind, latency or None, outcome)
     memory: list[tuple[float, float, float]] = []
-    embed = AsyncEmbedClient(url, EMBED, retry=NO_RETRIES, concurrency=1)
-    rerank = AsyncRerankClient(url, RERANK, retry=NO_RETRIES)
+    # The soak's own loop bounds what is in flight; the clients' per-client limits must not.
+    embed = AsyncEmbedClient(url, EMBED, retry=NO_RETRIES, concurrency=config.concurrency)
+    rerank = AsyncRerankClient(url, RERANK, retry=NO_RETRIES, concurrency=config.concurrency)
     started = time.monotonic()
     counter = iter(range(1 << 40))
 

@@ -41,6 +41,8 @@ def main(argv: list[str]) -> int:
     except NestrankError as err:
         print(f"nestrank embed: {type(err).__name__}: {err}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:  # the call and its requests were cancelled on the way out
+        return 130
     for text, vector in zip(texts, vectors):
         print(json.dumps({"text": text, "embedding": vector.tolist()}))
     return 0
@@ -68,6 +70,8 @@ def rerank_main(argv: list[str]) -> int:
     except NestrankError as err:
         print(f"nestrank rerank: {type(err).__name__}: {err}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        return 130
     for r in ranked:
         print(json.dumps({"index": r.index, "score": round(r.score, 6), "document": r.document}))
     return 0

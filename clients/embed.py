@@ -9,16 +9,17 @@ embeddings in input order.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 from collections.abc import Sequence
 
 import numpy as np
 from tqdm.auto import tqdm
 
-from nestrank.clients.base import AsyncModelClient
+from nestrank.clients.base import AsyncModelClient, check_count, gather_all
 from nestrank.clients.chunking import split_by_length
 from nestrank.clients.sync import SyncClient, blocking
-from nestrank.clients.tensors import requested, text_input
+from nestrank.clients.tensors import encode_texts, output, requested, text_input
 from nestrank.clients.transport import DEFAULT_URL
 from nestrank.protocol.embedding import (
     EMBEDDING_OUTPUTS,
@@ -28,18 +29,8 @@ from nestrank.protocol.embedding import (
     output_width,
     parse_options,
 )
-from nestrank.protocol.errors import BackendError, ValidationError
 
 DEFAULT_MODEL = "all-minilm-l6-v2"
-
-
-def _check_texts(texts: Sequence[str]) -> list[str]:
-    if isinstance(texts, str):
-        raise ValidationError("texts", "expected a list of strings, got a single string")
-    texts = list(texts)
-    if not texts:
-        raise ValidationError("texts", "no texts; send at least one")
-    return texts
 
 
 class AsyncEmbedClient(AsyncModelClient[EmbedderConfig]):
@@ -62,40 +53,41 @@ class AsyncEmbedClient(AsyncModelClient[EmbedderConfig]):
         concurrency: int | None = None,
         progress: bool = False,
     ) -> np.ndarray:
-        """[len(texts), dims] (packed precisions: dims/8 columns), dtype per `precision`, in input order."""
-        texts = _check_texts(texts)
-        info = await self.info()
-        params = dict(dimensions=info.width if dimensions is None else dimensions, precision=precision,
-                      normalize=normalize, truncate=truncate, truncation_direction=truncation_direction)  # fmt: skip
-        if input_type is not None:
-            params["input_type"] = input_type
-        options = parse_options(params, info.config)  # the server's own validation, before sending
-        params = {k: v for k, v in dataclasses.asdict(options).items() if v is not None}
-        size = min(batch_size or info.max_batch_size or len(texts), info.max_batch_size or len(texts))
-        if size < 1:
-            raise ValidationError("batch_size", f"must be >= 1, got {batch_size}")
-        out = np.empty((len(texts), output_width(precision, options.dimensions)), dtype=OUTPUT_DTYPES[precision])
-        output = EMBEDDING_OUTPUTS[precision]
-        gate = asyncio.Semaphore(max(1, concurrency or self.concurrency))
-        bar = tqdm(total=len(texts), disable=not progress, unit="text")
+        """[len(texts), dims] (packed precisions: dims/8 columns), dtype per `precision`, in input order.
+        `batch_size` and `concurrency` can lower the model's batch limit and the client's concurrency for this
+        call."""
+        encoded = encode_texts("texts", texts)  # every bad text refused before anything is sent
+        if batch_size is not None:
+            check_count("batch_size", batch_size)
+        if concurrency is not None:
+            check_count("concurrency", concurrency)
+        asked = dict(dimensions=dimensions, precision=precision, normalize=normalize, truncate=truncate,
+                     truncation_direction=truncation_direction, input_type=input_type)  # fmt: skip
 
-        async def send(chunk: np.ndarray) -> None:
-            inputs, wanted = [text_input(TEXT, [texts[i] for i in chunk], [len(chunk), 1])], requested(output)
-            async with gate:
-                result = await self._infer(self.model, inputs, wanted, params)
-            rows = result.as_numpy(output)
-            if rows is None or rows.shape[0] != len(chunk):
-                raise BackendError(
-                    f"the server returned {None if rows is None else rows.shape[0]} rows for {len(chunk)} texts"
-                )
-            out[chunk] = rows
-            bar.update(len(chunk))
+        async def work(deadline: float) -> np.ndarray:
+            info = await self._model_info(deadline)
+            params = {k: v for k, v in asked.items() if v is not None}
+            options = parse_options(params, info.config)  # the server's own validation, before sending
+            params = {k: v for k, v in dataclasses.asdict(options).items() if v is not None}
+            limit = info.max_batch_size or len(encoded)
+            size = min(batch_size or limit, limit)
+            width = output_width(options.precision, options.dimensions)
+            out = np.empty((len(encoded), width), OUTPUT_DTYPES[options.precision])
+            name = EMBEDDING_OUTPUTS[options.precision]
+            mine = asyncio.Semaphore(concurrency) if concurrency else contextlib.nullcontext()  # within the client's
+            with tqdm(total=len(encoded), disable=not progress, unit="text") as bar:
 
-        try:
-            await asyncio.gather(*(send(chunk) for chunk in split_by_length([len(t) for t in texts], size)))
-        finally:
-            bar.close()
-        return out
+                async def send(chunk: np.ndarray) -> None:
+                    inputs = [text_input(TEXT, [encoded[i] for i in chunk], [len(chunk), 1])]
+                    async with mine:
+                        result = await self._infer(self.model, inputs, requested(name), params, deadline)
+                    out[chunk] = output(result, name, shape=(len(chunk), width))
+                    bar.update(len(chunk))
+
+                await gather_all(send(chunk) for chunk in split_by_length([len(t) for t in encoded], size))
+            return out
+
+        return await self._call(work)
 
 
 class EmbedClient(SyncClient):

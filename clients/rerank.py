@@ -8,17 +8,16 @@ Three ways to name candidates: `documents` (texts; the server encodes only what 
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 from tqdm.auto import tqdm
 
-from nestrank.clients.base import AsyncModelClient
+from nestrank.clients.base import AsyncModelClient, gather_all
 from nestrank.clients.chunking import split_by_length
 from nestrank.clients.sync import SyncClient, blocking
-from nestrank.clients.tensors import array_input, requested, text_input
+from nestrank.clients.tensors import array_input, encode_text, encode_texts, output, requested, text_input
 from nestrank.clients.transport import DEFAULT_URL
 from nestrank.protocol.errors import BackendError, ValidationError
 from nestrank.protocol.passages import PassageStates
@@ -60,18 +59,22 @@ class RankedPassage:
     document: str | None = None
 
 
-def _candidates(documents, passages) -> int:
+def _candidates(documents, passages) -> tuple[list[bytes] | None, PassageStates | list[bytes] | None, int]:
+    """The candidates as they go on the wire (texts encoded), each checked; and how many there are."""
     if (documents is None) == (passages is None):
         raise ValidationError(DOCUMENTS, "pass exactly one of documents= or passages=")
-    if isinstance(documents, str) or isinstance(passages, str):
-        raise ValidationError(DOCUMENTS, "expected a list, got a single string")
-    count = len(documents if documents is not None else passages)
-    if count == 0:
-        raise ValidationError(DOCUMENTS, "no candidates; send at least one")
-    return count
+    if documents is not None:
+        documents = encode_texts(DOCUMENTS, documents)
+        return documents, None, len(documents)
+    if isinstance(passages, PassageStates):
+        if len(passages) == 0:
+            raise ValidationError(PASSAGE_STATES, "no passages; send at least one")
+        return None, passages, len(passages)
+    passages = encode_texts(PASSAGE_IDS, passages)
+    return None, passages, len(passages)
 
 
-def _request(query: str, chunk: np.ndarray, documents, passages) -> list:
+def _request(query: bytes, chunk: np.ndarray, documents, passages) -> list:
     """One rerank request's tensors, each with the leading batch dimension of 1 the rerank model takes."""
     inputs = [text_input(QUERY, [query], [1, 1])]
     if documents is not None:
@@ -85,129 +88,149 @@ def _request(query: str, chunk: np.ndarray, documents, passages) -> list:
     return inputs + [text_input(PASSAGE_IDS, [passages[i] for i in chunk], [1, len(chunk)])]
 
 
+def _check_fingerprint(passages: PassageStates, config: RerankerConfig, model: str) -> None:
+    """The server's rule, before sending: states of another model would be a wrong answer."""
+    if passages.fingerprint != config.passage_fingerprint:
+        raise ValidationError("passage_fingerprint", f"the states were made by the model with passage fingerprint "
+                              f"{passages.fingerprint or 'none (an older file)'}, and {model}'s is "
+                              f"{config.passage_fingerprint}: re-encode the documents with encode_passages against "
+                              "it")  # fmt: skip
+
+
+def _ranked(result, chunk: np.ndarray) -> list[tuple[int, float, str]]:
+    """(index into the candidates, score, passage id) for one response; a BackendError if it does not fit."""
+    scores = output(result, SCORES)
+    indices, ids = output(result, INDICES, scores.shape), output(result, PASSAGE_IDS, scores.shape)
+    if scores.ndim != 2 or scores.shape[0] != 1 or not ((0 <= indices) & (indices < len(chunk))).all():
+        raise BackendError(f"the server's ranking (shape {list(scores.shape)}) does not fit {len(chunk)} candidates")
+    return [(int(chunk[i]), float(s), pid.decode()) for i, s, pid in zip(indices[0], scores[0], ids[0])]
+
+
 class AsyncRerankClient(AsyncModelClient[RerankerConfig]):
     """Rerankings from a served FBNL reranker, and passage states to keep (arguments: `AsyncModelClient`)."""
 
     config_type = RerankerConfig
     default_model = "kalm-reranker"
-    default_timeout_s = 120.0
-
-    async def _gather(self, coroutines):
-        gate = asyncio.Semaphore(max(1, self.concurrency))
-
-        async def gated(coroutine):
-            async with gate:
-                return await coroutine
-
-        return await asyncio.gather(*(gated(c) for c in coroutines))
+    default_timeout_s = 600.0  # 100 passages encoded per request took 117 s on 2 CPU cores (README)
 
     async def rerank(self, query: str, documents: Sequence[str] | None = None, *, passages=None,
                      instruction: str | None = None, top_n: int | None = None, compression_ratio: int | None = None,
                      return_documents: bool = False) -> list[RankedPassage]:  # fmt: skip
         """Candidates by descending score; `index` points into what you sent. Lists over the server's
         `max_candidates` go out as several requests at once and are merged exactly (scores are pointwise)."""
-        count = _candidates(documents, passages)
-        config = (await self.info()).config
+        encoded_query = encode_text(QUERY, query)
+        if not query.strip():
+            raise ValidationError(QUERY, "empty; send the query text")
+        wire_documents, passages, count = _candidates(documents, passages)
         asked = dict(instruction=instruction, top_n=top_n, compression_ratio=compression_ratio)
         params = {k: v for k, v in asked.items() if v is not None}
         if isinstance(passages, PassageStates):
-            if passages.fingerprint != config.passage_fingerprint:  # the server's rule, before sending
-                raise ValidationError("passage_fingerprint", f"the states were made by the model with passage "
-                                      f"fingerprint {passages.fingerprint or 'none (an older file)'}, and "
-                                      f"{self.model}'s is {config.passage_fingerprint}: re-encode the documents "
-                                      "with encode_passages against it")  # fmt: skip
             params["states_ratio"] = passages.ratio
             params["passage_fingerprint"] = passages.fingerprint
             params.setdefault("compression_ratio", passages.ratio)
-        parse_rerank_options(params, config)  # the server's own rules, before sending
-        names = (SCORES, INDICES, PASSAGE_IDS)
-        per_request = config.candidates_per_request(params.get("compression_ratio", config.default_ratio))
-        if isinstance(passages, PassageStates):  # as sent: their own size
-            longest = config.state_bytes(int(passages.lengths.max()))
-            per_request = max(1, min(config.max_candidates, config.max_request_state_bytes // longest))
-        chunks = [np.arange(s, min(s + per_request, count)) for s in range(0, count, per_request)]
-        results = await self._gather(
-            self._infer(self.model, _request(query, chunk, documents, passages), requested(*names), params)
-            for chunk in chunks
-        )
-        ranked = []
-        for chunk, result in zip(chunks, results):
-            scores, indices, ids = (result.as_numpy(name)[0] for name in names)
-            for idx, score, pid in zip(indices, scores, ids):
-                index = int(chunk[idx])
-                document = documents[index] if return_documents and documents is not None else None
-                ranked.append(RankedPassage(index, float(score), pid.decode(), document))
-        ranked.sort(key=lambda r: (-r.score, r.index))
-        return ranked[:top_n] if top_n else ranked
+        if not isinstance(return_documents, bool):
+            raise ValidationError("return_documents", f"must be true or false, got {return_documents!r:.40}")
+
+        async def work(deadline: float) -> list[RankedPassage]:
+            config = (await self._model_info(deadline)).config
+            parse_rerank_options(params, config)  # the server's own rules, before sending
+            size = config.candidates_per_request(params.get("compression_ratio", config.default_ratio))
+            if isinstance(passages, PassageStates):
+                _check_fingerprint(passages, config, self.model)
+                longest = config.state_bytes(int(passages.lengths.max()))  # as sent: their own size
+                size = max(1, min(config.max_candidates, config.max_request_state_bytes // longest))
+            chunks = [np.arange(s, min(s + size, count)) for s in range(0, count, size)]
+            outputs = requested(SCORES, INDICES, PASSAGE_IDS)
+
+            async def send(chunk: np.ndarray):
+                inputs = _request(encoded_query, chunk, wire_documents, passages)
+                return await self._infer(self.model, inputs, outputs, params, deadline)
+
+            results = await gather_all(send(chunk) for chunk in chunks)
+            keep = return_documents and wire_documents is not None
+            ranked = [
+                RankedPassage(index, score, pid, wire_documents[index].decode() if keep else None)
+                for chunk, result in zip(chunks, results)
+                for index, score, pid in _ranked(result, chunk)
+            ]
+            ranked.sort(key=lambda r: (-r.score, r.index))
+            return ranked[:top_n] if top_n else ranked
+
+        return await self._call(work)
 
     async def encode_passages(self, documents: Sequence[str], *, compression_ratio: int | None = None,
                               progress: bool = False) -> PassageStates:  # fmt: skip
         """Pooled states for your documents, to keep and reuse (the query plays no part)."""
-        documents = list(documents)
-        if not documents:
-            raise ValidationError(DOCUMENTS, "nothing to encode; send at least one document")
-        config = (await self.info()).config
-        ratio = compression_ratio or config.default_ratio
-        parse_rerank_options({"compression_ratio": ratio}, config)
-        chunks = split_by_length([len(d) for d in documents], ENCODE_BATCH)
-        bar = tqdm(total=len(documents), disable=not progress, unit="doc")
+        encoded = encode_texts(DOCUMENTS, documents)
 
-        async def send(chunk):
-            texts = [documents[i] for i in chunk]
-            inputs = [text_input(DOCUMENTS, texts, [len(texts), 1])]
-            outputs = requested(PASSAGE_STATES, PASSAGE_COUNTS, PASSAGE_FINGERPRINT)
-            result = await self._infer(f"{self.model}_encode", inputs, outputs, {"compression_ratio": ratio})
-            bar.update(len(texts))
-            states, counts = result.as_numpy(PASSAGE_STATES), result.as_numpy(PASSAGE_COUNTS)
-            fingerprints = {f.decode() for f in result.as_numpy(PASSAGE_FINGERPRINT).reshape(-1)}
-            if len(fingerprints) != 1:
-                raise BackendError(f"{self.model}_encode answered passage fingerprints {sorted(fingerprints)}")
-            return PassageStates.from_padded(states, counts, ratio, [passage_id(t) for t in texts], fingerprints.pop())
+        async def work(deadline: float) -> PassageStates:
+            config = (await self._model_info(deadline)).config
+            ratio = compression_ratio or config.default_ratio
+            parse_rerank_options({"compression_ratio": ratio}, config)
+            chunks = split_by_length([len(d) for d in encoded], ENCODE_BATCH)
+            with tqdm(total=len(encoded), disable=not progress, unit="doc") as bar:
 
-        try:
-            parts = await self._gather(send(chunk) for chunk in chunks)
-        finally:
-            bar.close()
-        order = np.argsort(np.concatenate(chunks), kind="stable")  # back to input order
-        return PassageStates.concat(parts).subset(order)
+                async def send(chunk: np.ndarray) -> PassageStates:
+                    texts = [encoded[i] for i in chunk]
+                    inputs = [text_input(DOCUMENTS, texts, [len(texts), 1])]
+                    outputs = requested(PASSAGE_STATES, PASSAGE_COUNTS, PASSAGE_FINGERPRINT)
+                    parameters = {"compression_ratio": ratio}
+                    result = await self._infer(f"{self.model}_encode", inputs, outputs, parameters, deadline)
+                    states = output(result, PASSAGE_STATES)
+                    counts = output(result, PASSAGE_COUNTS, states.shape[:2])
+                    fingerprints = {f.decode() for f in output(result, PASSAGE_FINGERPRINT, (len(states), 1)).ravel()}
+                    if len(states) != len(texts) or len(fingerprints) != 1:
+                        raise BackendError(f"the server encoded {len(states)} passages for {len(texts)} documents, "
+                                           f"with passage fingerprints {sorted(fingerprints)}")  # fmt: skip
+                    bar.update(len(texts))
+                    ids = [passage_id(t.decode()) for t in texts]
+                    return PassageStates.from_padded(states, counts, ratio, ids, fingerprints.pop())
+
+                parts = await gather_all(send(chunk) for chunk in chunks)
+            order = np.argsort(np.concatenate(chunks), kind="stable")  # back to input order
+            return PassageStates.concat(parts).subset(order)
+
+        return await self._call(work)
 
     async def warm(self, documents: Sequence[str], *, compression_ratio: int | None = None) -> list[str]:
         """Encode into the server's passage store (on-demand entries, which a full store may evict); returns the
         content ids to rerank by."""
-        return (await self._store(documents, None, compression_ratio)).content_ids
+        return (await self._store(encode_texts(DOCUMENTS, documents), None, compression_ratio)).content_ids
 
     async def index(self, documents: Sequence[str], ids: Sequence[str], *,
                     compression_ratio: int | None = None) -> Indexed:  # fmt: skip
         """Keep `documents` in the server's passage store for good, under your `ids` (rerank by them from any
         replica sharing the store). Documents whose id already names the same text, stored at this ratio, are
         skipped, so a rerun is idempotent. `nestrank index` does this for a whole corpus."""
-        ids = list(ids)
-        if isinstance(ids, str) or len(ids) != len(documents):
-            raise ValidationError("ids", f"one id per document: {len(ids)} ids for {len(documents)} documents")
-        return await self._store(documents, ids, compression_ratio)
+        encoded, encoded_ids = encode_texts(DOCUMENTS, documents), encode_texts("ids", ids)
+        if len(encoded_ids) != len(encoded):
+            raise ValidationError("ids", f"one id per document: {len(encoded_ids)} ids for {len(encoded)} documents")
+        return await self._store(encoded, encoded_ids, compression_ratio)
 
-    async def _store(self, documents, ids, compression_ratio) -> Indexed:
-        if isinstance(documents, str):
-            raise ValidationError(DOCUMENTS, "expected a list, got a single string")
-        documents = list(documents)
-        if not documents:
-            raise ValidationError(DOCUMENTS, "nothing to store; send at least one document")
-        params = {"warm": True, **({"compression_ratio": compression_ratio} if compression_ratio else {})}
-        starts = range(0, len(documents), ENCODE_BATCH)
+    async def _store(self, encoded: list[bytes], ids: list[bytes] | None, compression_ratio: int | None) -> Indexed:
+        params = {"warm": True, **({"compression_ratio": compression_ratio} if compression_ratio is not None else {})}
 
-        def request(start):
-            chunk = documents[start : start + ENCODE_BATCH]
-            inputs = [text_input(DOCUMENTS, chunk, [1, len(chunk)])]
-            if ids is not None:
-                inputs.append(text_input(PASSAGE_IDS, ids[start : start + ENCODE_BATCH], [1, len(chunk)]))
-            return self._infer(self.model, inputs, requested(PASSAGE_IDS, PASSAGE_TOKENS, STORED_BYTES), params)
+        async def work(deadline: float) -> Indexed:
+            parse_rerank_options(params, (await self._model_info(deadline)).config)
+            starts = range(0, len(encoded), ENCODE_BATCH)
 
-        results = await self._gather(request(start) for start in starts)
-        return Indexed(
-            content_ids=[pid.decode() for result in results for pid in result.as_numpy(PASSAGE_IDS)[0]],
-            tokens=np.concatenate([result.as_numpy(PASSAGE_TOKENS)[0] for result in results]),
-            stored_bytes=np.concatenate([result.as_numpy(STORED_BYTES)[0] for result in results]),
-        )
+            async def send(start: int):
+                chunk = encoded[start : start + ENCODE_BATCH]
+                inputs = [text_input(DOCUMENTS, chunk, [1, len(chunk)])]
+                if ids is not None:
+                    inputs.append(text_input(PASSAGE_IDS, ids[start : start + ENCODE_BATCH], [1, len(chunk)]))
+                outputs = requested(PASSAGE_IDS, PASSAGE_TOKENS, STORED_BYTES)
+                result = await self._infer(self.model, inputs, outputs, params, deadline)
+                shape = (1, len(chunk))
+                return (output(result, PASSAGE_IDS, shape)[0], output(result, PASSAGE_TOKENS, shape)[0],
+                        output(result, STORED_BYTES, shape)[0])  # fmt: skip
+
+            parts = await gather_all(send(start) for start in starts)
+            return Indexed(content_ids=[pid.decode() for part in parts for pid in part[0]],
+                           tokens=np.concatenate([part[1] for part in parts]),
+                           stored_bytes=np.concatenate([part[2] for part in parts]))  # fmt: skip
+
+        return await self._call(work)
 
 
 class RerankClient(SyncClient):

@@ -18,10 +18,9 @@ from typing import Any
 
 import numpy as np
 
-from nestrank.protocol.errors import NestrankError, UnavailableError, ValidationError, from_triton_error
+from nestrank.protocol.errors import TRITON_TO_GRPC, NestrankError, ValidationError, from_triton_error
 from nestrank.protocol.parameters import exported_version, string_parameters
 
-SUB_CALL_CODES = ("INVALID_ARG", "NOT_FOUND", "UNAVAILABLE", "UNSUPPORTED", "INTERNAL", "CANCELLED")
 MAX_MESSAGE_CHARS = 1000  # gRPC trailers are small (16 KB): an error never carries a request's bulk back
 
 
@@ -113,12 +112,10 @@ def bls_call(pb_utils, model: str, inputs, outputs: list[str], parameters: dict 
                                         parameters=parameters or {})  # fmt: skip
     response = request.exec()
     if response.has_error():
-        codes = {getattr(pb_utils.TritonError, name, None): name for name in SUB_CALL_CODES}
+        codes = {getattr(pb_utils.TritonError, name): name for name in TRITON_TO_GRPC
+                 if hasattr(pb_utils.TritonError, name)}  # fmt: skip
         error = response.error()
-        code = codes.get(error.code(), "INTERNAL")
-        if code == "NOT_FOUND":  # our own sub-model, unloaded while the launcher reloads it: this replica's outage
-            raise UnavailableError(f"{model} is not loaded (reloading); try another replica")
-        raise from_triton_error(code, f"{model}: {error.message()}")
+        raise from_triton_error(codes.get(error.code(), "INTERNAL"), f"{model}: {error.message()}")
     return [pb_utils.get_output_tensor_by_name(response, name).as_numpy() for name in outputs]
 
 

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
-from nestrank.protocol.errors import ValidationError
+from nestrank.protocol.errors import UnsupportedError, ValidationError
 
 T = TypeVar("T")
 MAX_STRING_CHARS = 4096  # any string parameter; the instruction is the longest anyone needs
@@ -64,10 +64,18 @@ class ModelInfo(Generic[T]):
 
     @classmethod
     def read(cls, model_config: Mapping[str, Any], config_type: type[T]) -> ModelInfo[T]:
-        config = model_config.get("config", model_config)
-        parameters = string_parameters(config)
-        return cls(config["name"], int(config.get("max_batch_size", 0)), from_parameters(config_type, parameters),
-                   exported_version(parameters))  # fmt: skip
+        """From Triton's JSON model config. A config that is not a nestrank `config_type` (another kind of model,
+        a model nestrank did not export, a damaged export) is an UnsupportedError naming the model and the field."""
+        name = "?"
+        try:
+            config = model_config.get("config", model_config)
+            name = config.get("name", name)
+            parameters = string_parameters(config)
+            return cls(str(config["name"]), int(config.get("max_batch_size", 0)),
+                       from_parameters(config_type, parameters), exported_version(parameters))  # fmt: skip
+        except (AttributeError, KeyError, TypeError, ValueError) as err:  # ValueError covers bad JSON and configs
+            reason = f"{type(err).__name__}: {str(err)[:200]}"
+            raise UnsupportedError(f"model {shown(name)} is not a nestrank {config_type.__name__} ({reason})") from err
 
 
 def shown(value: Any, limit: int = 40) -> str:

@@ -1,110 +1,117 @@
-"""The embed client's core against a fake server: chunks within the batch limit, sorted by length, rows back in
-input order, the output named by the precision, the server's validation before sending; the sync form the same."""
+"""The embed client over real gRPC to a local server that speaks Triton's protocol: chunks within the batch limit,
+sorted by length, rows back in input order, the output named by the precision, every bad argument refused as a
+ValidationError before anything is sent; the sync form the same."""
 
 import asyncio
 
+import grpc
 import numpy as np
 import pytest
 
-from nestrank.clients.embed import AsyncEmbedClient, EmbedClient, _check_texts
-from nestrank.clients.transport import Endpoint, RetryPolicy
-from nestrank.protocol.embedding import EmbedderConfig
-from nestrank.protocol.errors import UnavailableError, ValidationError
+from nestrank.clients.embed import AsyncEmbedClient, EmbedClient
+from nestrank.clients.transport import NO_RETRIES, RetryPolicy
+from nestrank.protocol.errors import BackendError, UnavailableError, UnsupportedError, ValidationError
 from nestrank.protocol.parameters import ModelInfo
-
-CONFIG = EmbedderConfig(width=8, max_length=16, pooling="mean", dimensions=(8, 4), precisions=("float32", "ubinary"))
-
-
-class FakeServer:
-    """Answers embed requests with rows that hold each text's length; records what it was sent."""
-
-    def __init__(self):
-        self.requests = []
-
-    async def get_model_config(self, model, as_json=True, **options):
-        parameters = {k: {"string_value": v} for k, v in CONFIG.to_parameters().items()}
-        return {"config": {"name": model, "max_batch_size": 4, "parameters": parameters}}
-
-    async def infer(self, model, inputs, outputs=None, parameters=None, **options):
-        texts = [v.decode() for v in inputs[0]._raw_content_texts]
-        (output,) = [o.name() for o in outputs]
-        self.requests.append((texts, output, dict(parameters)))
-        dims = parameters["dimensions"]
-        if output == "embeddings":
-            rows = np.array([[len(t)] * dims for t in texts], dtype=np.float32)
-        else:
-            rows = np.full((len(texts), (dims + 7) // 8), 255, dtype=np.uint8)
-        return type("Result", (), {"as_numpy": lambda self, name: rows if name == output else None})()
-
-    async def close(self):
-        pass
+from tests.unit.clients.local_triton import EMBEDDER, LocalTriton, answering, fail
 
 
-def fake_client(server: FakeServer) -> AsyncEmbedClient:
-    client = AsyncEmbedClient("127.0.0.1:1", "m", retry=RetryPolicy(attempts=1))
-    client._endpoints.endpoints = [Endpoint("fake", server)]
-    return client
+@pytest.fixture
+def server():
+    running = LocalTriton()
+    yield running
+    running.stop()
 
 
-@pytest.fixture(autouse=True)
-def raw_texts(monkeypatch):
-    """Let the fake server read back the texts an InferInput was given."""
-    import tritonclient.grpc.aio as grpcclient
+def run(server, method, *args, **kwargs):
+    async def one():
+        async with AsyncEmbedClient(server.url, "m", retry=NO_RETRIES) as client:
+            return await getattr(client, method)(*args, **kwargs)
 
-    original = grpcclient.InferInput.set_data_from_numpy
-
-    def keep(self, array):
-        self._raw_content_texts = list(array.reshape(-1))
-        return original(self, array)
-
-    monkeypatch.setattr(grpcclient.InferInput, "set_data_from_numpy", keep)
+    return asyncio.run(one())
 
 
-def test_info_is_the_typed_model_description():
-    info = asyncio.run(fake_client(FakeServer()).info())
-    assert isinstance(info, ModelInfo) and info.config == CONFIG and info.max_batch_size == 4
+def test_info_is_the_typed_model_description(server):
+    info = run(server, "info")
+    assert isinstance(info, ModelInfo) and info.config == EMBEDDER and info.max_batch_size == 4
     assert info.width == 8 and info.dimensions == (8, 4)  # config fields read through
 
 
-def test_rows_come_back_in_input_order_across_sorted_chunks():
-    server = FakeServer()
+def test_rows_come_back_in_input_order_across_sorted_chunks(server):
     texts = ["x" * n for n in (9, 1, 5, 3, 7, 2, 8)]
-    out = asyncio.run(fake_client(server).embed(texts))
+    out = run(server, "embed", texts)
     assert out[:, 0].tolist() == [len(t) for t in texts]
-    assert all(len(sent) <= 4 for sent, _, _ in server.requests)  # within the batch limit
-    for sent, _, _ in server.requests:
-        assert [len(t) for t in sent] == sorted(len(t) for t in sent)
+    sent = [r.texts for r in server.requests()]
+    assert sorted(len(t) for chunk in sent for t in chunk) == sorted(len(t) for t in texts)
+    assert all(len(chunk) <= 4 for chunk in sent)  # within the batch limit
+    assert all([len(t) for t in chunk] == sorted(len(t) for t in chunk) for chunk in sent)
 
 
-def test_the_precision_names_the_output_and_the_shape():
-    server = FakeServer()
-    out = asyncio.run(fake_client(server).embed(["a", "b"], dimensions=4, precision="ubinary", batch_size=1))
+def test_the_precision_names_the_output_and_the_shape(server):
+    out = run(server, "embed", ["a", "b"], dimensions=4, precision="ubinary", batch_size=1)
     assert out.shape == (2, 1) and out.dtype == np.uint8
-    assert {output for _, output, _ in server.requests} == {"embeddings_uint8"} and len(server.requests) == 2
+    assert len(server.requests()) == 2 and all(r.parameters["precision"] == "ubinary" for r in server.requests())
 
 
-def test_the_server_rules_apply_before_sending():
-    server = FakeServer()
-    client = fake_client(server)
-    for options, message in (({"dimensions": 5}, "dimensions: 5 is not served"),
-                             ({"precision": "int8"}, "precision: must be one of float32, ubinary"),
-                             ({"dimensions": 0}, "dimensions: 0 is not served")):  # fmt: skip
+@pytest.mark.parametrize(
+    "texts, options, message",
+    [
+        (["x"], {"dimensions": 5}, "dimensions: 5 is not served"),
+        (["x"], {"precision": "int8"}, "precision: must be one of float32, ubinary"),
+        (["x"], {"batch_size": 0}, "batch_size: must be an integer >= 1"),
+        (["x"], {"batch_size": "4"}, "batch_size: must be an integer >= 1"),
+        (["x"], {"concurrency": 0}, "concurrency: must be an integer >= 1"),
+        ("hello", {}, "texts: expected a list of strings, got a single string"),
+        ([], {}, "texts: empty"),
+        (None, {}, "texts: expected a list of strings, got NoneType"),
+        (["ok", None], {}, r"texts\[1\]: expected a string, got NoneType"),
+        (["ok", 3], {}, r"texts\[1\]: expected a string, got int"),
+        ([b"bytes"], {}, r"texts\[0\]: expected a string, got bytes"),
+        (["ok", ""], {}, r"texts\[1\]: empty string"),
+        (["ok", "bad \ud800 text"], {}, r"texts\[1\]: not valid Unicode: a lone surrogate at character 4"),
+    ],
+)
+def test_every_bad_argument_is_a_validation_error_before_any_inference(server, texts, options, message):
+    with pytest.raises(ValidationError, match=message):
+        run(server, "embed", texts, **options)
+    assert server.requests() == []
+
+
+def test_bad_client_arguments_are_validation_errors():
+    for options, message in (
+        ({"concurrency": 0}, "concurrency"),
+        ({"timeout_s": -1}, "timeout_s"),
+        ({"timeout_s": "10"}, "timeout_s"),
+    ):
         with pytest.raises(ValidationError, match=message):
-            asyncio.run(client.embed(["x"], **options))
-    assert server.requests == []
+            AsyncEmbedClient("127.0.0.1:1", **options)
+    with pytest.raises(ValidationError, match="url"):
+        AsyncEmbedClient([])
 
 
-def test_texts_must_be_a_non_empty_list():
-    with pytest.raises(ValidationError, match="single string"):
-        _check_texts("hello")
-    with pytest.raises(ValidationError, match="no texts"):
-        _check_texts([])
+def test_a_missing_or_misshapen_output_is_a_backend_error(server):
+    server.answer = answering("other", np.zeros((1, 8), "f4"), "FP32")
+    with pytest.raises(BackendError, match="no 'embeddings' output"):
+        run(server, "embed", ["x"])
+    server.answer = answering("embeddings", np.zeros((1, 3), "f4"), "FP32")
+    with pytest.raises(BackendError, match=r"shape \[1, 3\]; expected \[1, 8\]"):
+        run(server, "embed", ["x"])
 
 
-def test_the_sync_client_is_the_async_one_blocking():
+def test_a_model_that_is_not_an_embedder_is_unsupported(server):
+    async def one():
+        async with AsyncEmbedClient(server.url, "r", retry=NO_RETRIES) as client:  # a reranker's config
+            return await client.info()
+
+    with pytest.raises(UnsupportedError, match="model 'r' is not a nestrank EmbedderConfig"):
+        asyncio.run(one())
+
+
+def test_the_sync_client_is_the_async_one_blocking(server):
     assert EmbedClient.embed.__wrapped__ is AsyncEmbedClient.embed  # same signature and docstring
-    client = EmbedClient("127.0.0.1:1", retry=RetryPolicy(attempts=2, initial_backoff_s=0.01, max_backoff_s=0.01))
-    with pytest.raises(UnavailableError) as err:  # port 1 on loopback: refused at once
-        client.info()
-    assert err.value.retryable
-    client.close()
+    with EmbedClient(server.url, "m") as client:
+        assert client.embed(["abc", "a"])[:, 0].tolist() == [3, 1]
+    server.answer = fail(grpc.StatusCode.UNAVAILABLE, "failed to connect")
+    with EmbedClient(server.url, "m", retry=RetryPolicy(attempts=2, initial_backoff_s=0.01, max_backoff_s=0.01)) as c:
+        with pytest.raises(UnavailableError) as err:
+            c.embed(["x"])
+    assert err.value.retryable and len(server.requests("failed")) == 2  # both attempts

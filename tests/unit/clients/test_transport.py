@@ -1,5 +1,6 @@
-"""The retry and failover decisions, on fake endpoints: ejection, re-probe, timeouts retried elsewhere only,
-overload backed off without ejection, refusals final, one deadline for the whole call."""
+"""The retry and failover decisions, on fake endpoints (the wire itself is tested in test_client_lifecycle.py and
+tests/integration): ejection, re-probe, timeouts retried elsewhere only, overload backed off without ejection,
+refusals final, an unknown model told apart from a reloading one, one deadline for the whole call."""
 
 from __future__ import annotations
 
@@ -9,8 +10,14 @@ import time
 import pytest
 from tritonclient.utils import InferenceServerException
 
-from nestrank.clients.transport import AsyncEndpoints, Endpoint, RetryPolicy
-from nestrank.protocol.errors import DeadlineExceededError, OverloadedError, UnauthenticatedError, UnavailableError
+from nestrank.clients.transport import AsyncEndpoints, RetryPolicy
+from nestrank.protocol.errors import (
+    DeadlineExceededError,
+    ModelNotFoundError,
+    OverloadedError,
+    UnauthenticatedError,
+    UnavailableError,
+)
 
 FAST = RetryPolicy(attempts=4, initial_backoff_s=0.001, max_backoff_s=0.002, eject_s=5.0)
 
@@ -18,13 +25,20 @@ FAST = RetryPolicy(attempts=4, initial_backoff_s=0.001, max_backoff_s=0.002, eje
 class FakeClient:
     """Answers each call from a script: "ok", or an exception to raise; records the per-attempt options."""
 
-    def __init__(self, name: str, script, ready: bool = True):
-        self.name, self.script, self.ready = name, list(script), ready
+    def __init__(self, name: str, script=(), ready: bool = True, seconds: float = 0.0):
+        self.name, self.script, self.ready, self.seconds = name, list(script), ready, seconds
         self.calls: list[dict] = []
         self.probes = 0
+        self.in_flight = self.max_in_flight = 0
 
     async def infer(self, **options):
         self.calls.append(options)
+        self.in_flight += 1
+        self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            await asyncio.sleep(self.seconds)
+        finally:
+            self.in_flight -= 1
         outcome = self.script.pop(0) if self.script else "ok"
         if outcome != "ok":
             raise outcome
@@ -56,18 +70,34 @@ def refused():
     )
 
 
-def endpoints(*clients, policy=FAST) -> AsyncEndpoints:
-    pool = AsyncEndpoints("127.0.0.1:1", policy)  # the real class, its gRPC clients swapped for fakes
-    pool.endpoints = [Endpoint(c.name, c) for c in clients]
-    return pool
+def unknown_model():
+    return InferenceServerException("Request for unknown model: 'm' is not found", status="StatusCode.NOT_FOUND")
+
+
+class FakeEndpoints(AsyncEndpoints):
+    """The real class, its gRPC clients swapped for fakes (one per URL)."""
+
+    def __init__(self, clients, policy, concurrency=4):
+        super().__init__([c.name for c in clients], policy, concurrency=concurrency)
+        self.fakes = {c.name: c for c in clients}
+
+    def _connect(self, url):
+        return self.fakes[url]
+
+
+def endpoints(*clients, policy=FAST, concurrency=4) -> FakeEndpoints:
+    return FakeEndpoints(clients, policy, concurrency)
 
 
 def call(pool: AsyncEndpoints, deadline_s: float = 10.0):
-    return asyncio.run(pool.call(lambda client, **options: client.infer(**options), deadline_s))
+    async def one():
+        return await pool.call(lambda client, **options: client.infer(**options), time.monotonic() + deadline_s)
+
+    return asyncio.run(one())
 
 
 def test_a_dead_endpoint_is_ejected_and_the_call_moves_on():
-    dead, live = FakeClient("dead", [down()] * 10), FakeClient("live", [])
+    dead, live = FakeClient("dead", [down()] * 10), FakeClient("live")
     pool = endpoints(dead, live)
     assert [call(pool) for _ in range(6)] == ["live"] * 6
     assert len(dead.calls) == 1  # tried once, then skipped while ejected: not four times in a row
@@ -75,7 +105,7 @@ def test_a_dead_endpoint_is_ejected_and_the_call_moves_on():
 
 
 def test_an_ejected_endpoint_is_reprobed_before_it_gets_traffic_again():
-    flaky, live = FakeClient("flaky", [down()], ready=False), FakeClient("live", [])
+    flaky, live = FakeClient("flaky", [down()], ready=False), FakeClient("live")
     pool = endpoints(
         flaky, live, policy=RetryPolicy(attempts=4, initial_backoff_s=0.001, max_backoff_s=0.002, eject_s=0)
     )
@@ -87,13 +117,23 @@ def test_an_ejected_endpoint_is_reprobed_before_it_gets_traffic_again():
     assert "flaky" in {call(pool) for _ in range(4)}  # ready again: back in the rotation
 
 
-def test_a_timeout_is_retried_on_another_endpoint_only():
-    slow, live = FakeClient("slow", [hung()]), FakeClient("live", [])
-    assert call(endpoints(slow, live)) == "live"
+def test_a_capped_attempt_that_times_out_is_retried_on_another_endpoint_only():
+    capped = RetryPolicy(attempts=4, initial_backoff_s=0.001, max_backoff_s=0.002, attempt_timeout_s=1.0)
+    slow, live = FakeClient("slow", [hung()]), FakeClient("live")
+    assert call(endpoints(slow, live, policy=capped)) == "live"
     alone = FakeClient("alone", [hung(), "ok"])
     with pytest.raises(DeadlineExceededError):
-        call(endpoints(alone))  # resending to the same queue would only add load
+        call(endpoints(alone, policy=capped))  # resending to the same queue would only add load
     assert len(alone.calls) == 1
+
+
+def test_a_spent_deadline_is_final_and_ejects_no_one():
+    """Without a cap an attempt has the whole deadline: its timeout is the call's, not the endpoint's fault."""
+    slow, other = FakeClient("slow", [hung()]), FakeClient("other", [hung()])
+    pool = endpoints(slow, other)
+    with pytest.raises(DeadlineExceededError):
+        call(pool)  # as when gRPC's clock runs out a moment before ours
+    assert len(slow.calls) + len(other.calls) == 1 and all(e.failures == 0 for e in pool.endpoints)
 
 
 def test_overload_backs_off_without_ejecting():
@@ -104,25 +144,64 @@ def test_overload_backs_off_without_ejecting():
 
 
 def test_a_refused_key_is_final():
-    guarded = FakeClient("guarded", [refused()] * 5)
+    guarded, other = FakeClient("guarded", [refused()] * 5), FakeClient("other", [refused()] * 5)
     with pytest.raises(UnauthenticatedError):
-        call(endpoints(guarded, FakeClient("other", [refused()] * 5)))
-    assert len(guarded.calls) <= 1
+        call(endpoints(guarded, other))
+    assert len(guarded.calls) + len(other.calls) == 1  # one attempt, on whichever endpoint came first
 
 
-def test_attempts_and_the_deadline_bound_the_call():
+def test_an_unknown_model_on_a_ready_server_is_final():
+    ready, other = FakeClient("ready", [unknown_model()] * 5), FakeClient("other", [unknown_model()] * 5)
+    pool = endpoints(ready, other)
+    with pytest.raises(ModelNotFoundError, match="unknown model"):
+        call(pool)
+    assert len(ready.calls) + len(other.calls) == 1  # not retried
+    assert ready.probes + other.probes == 1  # readiness asked once, to tell a typo from a reload
+    assert all(e.failures == 0 and e.ejected_until == 0 for e in pool.endpoints)  # no one ejected
+
+
+def test_an_unknown_model_on_a_server_that_is_not_ready_is_a_reload():
+    reloading, live = FakeClient("reloading", [unknown_model()], ready=False), FakeClient("live")
+    pool = endpoints(reloading, live)
+    assert call(pool) == "live"  # moved on at once
+    assert pool.endpoints[0].failures == 1 and pool.endpoints[0].ejected_until > time.monotonic()
+    alone = FakeClient("alone", [unknown_model()] * 10, ready=False)
+    with pytest.raises(UnavailableError, match="not ready"):
+        call(endpoints(alone))
+    assert len(alone.calls) == FAST.attempts
+
+
+def test_attempts_bound_the_call():
     dead = [FakeClient(f"dead{i}", [down()] * 10) for i in range(2)]
     with pytest.raises(UnavailableError):
         call(endpoints(*dead, policy=RetryPolicy(attempts=3, initial_backoff_s=0.001, max_backoff_s=0.002)))
     assert sum(len(d.calls) for d in dead) == 3  # attempts (a re-probe before the third does not count)
-    patient = FakeClient("patient", [full()] * 100)
-    started = time.monotonic()
+
+
+def test_retries_happen_only_while_time_remains():
+    patient = FakeClient("patient", [full()] * 1000)
     with pytest.raises(OverloadedError):
-        call(endpoints(patient, policy=RetryPolicy(attempts=100, initial_backoff_s=0.05, max_backoff_s=0.05)), 0.3)
-    assert time.monotonic() - started < 0.5
+        call(endpoints(patient, policy=RetryPolicy(attempts=1000, initial_backoff_s=0.05, max_backoff_s=0.05)), 0.3)
+    # each pause is at least 0.025 s and is taken only if the deadline is further away than that
+    assert 2 <= len(patient.calls) <= 1 + 0.3 / 0.025
 
 
-def test_each_attempt_gets_what_is_left_of_the_deadline():
-    slow = FakeClient("slow", [])
-    call(endpoints(slow, policy=RetryPolicy(attempt_timeout_s=30)), deadline_s=2.0)
-    assert 1.9 < slow.calls[0]["client_timeout"] <= 2.0
+def test_an_attempt_may_use_all_that_remains_of_the_deadline():
+    slow = FakeClient("slow")
+    call(endpoints(slow, policy=RetryPolicy()), deadline_s=600.0)
+    assert 590 < slow.calls[0]["client_timeout"] <= 600  # no 30 s per-attempt cap
+    capped = FakeClient("capped")
+    call(endpoints(capped, policy=RetryPolicy(attempt_timeout_s=30)), deadline_s=600.0)
+    assert capped.calls[0]["client_timeout"] == 30
+
+
+def test_concurrency_bounds_the_requests_in_flight_across_calls():
+    slow = FakeClient("slow", seconds=0.02)
+    pool = endpoints(slow, concurrency=3)
+
+    async def many():
+        deadline = time.monotonic() + 10
+        await asyncio.gather(*(pool.call(lambda c, **o: c.infer(**o), deadline) for _ in range(12)))
+
+    asyncio.run(many())
+    assert len(slow.calls) == 12 and slow.max_in_flight == 3

@@ -187,10 +187,11 @@ def test_requests_are_bounded_in_bytes_and_the_scorer_gets_bounded_calls(reranke
     with pytest.raises(ValidationError, match=r"documents: 409 candidates at ratio 1 may hold up to 513 MiB .* "
                                               r"max_request_state_bytes 512 MiB: send at most 408"):  # fmt: skip
         service.rerank(QUERY, Candidates(documents=["x"] * 409), options(service, compression_ratio=1))
-    big = np.zeros((1, 1024, 640), np.float16)
+    states, counts = np.zeros((500, 1024, 640), np.float16), np.ones((500, 1024), np.int32)
+    fingerprint = config.passage_fingerprint
     with pytest.raises(ValidationError, match="passage_states: .* exceed max_request_state_bytes"):
-        service.rerank(QUERY, Candidates(states=np.repeat(big, 500, 0), counts=np.ones((500, 1024), np.int32)),
-                       options(service, compression_ratio=1, passage_fingerprint=config.passage_fingerprint))  # fmt: skip
+        service.rerank(QUERY, Candidates(states=states, counts=counts),
+                       options(service, compression_ratio=1, passage_fingerprint=fingerprint))  # fmt: skip
     docs = DOCS * 5
     result = service.rerank(QUERY, Candidates(documents=docs), options(service, compression_ratio=1))
     assert len(calls) > 1 and max(calls) <= 200_000
