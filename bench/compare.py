@@ -220,8 +220,8 @@ def run(config: CompareConfig, log=print) -> int:
 
             result = asyncio.run(measure())
             if precision == "fp32":
-                time_split["served fp32 (Triton statistics, per request)"] = triton_time_split(
-                    server_config.grpc_url, model, server_config.admin_key
+                time_split["served fp32 (the embed scheduler's histograms)"] = served_time_split(
+                    server_config.metrics_url, model
                 )
             served = np.concatenate(outputs)
             rows.append(_row(f"nestrank gRPC {precision}, c={config.concurrency}", result.wall_s, len(texts),
@@ -284,20 +284,21 @@ def measure_infinity(infinity: Infinity, batches, config: CompareConfig, referen
         infinity.stop()
 
 
-def triton_time_split(url: str, model: str, admin_key: str) -> dict:
-    """Mean ms per request in Triton's queue and in the model's input / compute / output phases (statistics are an
-    admin API: the server's admin key opens them)."""
-    import tritonclient.grpc as grpcclient
+def served_time_split(metrics_url: str, model: str) -> dict:
+    """Mean ms a request waits in the embed scheduler's queue, mean ms per execution, and requests per execution,
+    from the model's own histograms (Triton's statistics see only the hand-over to the scheduler)."""
+    import urllib.request
 
-    from nestrank.protocol.headers import ADMIN_KEY_HEADER, grpc_header
-
-    client = grpcclient.InferenceServerClient(url)
-    headers = {grpc_header(ADMIN_KEY_HEADER): admin_key}
-    stats = client.get_inference_statistics(model, as_json=True, headers=headers)["model_stats"][0]["inference_stats"]
-    client.close()
-    count = max(1, int(stats["success"].get("count", 0)))
-    phases = ("queue", "compute_input", "compute_infer", "compute_output")
-    return {phase: int(stats[phase].get("ns", 0)) / count / 1e6 for phase in phases}
+    totals: dict[str, float] = {}
+    for line in urllib.request.urlopen(metrics_url, timeout=10).read().decode().splitlines():
+        name, _, value = line.rpartition(" ")
+        if f'model="{model}"' in name and name.startswith("nestrank_embed_"):
+            key = name.split("{")[0].removeprefix("nestrank_embed_")
+            totals[key] = totals.get(key, 0.0) + float(value)
+    requests, executions = max(1.0, totals["queue_seconds_count"]), max(1.0, totals["batch_seconds_count"])
+    return {"queue (per request)": 1e3 * totals["queue_seconds_sum"] / requests,
+            "execution": 1e3 * totals["batch_seconds_sum"] / executions,
+            "requests per execution": requests / executions}  # fmt: skip
 
 
 def machine(gemm: float) -> dict:
@@ -383,14 +384,15 @@ def results_markdown(report: dict, config: CompareConfig) -> str:
         lines.append(f"- served fp32 vs Infinity's best engine ({best_name}): {ours / best:.2f}× (target ≥ 2×)")
     lines += ["", "### Where the time goes", ""]
     for name, split in report["time_split"].items():
-        unit = "ms" if "Triton" in name else "share"
-        parts = ", ".join(f"{k} {v:.1f} ms" if unit == "ms" else f"{k} {v:.0%}" for k, v in split.items())
+        served = name.startswith("served")
+        parts = ", ".join((f"{k} {v:.1f}" if "per execution" in k else f"{k} {v:.1f} ms") if served else f"{k} {v:.0%}"
+                          for k, v in split.items())  # fmt: skip
         lines.append(f"- {name}: {parts}")
     lines += [
         "",
         "Queue time is each request waiting behind the other requests in flight (a closed loop at this",
-        "concurrency keeps the server saturated); compute_infer counts each merged execution once for every",
-        "request it served. Tokenization is about 1% and serialization well under a millisecond per request:",
+        "concurrency keeps the server saturated); an execution takes whole requests up to the scheduler's token",
+        "budget. Tokenization is about 1% and serialization well under a millisecond per request:",
         "the served model is compute-bound, at the GFLOP/s shown against the machine's fp32 GEMM rate.",
         "Padding is bounded by the length buckets (each batch ≥ 90% real tokens). int8 rows count",
         "fp32-equivalent FLOPs, so int8 GEMMs can exceed the fp32 peak.",

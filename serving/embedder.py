@@ -6,6 +6,7 @@ in-process baseline of the benchmark, so all three run the same code.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,11 +28,16 @@ CALIBRATION_FILE = "calibration.npz"
 
 @dataclass
 class EmbedJob:
-    """One request's texts and options; `result` is filled by Embedder.run."""
+    """One request's texts and options; `sequences` are filled by Embedder.prepare, `result` by Embedder.run."""
 
     texts: Sequence[str]
     options: EmbedOptions
+    sequences: list[np.ndarray] | None = field(default=None)
     result: np.ndarray | Exception | None = field(default=None)
+
+    @property
+    def tokens(self) -> int:
+        return sum(len(s) for s in self.sequences or ())
 
 
 class Embedder:
@@ -73,24 +79,22 @@ class Embedder:
             pooled[idx] = out_pooled
         return normalized, pooled
 
+    def prepare(self, job: EmbedJob) -> EmbedJob:
+        """Validates and tokenizes one job (its prompt included); typed errors for what the request got wrong."""
+        validate_texts(job.texts)
+        prompt = self.config.prompt_for(job.options.input_type)
+        texts = [prompt + t for t in job.texts] if prompt else job.texts
+        job.sequences = self.tokenizer.encode(texts, truncate=job.options.truncate,
+                                              direction=job.options.truncation_direction)  # fmt: skip
+        return job
+
     def run(self, jobs: Sequence[EmbedJob]) -> Sequence[EmbedJob]:
-        """Embeds every job's texts in one sorted pass; a bad job gets its error, others their results."""
+        """Embeds every prepared job's texts in one sorted pass; each job gets its result or its own error."""
         sequences: list[np.ndarray] = []
         spans: list[tuple[EmbedJob, int, int]] = []
         for job in jobs:
-            try:
-                validate_texts(job.texts)
-                prompt = self.config.prompt_for(job.options.input_type)
-                ids = self.tokenizer.encode(
-                    [prompt + t for t in job.texts] if prompt else job.texts,
-                    truncate=job.options.truncate,
-                    direction=job.options.truncation_direction,
-                )
-            except Exception as err:  # typed: the request's fault; anything else: a server bug (INTERNAL), its alone
-                job.result = err
-                continue
-            spans.append((job, len(sequences), len(sequences) + len(ids)))
-            sequences.extend(ids)
+            spans.append((job, len(sequences), len(sequences) + len(job.sequences)))
+            sequences.extend(job.sequences)
         if not sequences:
             return jobs
         normalized, pooled = self.encode(sequences)
@@ -104,6 +108,17 @@ class Embedder:
                 job.result = err
         return jobs
 
+    def measure_tokens_per_s(self) -> float:
+        """This model's speed on this machine, for the scheduler's first estimate: 16 texts of about 128 tokens,
+        timed on a second run (the first one warms the session)."""
+        job = EmbedJob([f"measuring the speed of this embedding model, text {i}; " * 12 for i in range(16)],
+                       EmbedOptions(dimensions=self.config.width))  # fmt: skip
+        self.prepare(job)
+        self.run([job])
+        started = time.perf_counter()
+        self.run([job])
+        return job.tokens / max(time.perf_counter() - started, 1e-6)
+
     def quantize(self, vectors: np.ndarray, options: EmbedOptions) -> np.ndarray:
         try:
             return quantize(vectors, options.precision, self.ranges.get(options.dimensions))
@@ -112,7 +127,7 @@ class Embedder:
 
     def embed(self, texts: Sequence[str], **options: Any) -> np.ndarray:
         """In-process convenience: one request, errors raised."""
-        job = EmbedJob(list(texts), parse_options(options, self.config))
+        job = self.prepare(EmbedJob(list(texts), parse_options(options, self.config)))
         self.run([job])
         if isinstance(job.result, Exception):
             raise job.result

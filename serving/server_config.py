@@ -107,6 +107,10 @@ class ServerConfig:
         return f"http://{self.http_address}"
 
     @property
+    def metrics_url(self) -> str:
+        return f"http://{self.http_host or self.host}:{self.metrics_port}/metrics"
+
+    @property
     def exposed_without_key(self) -> bool:
         return self.api_key is None and (self.host not in LOOPBACK or (self.http_host or self.host) not in LOOPBACK)
 

@@ -18,7 +18,14 @@ from typing import Any
 
 import numpy as np
 
-from nestrank.protocol.errors import TRITON_TO_GRPC, NestrankError, ValidationError, from_triton_error
+from nestrank.protocol.errors import (
+    OVERLOADED,
+    TRITON_TO_GRPC,
+    NestrankError,
+    OverloadedError,
+    ValidationError,
+    from_triton_error,
+)
 from nestrank.protocol.parameters import exported_version, string_parameters
 
 MAX_MESSAGE_CHARS = 1000  # gRPC trailers are small (16 KB): an error never carries a request's bulk back
@@ -98,8 +105,10 @@ def error_response(pb_utils, err: Exception):
     if isinstance(err, NestrankError):
         code = getattr(pb_utils.TritonError, err.triton_code)
         message = str(err)
-    else:
-        pb_utils.Logger.log_error(f"nestrank: internal error:\n{traceback.format_exc()}")
+        if isinstance(err, OverloadedError) and not message.startswith(OVERLOADED):
+            message = OVERLOADED + message  # UNAVAILABLE is shared: this is how clients tell overload apart
+    else:  # the traceback from the exception itself: this may run outside its `except` (the embed scheduler)
+        pb_utils.Logger.log_error(f"nestrank: internal error:\n{''.join(traceback.format_exception(err))}")
         code = pb_utils.TritonError.INTERNAL
         message = f"internal error ({type(err).__name__}); the server log has the details"
     return pb_utils.InferenceResponse(error=pb_utils.TritonError(_bounded(message), code))
@@ -163,3 +172,41 @@ class PassageMetrics:
                 self.reported[name] = value
         self.metrics["cache_bytes"].set(cache_stats.bytes)
         self.metrics["cache_entries"].set(cache_stats.entries)
+
+
+class SchedulerMetrics:
+    """The embed scheduler on Triton's Prometheus endpoint, labelled by model and instance: counters
+    nestrank_embed_{admitted, shed, cancelled, batches, tokens}, the gauge nestrank_embed_tokens_per_s (its
+    estimate), and histograms nestrank_embed_queue_seconds (per request) and nestrank_embed_batch_seconds."""
+
+    COUNTERS = {"admitted": "requests queued", "shed": "requests refused at once: they would wait past the bound",
+                "cancelled": "requests their callers gave up before they ran", "batches": "executions",
+                "tokens": "tokens embedded"}  # fmt: skip
+    BUCKETS = [0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0]
+
+    def __init__(self, pb_utils, model: str, instance: str):
+        family, labels = pb_utils.MetricFamily, {"model": model, "instance": instance}
+        self.families = {key: family(name=f"nestrank_embed_{key}", description=help_, kind=family.COUNTER)
+                         for key, help_ in self.COUNTERS.items()}  # fmt: skip
+        self.families["tokens_per_s"] = family(name="nestrank_embed_tokens_per_s", kind=family.GAUGE,
+                                               description="the scheduler's estimate of its speed")  # fmt: skip
+        for key in ("queue_seconds", "batch_seconds"):
+            self.families[key] = family(name=f"nestrank_embed_{key}", kind=family.HISTOGRAM,
+                                        description=f"{key.split('_')[0]} time in seconds")  # fmt: skip
+        self.metrics = {key: f.Metric(labels=labels, **({"buckets": self.BUCKETS} if "seconds" in key else {}))
+                        for key, f in self.families.items()}  # fmt: skip
+        self.reported = dict.fromkeys(self.COUNTERS, 0)
+
+    def report(self, scheduler) -> None:
+        stats = scheduler.stats
+        for key in self.COUNTERS:
+            value = getattr(stats, key)
+            self.metrics[key].increment(value - self.reported[key])
+            self.reported[key] = value
+        self.metrics["tokens_per_s"].set(scheduler.tokens_per_s)
+        for key in ("queue_seconds", "batch_seconds"):
+            drained, values = getattr(stats, key), []
+            while drained:  # the worker appends while this drains
+                values.append(drained.pop())
+            for value in values:
+                self.metrics[key].observe(value)

@@ -76,8 +76,12 @@ class EmbedderConfig:
     default_prompt: str | None = None
     precisions: tuple[str, ...] = PRECISIONS
     weights: str = "fp32"
-    max_tokens_per_batch: int = 8192
+    max_tokens_per_batch: int = 8192  # padded tokens per ONNX Runtime run
     max_sequences_per_batch: int = 64
+    # The scheduler (serving/embed_scheduler.py): tokens per execution, and the longest a request may wait in its
+    # queue, from the work ahead of it, before it is refused at once as overload.
+    max_batch_tokens: int = 16384
+    max_queue_wait_s: float = 30.0
     intra_op_threads: int = 0
     tensorrt_fp16: bool = False  # on a GPU with TensorRT: build fp16 engines (the graph's weights stay as exported)
 
@@ -102,6 +106,8 @@ class EmbedderConfig:
             raise ValueError(f"default_prompt {self.default_prompt!r} is not among prompts {sorted(names)}")
         if self.max_sequences_per_batch < 1 or self.max_tokens_per_batch < self.max_length:
             raise ValueError("max_sequences_per_batch must be >= 1 and max_tokens_per_batch >= max_length")
+        if self.max_batch_tokens < self.max_length or self.max_queue_wait_s <= 0:
+            raise ValueError("max_batch_tokens must be >= max_length and max_queue_wait_s > 0")
 
     def prompt_for(self, input_type: str | None) -> str:
         names = dict(self.prompts)

@@ -99,12 +99,15 @@ WIRE: dict[type[NestrankError], Wire] = {
 for _cls, _wire in WIRE.items():
     _cls.grpc_code, _cls.triton_code, _cls.http_status, _cls.retry = _wire.grpc, _wire.triton, _wire.http, _wire.retry
 
+OVERLOADED = "overloaded: "  # how a nestrank model's OverloadedError message starts (UNAVAILABLE is shared)
+
 # Where Triton answers several conditions with one status, its message tells them apart. Keep this list short: a
 # rule here is a bet on Triton's wording (2.51), checked against the real server in the integration tests.
 TRITON_MESSAGES = (
     ("UNAVAILABLE", "protocol is restricted", UnauthenticatedError),  # a missing or wrong key
     ("UNAVAILABLE", "maximum queue size", OverloadedError),  # the queue is full
     ("UNAVAILABLE", "request timeout expired", OverloadedError),  # a request waited past the queue's bound
+    ("UNAVAILABLE", OVERLOADED, OverloadedError),  # nestrank's own models: `error_response` starts them so
     ("INTERNAL", "stub process", UnavailableError),  # "Stub process '...' is not healthy": a backend process died
     ("NOT_FOUND", "unknown model", ModelNotFoundError),  # "Request for unknown model: '...' is not found"
 )

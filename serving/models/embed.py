@@ -1,15 +1,21 @@
-"""Triton glue for an embedder: texts → embeddings in the requested precision, each dtype in its own output."""
+"""Triton glue for an embedder: texts → embeddings in the requested precision, each dtype in its own output.
+
+Requests are read and tokenized as Triton hands them over, then queued in the token-budget scheduler
+(serving/embed_scheduler.py), which answers each through its response sender: at once when it is bad input or
+would wait past the queue bound, else when its execution is done. `execute` itself returns nothing."""
 
 import triton_python_backend_utils as pb_utils
 
 from nestrank.protocol.embedding import EMBEDDING_OUTPUTS, TEXT, EmbedderConfig, parse_options
 from nestrank.protocol.errors import ValidationError
+from nestrank.serving.embed_scheduler import Admitted, TokenBudgetScheduler
 from nestrank.serving.embedder import Embedder, EmbedJob
 from nestrank.serving.triton_glue import (
+    SchedulerMetrics,
     decode_texts,
     error_response,
     input_array,
-    read_model_args,
+    read_model_args,  # fmt: skip
     request_parameters,
     wanted_outputs,
 )
@@ -26,31 +32,46 @@ def read(request, config):
     return texts, options, output
 
 
+def answerer(request, output):
+    """Sends the request's one response: its embeddings, or its error."""
+    sender = request.get_response_sender()
+
+    def answer(result):
+        try:
+            if isinstance(result, Exception):
+                raise result
+            response = pb_utils.InferenceResponse([pb_utils.Tensor(output, result)])
+        except Exception as err:
+            response = error_response(pb_utils, err)
+        sender.send(response, flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+
+    return answer
+
+
 class TritonPythonModel:
     def initialize(self, args):
-        _, config, version_dir = read_model_args(pb_utils, args, EmbedderConfig)
+        model_config, config, version_dir = read_model_args(pb_utils, args, EmbedderConfig)
         self.embedder = Embedder.load(version_dir, config)
+        self.scheduler = TokenBudgetScheduler(
+            self.embedder.run,
+            config.max_batch_tokens,
+            config.max_queue_wait_s,
+            self.embedder.measure_tokens_per_s(),
+            result=lambda job: job.result,
+        )
+        self.metrics = SchedulerMetrics(pb_utils, model_config["name"], args["model_instance_name"])
 
     def execute(self, requests):
-        responses = [None] * len(requests)
-        jobs, outputs = {}, {}
-        for i, request in enumerate(requests):  # each request read on its own: a bad one fails alone
+        for request in requests:  # each on its own: a bad one is answered alone, at once
             try:
-                texts, options, outputs[i] = read(request, self.embedder.config)
-                jobs[i] = EmbedJob(texts, options)
+                texts, options, output = read(request, self.embedder.config)
+                job = self.embedder.prepare(EmbedJob(texts, options))
             except Exception as err:
-                responses[i] = error_response(pb_utils, err)
-        try:
-            self.embedder.run(list(jobs.values()))
-        except Exception as err:  # the shared model run failed: every request in it learns (INTERNAL)
-            for i in jobs:
-                responses[i] = error_response(pb_utils, err)
-            return responses
-        for i, job in jobs.items():
-            try:
-                if isinstance(job.result, Exception):
-                    raise job.result
-                responses[i] = pb_utils.InferenceResponse([pb_utils.Tensor(outputs[i], job.result)])
-            except Exception as err:
-                responses[i] = error_response(pb_utils, err)
-        return responses
+                answerer(request, None)(err)
+                continue
+            self.scheduler.submit(Admitted(job, job.tokens, answerer(request, output), request.is_cancelled))
+        self.metrics.report(self.scheduler)
+        return None
+
+    def finalize(self):
+        self.scheduler.stop()

@@ -1,0 +1,145 @@
+"""Admission and token-budgeted batches for the embed model, as TEI schedules: requests join one queue the moment
+Triton hands them over; a worker takes them in arrival order into executions of at most `max_batch_tokens` tokens
+(whole requests; a request larger than the budget runs alone); a request that would wait longer than
+`max_wait_s` is refused at once, from the queued tokens and the measured tokens/s, instead of timing out later.
+
+Triton's own dynamic batcher can only count requests and texts, so 16 requests of 32 long texts merged into one
+27 s execution left the next ones to time out in its queue; here an execution stays within its token budget and
+the wait a request is told about is the work ahead of it.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from nestrank.protocol.errors import OverloadedError, UnavailableError
+
+
+@dataclass
+class Admitted:
+    """One request in the queue: its work, how to answer it, and how to tell whether its caller gave up."""
+
+    work: object  # what `run` takes, one per request (an EmbedJob)
+    tokens: int
+    answer: Callable[[object], None]  # called once, with the request's result or its error
+    cancelled: Callable[[], bool] = lambda: False
+    arrived: float = field(default_factory=time.monotonic)
+
+
+@dataclass
+class SchedulerStats:
+    admitted: int = 0
+    shed: int = 0  # refused at once: the wait would pass the bound
+    cancelled: int = 0  # given up by their callers before they ran
+    batches: int = 0
+    tokens: int = 0
+    queue_seconds: list[float] = field(default_factory=list)  # per request, drained by the metrics
+    batch_seconds: list[float] = field(default_factory=list)
+
+
+class TokenBudgetScheduler:
+    SMOOTHING = 0.3  # weight of the newest execution in the tokens/s estimate
+
+    def __init__(self, run: Callable[[Sequence[object]], Sequence[object]], max_batch_tokens: int, max_wait_s: float,
+                 tokens_per_s: float, result: Callable[[object], object] = lambda work: work):  # fmt: skip
+        """`run` executes a list of works and returns them with results; `result(work)` reads one work's answer;
+        `tokens_per_s` is the first estimate of the speed (measured at load), updated after every execution."""
+        if max_batch_tokens < 1 or max_wait_s <= 0 or tokens_per_s <= 0:
+            raise ValueError("max_batch_tokens >= 1, max_wait_s > 0 and tokens_per_s > 0")
+        self.run = run
+        self.result = result
+        self.max_batch_tokens = max_batch_tokens
+        self.max_wait_s = max_wait_s
+        self.tokens_per_s = tokens_per_s
+        self.stats = SchedulerStats()
+        self._queue: deque[Admitted] = deque()
+        self._queued_tokens = 0
+        self._running_tokens = 0
+        self._stopping = False
+        self._wake = threading.Condition()
+        self._worker = threading.Thread(target=self._loop, name="nestrank-embed-scheduler", daemon=True)
+        self._worker.start()
+
+    def wait_s(self, tokens: int = 0) -> float:
+        """Seconds until a request of `tokens` arriving now would be done: the work ahead of it, and its own."""
+        return (self._queued_tokens + self._running_tokens + tokens) / self.tokens_per_s
+
+    def submit(self, request: Admitted) -> None:
+        """Queues the request, or answers it at once with OverloadedError when it would wait past the bound (an
+        idle server takes any request, however large)."""
+        with self._wake:
+            ahead = self._queued_tokens + self._running_tokens
+            if self._stopping:
+                refusal = UnavailableError("the model is shutting down; retry on another replica")
+            elif ahead and self.wait_s(request.tokens) > self.max_wait_s:
+                self.stats.shed += 1
+                seconds, rate = ahead / self.tokens_per_s, self.tokens_per_s
+                refusal = OverloadedError(f"{ahead} tokens are queued ahead (≈ {seconds:.0f} s at "
+                                          f"{rate:.0f} tokens/s), past the {self.max_wait_s:.0f} s bound; retry "
+                                          "later")  # fmt: skip
+            else:
+                self._queue.append(request)
+                self._queued_tokens += request.tokens
+                self.stats.admitted += 1
+                self._wake.notify()
+                return
+        request.answer(refusal)
+
+    def _next_batch(self) -> list[Admitted] | None:
+        with self._wake:
+            while not self._queue and not self._stopping:
+                self._wake.wait()
+            if self._stopping:
+                return None
+            batch, tokens = [], 0
+            while self._queue and (not batch or tokens + self._queue[0].tokens <= self.max_batch_tokens):
+                request = self._queue.popleft()
+                batch.append(request)
+                tokens += request.tokens
+            self._queued_tokens -= tokens
+            self._running_tokens = tokens
+            return batch
+
+    def _loop(self) -> None:
+        while (batch := self._next_batch()) is not None:
+            live = []
+            for request in batch:
+                if request.cancelled():  # its caller gave up (gRPC cancellation): not worth the compute
+                    self.stats.cancelled += 1
+                    request.answer(UnavailableError("cancelled by the caller before it ran"))
+                else:
+                    live.append(request)
+            started = time.monotonic()
+            try:
+                done = self.run([r.work for r in live]) if live else []
+                answers = [self.result(work) for work in done]
+            except Exception as err:  # the shared execution failed: every request in it learns (INTERNAL)
+                answers = [err] * len(live)
+            elapsed = time.monotonic() - started
+            tokens = sum(r.tokens for r in live)
+            if tokens and elapsed > 0:
+                rate = tokens / elapsed
+                self.tokens_per_s += self.SMOOTHING * (rate - self.tokens_per_s)
+            for request, answer in zip(live, answers):
+                self.stats.queue_seconds.append(started - request.arrived)
+                request.answer(answer)
+            with self._wake:
+                self._running_tokens = 0
+                self.stats.batches += 1
+                self.stats.tokens += tokens
+                self.stats.batch_seconds.append(elapsed)
+
+    def stop(self) -> None:
+        """Refuses what is still queued (UNAVAILABLE: another replica can take it) and ends the worker."""
+        with self._wake:
+            self._stopping = True
+            pending, self._queue = list(self._queue), deque()
+            self._queued_tokens = 0
+            self._wake.notify_all()
+        for request in pending:
+            request.answer(UnavailableError("the model is shutting down; retry on another replica"))
+        self._worker.join(timeout=60)
