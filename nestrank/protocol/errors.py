@@ -109,6 +109,7 @@ TRITON_MESSAGES = (
     ("UNAVAILABLE", "request timeout expired", OverloadedError),  # a request waited past the queue's bound
     ("UNAVAILABLE", OVERLOADED, OverloadedError),  # nestrank's own models: `error_response` starts them so
     ("INTERNAL", "stub process", UnavailableError),  # "Stub process '...' is not healthy": a backend process died
+    ("INTERNAL", "is not ready", UnavailableError),  # a BLS sub-request to a model the launcher is reloading
     ("NOT_FOUND", "unknown model", ModelNotFoundError),  # "Request for unknown model: '...' is not found"
 )
 _BY_STATUS: dict[str, type[NestrankError]] = {"CANCELLED": UnavailableError}  # the server dropped it (shutting down)

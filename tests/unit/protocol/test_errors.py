@@ -87,6 +87,9 @@ def test_a_client_reads_each_status_and_message_back_into_its_kind(status, messa
         ("INTERNAL", "Failed to process the request(s) for model 'k_encode_0_0', message: Stub process "
          "'k_encode_0_0' is not healthy.", errors.UnavailableError),
         ("NOT_FOUND", "Request for unknown model: 'k_encode' is not found", errors.UnavailableError),  # reloading
+        ("INTERNAL", "Error when running inference: Failed for execute the inference request. Model 'k_encode' is "
+         "not ready.", errors.UnavailableError),  # reloading, as 2.51 answers a BLS sub-request
+        ("UNAVAILABLE", "overloaded: 4096 tokens are queued ahead", errors.OverloadedError),  # our own scheduler
         ("UNAVAILABLE", "Request for unknown model: 'k_score' has no available versions", errors.UnavailableError),
         ("NOT_FOUND", "passage_ids[0]: unknown passage id", errors.NotFoundError),
         ("UNSUPPORTED", "not supported", errors.UnsupportedError),
