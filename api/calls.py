@@ -39,11 +39,11 @@ async def embed(model: ServedModel, texts: Sequence[str], options: dict, concurr
     embeds; 0 where the front has no tokenizer for the model (no repository on this host)."""
     assert model.kind == EMBEDDER
     options = {k: v for k, v in options.items() if v is not None}
-    call = model.client.embed(texts, concurrency=concurrency, **options)
     if model.counter is None:
-        return await call, 0
-    prompt = model.info.config.prompt_for(options.get("input_type"))
+        return await model.client.embed(texts, concurrency=concurrency, **options), 0
+    prompt = model.info.config.prompt_for(options.get("input_type"))  # a bad input_type raises here, first
     direction = options.get("truncation_direction", "right")
+    call = model.client.embed(texts, concurrency=concurrency, **options)
     counting = asyncio.ensure_future(asyncio.to_thread(model.counter.count, texts, prompt, direction))
     try:
         vectors = await call

@@ -130,8 +130,11 @@ async def rerank_v2(body: RerankV2Request, request: Request):
     model = await calls.rerank_model(request.app.state.catalogue, body.model)
     limit = model.info.config.max_passage_tokens
     if body.max_tokens_per_doc is not None and body.max_tokens_per_doc < limit:
-        raise ValidationError("max_tokens_per_doc", f"{body.max_tokens_per_doc} is below the model's passage limit "
-                              f"of {limit} tokens, where documents are cut; send at least {limit} or leave it out")
+        raise ValidationError(
+            "max_tokens_per_doc",
+            f"{body.max_tokens_per_doc} is below the model's passage limit "
+            f"of {limit} tokens, where documents are cut; send at least {limit} or leave it out",
+        )
     ranked = await calls.rerank(model, body.query, body.documents, body.passage_ids, top_n=body.top_n,
                                 instruction=body.instruction, compression_ratio=body.compression_ratio)  # fmt: skip
     results = [{"index": r.index, "relevance_score": r.score} for r in ranked]

@@ -73,8 +73,11 @@ def refused(args: argparse.Namespace) -> str | None:
     return None
 
 
-def run(args: argparse.Namespace, environment: Mapping[str, str] | None = None,
-        companion: Callable[[ServerConfig, EventLog], Companion] | None = None) -> int:
+def run(
+    args: argparse.Namespace,
+    environment: Mapping[str, str] | None = None,
+    companion: Callable[[ServerConfig, EventLog], Companion] | None = None,
+) -> int:
     """`companion(config, events)`: a process to run beside tritonserver once it is ready (the HTTP front)."""
     repository = Path(args.repository)
     if reason := refused(args):
