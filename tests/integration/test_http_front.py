@@ -416,3 +416,16 @@ def test_every_route_of_the_served_spec_survives_a_fuzz(front):
                 assert mode == GenerationMode.NEGATIVE and not operation.body and operation.method == "get"
     assert not failures, "\n".join(failures[:10])
     assert httpx.get(f"{front.url}/ready").status_code == 200
+
+
+def test_the_bench_http_row_measures_the_same_work_as_grpc(server, grpc_url):
+    """`nestrank bench compare`'s HTTP row: the front as its own process, the same batches, the same outputs."""
+    from nestrank.bench.http_front import FrontProcess, grpc_embed_run, http_embed_run
+
+    batches = [TEXTS[:3], TEXTS[3:], ["x y"] * 4, ["short"] * 2, ["z"]]
+    with FrontProcess(grpc_url, server.config.model_repository) as process:
+        http_result, http_rows = http_embed_run(process.url, MINILM, batches, 2)
+    grpc_result, grpc_rows = grpc_embed_run(grpc_url, MINILM, batches, 2, 32)
+    assert len(http_result.latencies_s) == len(grpc_result.latencies_s) == len(batches)
+    assert http_rows.shape == grpc_rows.shape == (sum(map(len, batches)), 384)
+    assert cosines(http_rows, grpc_rows).min() >= 0.99999
