@@ -22,6 +22,24 @@ import numpy as np
 from nestrank.bench.loadgen import RunResult, closed_loop
 
 
+def cpu_seconds(pid: int, tree: bool = False) -> float:
+    """User + system CPU time of a process (and, with `tree`, of every process under it), from /proc."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    pids = [pid]
+    while pids:
+        current = pids.pop()
+        try:
+            fields = Path(f"/proc/{current}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / ticks  # utime, stime
+            if tree:
+                for task in os.listdir(f"/proc/{current}/task"):
+                    pids += [int(c) for c in Path(f"/proc/{current}/task/{task}/children").read_text().split()]
+        except (OSError, IndexError, ValueError):
+            continue  # gone meanwhile
+    return total
+
+
 class FrontProcess:
     """`python -m nestrank.api` on a free loopback port, against `grpc_url`."""
 
@@ -47,6 +65,9 @@ class FrontProcess:
                     self.__exit__()
                     raise RuntimeError(f"the HTTP front did not start: {self.process.stderr.read()[-500:]!r}")
                 time.sleep(0.1)
+
+    def cpu_s(self) -> float:
+        return cpu_seconds(self.process.pid)
 
     def __exit__(self, *exc) -> None:
         if self.process is not None and self.process.poll() is None:
