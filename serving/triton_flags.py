@@ -44,7 +44,7 @@ def triton_command(
         f"--model-repository={config.model_repository}",
         f"--grpc-address={config.host}", f"--grpc-port={config.grpc_port}",
         f"--http-address={http_host}", f"--http-port={config.http_port}",
-        f"--metrics-address={http_host}", f"--metrics-port={config.metrics_port}",
+        f"--metrics-address={config.metrics_address}", f"--metrics-port={config.metrics_port}",
         "--exit-on-error=true",
         "--strict-readiness=true",
         "--model-control-mode=explicit", "--load-model=*",  # lets the watchdog reload one model

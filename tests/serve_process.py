@@ -15,9 +15,9 @@ from nestrank.serving.launcher import free_ports
 
 class ServeProcess:
     def __init__(self, repository: Path, *args: str):
-        self.grpc_port, self.http_port, self.metrics_port = free_ports(3)
+        self.grpc_port, self.http_port, self.metrics_port, self.api_port = free_ports(4)
         ports = ["--grpc-port", str(self.grpc_port), "--http-port", str(self.http_port),
-                 "--metrics-port", str(self.metrics_port)]  # fmt: skip
+                 "--metrics-port", str(self.metrics_port), "--api-port", str(self.api_port)]  # fmt: skip
         self.command = [sys.executable, "-m", "nestrank", "serve", "--repository", str(repository),
                         "--no-default-models", *ports, *args]  # fmt: skip
         self.process: subprocess.Popen | None = None
@@ -26,6 +26,12 @@ class ServeProcess:
     @property
     def grpc_url(self) -> str:
         return f"127.0.0.1:{self.grpc_port}"
+
+    @property
+    def api_url(self) -> str:
+        """The HTTP front (unless started with --no-api; https with --tls-cert)."""
+        scheme = "https" if "--tls-cert" in self.command else "http"
+        return f"{scheme}://127.0.0.1:{self.api_port}"
 
     @property
     def metrics_url(self) -> str:

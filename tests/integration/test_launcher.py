@@ -57,7 +57,8 @@ def test_serve_command_serves_a_model_an_older_nestrank_exported_until_sigterm(s
     ports = ["--grpc-port", str(grpc_port), "--http-port", str(http_port), "--metrics-port", str(metrics_port)]
     serve = "import sys; from nestrank.serve import main; sys.exit(main(sys.argv[1:], environment={'NESTRANK_X': 'y'}))"
     addresses = ["--host", "localhost", "--http-host", "127.0.0.1"]
-    cmd = [sys.executable, "-c", serve, "--repository", str(repo), "--no-default-models", *addresses, *ports]
+    cmd = [sys.executable, "-c", serve, "--repository", str(repo), "--no-default-models", "--no-api", *addresses,
+           *ports]  # fmt: skip
     process = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     lines = queue.Queue()
     threading.Thread(target=lambda: [lines.put(line) for line in process.stdout], daemon=True).start()

@@ -17,6 +17,9 @@ RULES = {  # package: (modules to import, prefixes it must not import)
                  "nestrank.serving.passage_cache", "nestrank.serving.launcher", "nestrank.serving.cli",
                  "nestrank.serving.triton_glue"],
                 ["nestrank.clients", "nestrank.export", "nestrank.bench", "torch", "transformers"]),
+    # The HTTP front: over the clients; it reads tokenizers for usage counts (serving.tokenization), nothing heavier.
+    "api": (["nestrank.api.app", "nestrank.api.cli", "nestrank.api.catalogue"],
+            ["nestrank.export", "nestrank.bench", "torch", "transformers", "onnxruntime"]),
     "export": (["nestrank.export.embedder", "nestrank.export.reranker", "nestrank.export.cli",
                 "nestrank.export.repository"],
                ["nestrank.clients", "nestrank.bench"]),

@@ -51,11 +51,13 @@ def test_the_deployment_runs_replicas_on_gpus_with_truthful_probes():
     (container,) = pod["spec"]["containers"]
     assert deployment["spec"]["replicas"] >= 2
     assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
-    assert container["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
-    assert container["livenessProbe"]["httpGet"]["path"] == "/v2/health/live"
-    assert container["startupProbe"]["httpGet"]["path"] == "/v2/health/ready"
+    # The probes ask the HTTP front, which reflects Triton's readiness (Triton's own HTTP stays on loopback).
+    assert container["readinessProbe"]["httpGet"] == {"path": "/ready", "port": "api"}
+    assert container["livenessProbe"]["httpGet"] == {"path": "/health", "port": "api"}
+    assert container["startupProbe"]["httpGet"] == {"path": "/ready", "port": "api"}
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
-    assert ports == {"grpc": 8001, "http": 8000, "metrics": 8002}  # nestrank serve's defaults
+    defaults = serve.parser().parse_args([])
+    assert ports == {"grpc": defaults.grpc_port, "api": defaults.api_port, "metrics": defaults.metrics_port}
     annotations = pod["metadata"]["annotations"]
     assert annotations["prometheus.io/scrape"] == "true" and int(annotations["prometheus.io/port"]) == ports["metrics"]
     assert service["spec"]["selector"].items() <= pod["metadata"]["labels"].items()
@@ -81,7 +83,7 @@ def test_the_image_is_nvidias_triton_and_carries_nestrank_with_the_gpu_extra():
     assert re.fullmatch(r"\d{2}\.\d{2}", tag)  # <year>.<month>
     assert "FROM nvcr.io/nvidia/tritonserver:${TRITON_TAG}-py3" in text
     assert '"/opt/nestrank[gpu]"' in text
-    for source in ("nestrank", "serving", "export", "clients", "bench"):  # every package pyproject maps
+    for source in ("nestrank", "serving", "export", "clients", "bench", "api"):  # every package pyproject maps
         assert f"COPY {source} {source}" in text
 
 
@@ -97,10 +99,10 @@ def test_compose_reserves_a_gpu_checks_readiness_and_needs_the_key():
     service = yaml.safe_load((DEPLOY / "compose.yaml").read_text())["services"]["nestrank"]
     (device,) = service["deploy"]["resources"]["reservations"]["devices"]
     assert device["driver"] == "nvidia" and "gpu" in device["capabilities"]
-    assert any("/v2/health/ready" in part for part in service["healthcheck"]["test"])
+    assert any("http://127.0.0.1:8080/ready" in part for part in service["healthcheck"]["test"])  # the front
     assert service["environment"]["NESTRANK_API_KEY"].startswith("${NESTRANK_API_KEY:?")  # refuses to start without
     assert service["build"] == {"context": "..", "dockerfile": "deploy/Dockerfile"}  # the repository root
-    assert sorted(service["ports"]) == ["8000:8000", "8001:8001", "8002:8002"]
+    assert sorted(service["ports"]) == ["8001:8001", "8002:8002", "8080:8080"]
 
 
 def test_the_replicas_share_a_persistent_redis():
@@ -145,3 +147,28 @@ def test_compose_points_nestrank_at_a_persistent_redis():
     command = services["redis"]["command"]
     assert command[command.index("--appendonly") + 1] == "yes" and "volatile-lru" in command
     assert any(volume.endswith(":/data") for volume in services["redis"]["volumes"])
+
+
+def test_the_probed_paths_are_the_fronts_open_routes():
+    """The front serves what the probes ask for, without a key (probes send none)."""
+    from nestrank.api.app import create_app
+    from nestrank.api.guard import OPEN_PATHS
+    from nestrank.api.settings import FrontSettings
+
+    routes = set(create_app(FrontSettings()).openapi()["paths"])
+    container = by_kind("Deployment")["spec"]["template"]["spec"]["containers"][0]
+    compose = yaml.safe_load((DEPLOY / "compose.yaml").read_text())["services"]["nestrank"]
+    probed = {container[probe]["httpGet"]["path"] for probe in ("startupProbe", "readinessProbe", "livenessProbe")}
+    probed |= set(re.findall(r"127\.0\.0\.1:8080(/\w+)", " ".join(compose["healthcheck"]["test"])))
+    assert probed == {"/ready", "/health"} and probed <= routes & OPEN_PATHS
+
+
+def test_with_the_front_on_tritons_http_binds_loopback_and_metrics_stay_reachable():
+    """What the image runs (NESTRANK_HOST=0.0.0.0): the front and gRPC on every address, Triton's HTTP on loopback,
+    metrics where Prometheus scrapes them."""
+    args = serve.parser().parse_args(dockerfile_cmd()[2:] + ["--host", "0.0.0.0"])
+    serve.front_settings(args)
+    assert (args.http_host, args.metrics_host, args.api_host or args.host) == ("127.0.0.1", "0.0.0.0", "0.0.0.0")
+    off = serve.parser().parse_args(["--host", "0.0.0.0", "--no-api"])
+    serve.front_settings(off)
+    assert (off.http_host, off.metrics_host) == (None, None)  # as before the front: both on --host

@@ -1,0 +1,111 @@
+"""Error responses: the status from the protocol's one error table (`http_status`), the body in the envelope of the
+API family the path belongs to: OpenAI's `{"error": {"message", "type", "param", "code"}}` on /v1 and /v2 (and
+the front's own routes), TEI's `{"error", "error_type"}` on TEI's routes. Nothing a caller sends answers 500: a
+500 is a bug of the front (logged with its traceback) or a model's failure (BackendError)."""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
+
+from nestrank.protocol.errors import (
+    BackendError,
+    ModelNotFoundError,
+    NestrankError,
+    OverloadedError,
+    RequestTooLargeError,
+    UnauthenticatedError,
+    UnavailableError,
+    ValidationError,
+    http_status,
+)
+
+log = logging.getLogger("nestrank.api")
+TEI_PATHS = frozenset({"/embed", "/rerank", "/info", "/health"})  # TEI's routes answer in TEI's envelope
+MAX_MESSAGE_CHARS = 1000  # never a request's bulk back
+RETRY_STATUSES = (429, 503)
+
+OPENAI_TYPES = {400: "invalid_request_error", 401: "invalid_request_error", 404: "invalid_request_error",
+                405: "invalid_request_error", 413: "invalid_request_error", 429: "rate_limit_error"}  # fmt: skip
+TEI_TYPES = {400: "validation", 401: "unauthorized", 404: "validation", 405: "validation", 413: "validation",
+             429: "overloaded", 503: "unhealthy", 504: "unhealthy"}  # fmt: skip
+CODES = {ModelNotFoundError: "model_not_found", UnauthenticatedError: "invalid_api_key",
+         RequestTooLargeError: "request_too_large", OverloadedError: "overloaded",
+         UnavailableError: "unavailable"}  # fmt: skip
+
+
+def error_body(path: str, status: int, message: str, param: str | None = None, code: str | None = None) -> dict:
+    message = message if len(message) <= MAX_MESSAGE_CHARS else message[: MAX_MESSAGE_CHARS - 1] + "…"
+    if path in TEI_PATHS:
+        return {"error": message, "error_type": TEI_TYPES.get(status, "backend")}
+    return {"error": {"message": message, "type": OPENAI_TYPES.get(status, "server_error"), "param": param,
+                      "code": code}}  # fmt: skip
+
+
+def error_headers(status: int, retry_after_s: int) -> dict[str, str]:
+    headers = {"Retry-After": str(retry_after_s)} if status in RETRY_STATUSES else {}
+    if status == 401:
+        headers["WWW-Authenticate"] = "Bearer"
+    return headers
+
+
+def error_response(path: str, err: BaseException, retry_after_s: int = 1) -> JSONResponse:
+    status = http_status(err)
+    if not isinstance(err, NestrankError) or isinstance(err, BackendError):
+        log.error("%s failed", path, exc_info=err)
+    if isinstance(err, NestrankError):
+        message = str(err)
+    else:
+        message = "internal error in the HTTP front; its log has the traceback"
+    param = err.field if isinstance(err, ValidationError) else "model" if isinstance(err, ModelNotFoundError) else None
+    code = next((c for cls, c in CODES.items() if isinstance(err, cls)), None)
+    body = error_body(path, status, message, param, code)
+    return JSONResponse(body, status, headers=error_headers(status, retry_after_s))
+
+
+def _field(loc) -> str:
+    """pydantic's error location as the caller wrote the field: ("body", "input", 3) → "input[3]". Union member
+    tags pydantic inserts ("str", "list[str]", ...) are dropped."""
+    parts = []
+    for part in loc[1:] if loc and loc[0] == "body" else loc:
+        if isinstance(part, int):
+            parts.append(f"[{part}]")
+        elif part.isidentifier() and part not in ("str", "int", "bool", "float", "list", "dict"):
+            parts.append(f".{part}" if parts else part)
+    return "".join(parts) or "body"
+
+
+def validation_error(exc: RequestValidationError) -> ValidationError:
+    first = exc.errors()[0]
+    field = _field(first.get("loc", ()))
+    if first.get("type") == "json_invalid":
+        return ValidationError("body", f"not valid JSON ({first.get('ctx', {}).get('error', 'decode error')})")
+    if first.get("type") == "extra_forbidden":
+        return ValidationError(field, "unknown field; the schema is at /openapi.json")
+    if first.get("type") == "model_attributes_type" and field == "body":
+        return ValidationError("body", "expected a JSON object (with Content-Type: application/json)")
+    return ValidationError(field, first.get("msg", "invalid"))
+
+
+def install(app: FastAPI, retry_after_s: int) -> None:
+    async def nestrank_error(request: Request, exc: Exception):
+        return error_response(request.url.path, exc, retry_after_s)
+
+    async def request_validation(request: Request, exc: RequestValidationError):
+        return error_response(request.url.path, validation_error(exc), retry_after_s)
+
+    async def http_error(request: Request, exc: HTTPException):
+        path, status = request.url.path, exc.status_code
+        if status == 413:
+            return error_response(path, RequestTooLargeError("body", str(exc.detail)), retry_after_s)
+        headers = {**(exc.headers or {}), **error_headers(status, retry_after_s)}
+        return JSONResponse(error_body(path, status, str(exc.detail)), status, headers=headers)
+
+    app.add_exception_handler(NestrankError, nestrank_error)
+    app.add_exception_handler(RequestValidationError, request_validation)
+    app.add_exception_handler(HTTPException, http_error)
+    app.add_exception_handler(Exception, nestrank_error)

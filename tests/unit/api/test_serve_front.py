@@ -1,0 +1,29 @@
+"""`nestrank serve`'s front flags: what it refuses before exporting anything, and the command it supervises."""
+
+from nestrank import serve
+from nestrank.serving.launcher import ServerConfig
+from nestrank.serving.supervisor import EventLog
+from tests.certificates import make_certificates
+
+KEY = "serve-unit-key-0123456789"
+
+
+def test_flags_it_refuses(tmp_path):
+    certs = make_certificates(tmp_path)
+    mutual = ["--tls-cert", str(certs.server_cert), "--tls-key", str(certs.server_key), "--tls-ca", str(certs.ca)]
+    assert "--no-api" in serve.refused(serve.parser().parse_args(mutual))
+    assert serve.refused(serve.parser().parse_args([*mutual, "--no-api"])) is None
+    assert "--api-port 8001" in serve.refused(serve.parser().parse_args(["--api-port", "8001"]))
+
+
+def test_the_front_command_carries_tls_and_leaves_the_key_to_the_environment(tmp_path):
+    certs = make_certificates(tmp_path)
+    args = serve.parser().parse_args(["--host", "0.0.0.0", "--api-port", "9080", "--api-key", KEY, "--tls-cert",
+                                      str(certs.server_cert), "--tls-key", str(certs.server_key)])  # fmt: skip
+    config = ServerConfig(tmp_path, host="0.0.0.0", grpc_port=9001, api_key=KEY)
+    front = serve.front(args)(config, EventLog(echo=False))
+    command = " ".join(front.command)
+    assert "-m nestrank.api --triton 127.0.0.1:9001 --host 0.0.0.0 --port 9080" in command
+    assert f"--tls-cert {certs.server_cert}" in command and f"--triton-ca {certs.server_cert}" in command
+    assert KEY not in command and front.env["NESTRANK_API_KEY"] == KEY
+    assert front.url == "https://0.0.0.0:9080" and front.address == ("127.0.0.1", 9080)
