@@ -1,5 +1,5 @@
-"""`nestrank bench`: load tests (embed, rerank), FBNL rerank paths (fbnl), a soak (soak) and the peer comparison
-(compare)."""
+"""`nestrank bench`: load tests (embed, rerank), FBNL rerank paths (fbnl), the passage store (store), a soak (soak),
+the peer comparison (compare) and the GPU paths (gpu)."""
 
 from __future__ import annotations
 
@@ -27,6 +27,8 @@ def _load_arguments(p: argparse.ArgumentParser, model: str, batch: int) -> None:
     p.add_argument("--warmup", type=int, default=8, help="requests before measuring")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--input", type=Path, help="texts: one per line, or .jsonl with a 'text' field")
+    p.add_argument("--texts", choices=("mix", "long"), default="mix",
+                   help="without --input: the realistic mix, or long texts (400 words: past 256 tokens)")  # fmt: skip
     p.add_argument("--batch-size", type=int, default=batch)
     p.add_argument("--max-error-rate", type=float, default=0.0, help="exit 1 above this fraction of failed requests")
     p.add_argument("--retries", type=int, default=0, help="client retries per request (default 0: failures show)")
@@ -76,6 +78,14 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--rerank-share", type=float, default=0.3)
     s.add_argument("--cache-bytes", type=int, default=64 << 20, help="the server's passage-state cache bound")
     s.add_argument("--out", type=Path, default=Path("bench/out/soak.json"))
+    g = workloads.add_parser("gpu", help="on a CUDA GPU: ORT CUDA vs PyTorch eager, parity, IO binding on/off")
+    g.add_argument("--part", choices=("embed", "rerank"), default="embed")
+    g.add_argument("--texts", type=int, default=2048, help="embed: texts of the realistic mix")
+    g.add_argument("--shape", choices=("nano", "small", "large"), default="nano", help="rerank: KaLM shape")
+    g.add_argument("--layers", type=int, help="rerank: layers on each side (default: the shape's full depth)")
+    g.add_argument("--repeats", type=int, default=5)
+    g.add_argument("--out", type=Path, help="the report (default: bench/out/gpu-<part>.json)")
+    g.add_argument("--render", type=Path, help="only rewrite the RESULTS section from a saved report")
     c = workloads.add_parser("compare", help="nestrank vs in-process ORT / sentence-transformers / Infinity")
     c.add_argument("--texts", type=int, default=1024)
     c.add_argument("--concurrency", type=int, default=16)
@@ -104,6 +114,15 @@ def main(argv: list[str]) -> int:
                              store_passages=args.store_passages, store_tokens=args.store_tokens,
                              fetches=args.fetches, index_passages=args.index_passages, out=args.out))  # fmt: skip
         return 0
+    if args.workload == "gpu":
+        from nestrank.bench.gpu import GpuBenchConfig, render, run
+
+        if args.render:
+            render(args.render)
+            return 0
+        run(GpuBenchConfig(part=args.part, texts=args.texts, shape=args.shape, layers=args.layers,
+                           repeats=args.repeats, out=args.out or Path(f"bench/out/gpu-{args.part}.json")))  # fmt: skip
+        return 0
     if args.workload == "soak":
         from nestrank.bench.soak import SoakConfig, run
 
@@ -131,6 +150,7 @@ def main(argv: list[str]) -> int:
         warmup=args.warmup,
         seed=args.seed,
         input=args.input,
+        texts=args.texts,
         batch_size=args.batch_size,
         dimensions=getattr(args, "dimensions", None),
         precision=getattr(args, "precision", "float32"),

@@ -25,11 +25,9 @@ import torch
 from tqdm.auto import tqdm
 
 from nestrank.bench.results import update_section
-from nestrank.clients.rerank import RerankClient
 from nestrank.export.reference import reference_scores
 from nestrank.export.reranker import ScorerGraph, answer_rows_only, export_reranker, load_checkpoint, load_tokenizer
 from nestrank.export.tiny_checkpoints import kalm_shaped_reranker
-from nestrank.serving.launcher import ServerConfig, TritonServer
 from nestrank.serving.reranker import FBNLReranker
 from nestrank.texts import realistic_texts
 
@@ -101,6 +99,9 @@ def count_flops(model, tokenizer, export_config, documents: list[str], ratio: in
 
 
 def run(config: RerankBenchConfig, log=print) -> dict:
+    from nestrank.clients.rerank import RerankClient  # here: `nestrank bench gpu` shares this module without them
+    from nestrank.serving.launcher import ServerConfig, TritonServer
+
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         checkpoint = kalm_shaped_reranker(tmp / "ckpt", config.shape, layers=config.layers)

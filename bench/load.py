@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from nestrank.bench.loadgen import closed_loop, open_loop, sequential, write_reports
-from nestrank.texts import realistic_texts
+from nestrank.texts import long_texts, realistic_texts
 
 PASSAGE_MODES = ("cached", "states", "fresh")
 IN_FLIGHT = 4096  # the load generator decides what is in flight (closed or open loop); the client must not cap it
@@ -36,6 +36,7 @@ class LoadConfig:
     warmup: int = 8
     seed: int = 0
     input: Path | None = None  # one text per line, or JSONL with a "text" field
+    texts: str = "mix"  # without --input: "mix" (the realistic mix) or "long" (400 words each, past 256 tokens)
     batch_size: int = 32  # texts per embed request, candidates per rerank request
     dimensions: int | None = None
     precision: str = "float32"
@@ -74,7 +75,9 @@ class LoadConfig:
 def load_texts(config: LoadConfig, count: int) -> list[str]:
     """`count` texts from --input (cycled) or the built-in realistic mix."""
     if config.input is None:
-        return realistic_texts(count, seed=config.seed)
+        return (
+            long_texts(count, seed=config.seed) if config.texts == "long" else realistic_texts(count, seed=config.seed)
+        )
     lines = [ln for ln in config.input.read_text(encoding="utf-8").splitlines() if ln.strip()]
     if config.input.suffix == ".jsonl":
         lines = [json.loads(ln)["text"] for ln in lines]

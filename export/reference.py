@@ -64,6 +64,7 @@ def reference_scores(
     decoder position only (same numbers, without the 262,144-wide rows the official code computes)."""
     from transformers.modeling_outputs import BaseModelOutput
 
+    device = next(model.parameters()).device  # the CPU, or CUDA as the official code runs there
     tokenizer.padding_side = "right"  # the final-position indexing assumes right padding, as in training
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -76,10 +77,11 @@ def reference_scores(
         chunk = order[start : start + batch_size]
         passages = tokenizer([config.document_template.format(document=documents[i]) for i in chunk],
                              padding=True, truncation=True, max_length=config.max_passage_tokens,
-                             add_special_tokens=config.passage_special_tokens, return_tensors="pt")  # fmt: skip
+                             add_special_tokens=config.passage_special_tokens,
+                             return_tensors="pt").to(device)  # fmt: skip
         states = model.get_encoder()(input_ids=passages["input_ids"], attention_mask=passages["attention_mask"],
                                      return_dict=True).last_hidden_state  # fmt: skip
-        decoder_ids, decoder_mask = _decoder_batch(tokenizer, config, [prompt] * len(chunk))
+        decoder_ids, decoder_mask = (t.to(device) for t in _decoder_batch(tokenizer, config, [prompt] * len(chunk)))
         last = decoder_mask.sum(dim=1) - 1
         extra = {}
         if not full_logits and config.architecture == "t5gemma2":
@@ -97,11 +99,11 @@ def reference_scores(
                 return_dict=True,
                 **extra,
             ).logits
-            final = logits[torch.arange(len(chunk)), last]
+            final = logits[torch.arange(len(chunk), device=device), last]
             pair = torch.stack([final[:, yes], final[:, no]], dim=-1).float()
             if not torch.isfinite(pair).all():
                 raise FloatingPointError("non-finite yes/no logits (the official code refuses float16 for this)")
             scores, margins = results[ratio]
-            scores[chunk] = torch.softmax(pair, dim=-1)[:, 0].numpy()
-            margins[chunk] = (pair[:, 0] - pair[:, 1]).numpy()
+            scores[chunk] = torch.softmax(pair, dim=-1)[:, 0].cpu().numpy()
+            margins[chunk] = (pair[:, 0] - pair[:, 1]).cpu().numpy()
     return results

@@ -86,6 +86,13 @@ def _docstring_sentences() -> list[str]:
     return sorted(set(sentences))
 
 
+def long_texts(count: int, seed: int = 0, words: int = 400) -> list[str]:
+    """`count` texts of `words` words each (about 500 MiniLM tokens: past a 256-token limit, like man pages)."""
+    rng = np.random.default_rng(seed)
+    pool = " ".join(_docstring_sentences()).split()
+    return [" ".join(pool[s : s + words]) for s in rng.integers(0, len(pool) - words, size=count)]
+
+
 def realistic_texts(count: int, seed: int = 0, median_words: float = 19.0, sigma: float = 1.6) -> list[str]:
     """`count` texts whose word counts follow a log-normal (defaults: median ≈ 32 MiniLM tokens, p90 ≈ 250)."""
     rng = np.random.default_rng(seed)

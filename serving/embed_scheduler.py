@@ -2,6 +2,9 @@
 Triton hands them over; a worker takes them in arrival order into executions of at most `max_batch_tokens` tokens
 (whole requests; a request larger than the budget runs alone); a request that would wait longer than
 `max_wait_s` is refused at once, from the queued tokens and the measured tokens/s, instead of timing out later.
+The estimate can be wrong (the machine slows down, texts are longer than their length suggests): a request that
+reaches the worker after waiting past the bound anyway is refused then, not run, so no answer comes later than the
+bound and one execution.
 
 Triton's own dynamic batcher can only count requests and texts, so 16 requests of 32 long texts merged into one
 27 s execution left the next ones to time out in its queue; here an execution stays within its token budget and
@@ -34,6 +37,7 @@ class Admitted:
 class SchedulerStats:
     admitted: int = 0
     shed: int = 0  # refused at once: the wait would pass the bound
+    expired: int = 0  # admitted, but waited past the bound all the same: refused when the worker reached them
     cancelled: int = 0  # given up by their callers before they ran
     batches: int = 0
     tokens: int = 0
@@ -79,7 +83,7 @@ class TokenBudgetScheduler:
                 self.stats.shed += 1
                 seconds, rate = ahead / self.tokens_per_s, self.tokens_per_s
                 refusal = OverloadedError(f"{ahead} tokens are queued ahead (≈ {seconds:.0f} s at "
-                                          f"{rate:.0f} tokens/s), past the {self.max_wait_s:.0f} s bound; retry "
+                                          f"{rate:.0f} tokens/s), past the {self.max_wait_s:g} s bound; retry "
                                           "later")  # fmt: skip
             else:
                 self._queue.append(request)
@@ -108,9 +112,14 @@ class TokenBudgetScheduler:
         while (batch := self._next_batch()) is not None:
             live = []
             for request in batch:
+                waited = time.monotonic() - request.arrived
                 if request.cancelled():  # its caller gave up (gRPC cancellation): not worth the compute
                     self.stats.cancelled += 1
                     request.answer(UnavailableError("cancelled by the caller before it ran"))
+                elif waited > self.max_wait_s:  # the speed estimate was too hopeful: keep the bound all the same
+                    self.stats.expired += 1
+                    request.answer(OverloadedError(f"waited {waited:.1f} s in the queue, past the "
+                                                   f"{self.max_wait_s:g} s bound; retry later"))  # fmt: skip
                 else:
                     live.append(request)
             started = time.monotonic()

@@ -88,11 +88,23 @@ class Embedder:
                                               direction=job.options.truncation_direction)  # fmt: skip
         return job
 
+    def estimate_tokens(self, texts: Sequence[str]) -> int:
+        """Tokens the texts will take, from their length alone (about 3 characters a token, capped at max_length):
+        what admission needs, at no cost; tokenizing every request on arrival made refusals wait their turn."""
+        return sum(min(self.config.max_length, len(t) // 3 + 2) for t in texts)
+
     def run(self, jobs: Sequence[EmbedJob]) -> Sequence[EmbedJob]:
-        """Embeds every prepared job's texts in one sorted pass; each job gets its result or its own error."""
+        """Embeds every job's texts in one sorted pass (preparing those not prepared yet); each job gets its result
+        or its own error."""
+        for job in jobs:
+            if job.sequences is None and job.result is None:
+                try:
+                    self.prepare(job)
+                except Exception as err:  # bad input (typed), or a bug: this job's alone
+                    job.result = err
         sequences: list[np.ndarray] = []
         spans: list[tuple[EmbedJob, int, int]] = []
-        for job in jobs:
+        for job in (job for job in jobs if job.result is None):
             spans.append((job, len(sequences), len(sequences) + len(job.sequences)))
             sequences.extend(job.sequences)
         if not sequences:

@@ -277,10 +277,12 @@ class FBNLReranker:
         return cls(config, tokenizer, PassageEncoder(config, tokenizer, encoder), Scorer(config, scorer))
 
     @classmethod
-    def from_repository(cls, repository: str | Path, name: str, config: RerankerConfig) -> FBNLReranker:
+    def from_repository(cls, repository: str | Path, name: str, config: RerankerConfig,
+                        providers: tuple[str, ...] | None = None) -> FBNLReranker:  # fmt: skip
         """From an exported model repository (`<name>_encode/1`, `<name>_score/1`)."""
         repository = Path(repository)
-        return cls.load(repository / f"{name}_encode" / "1", config, scorer_files=repository / f"{name}_score" / "1")
+        return cls.load(repository / f"{name}_encode" / "1", config, providers,
+                        scorer_files=repository / f"{name}_score" / "1")  # fmt: skip
 
     def margins(self, query: str, documents: Sequence[str], ratio: int, instruction: str | None = None) -> np.ndarray:
         prompt = self.tokenizer.encode_prompt(query, instruction or self.config.default_instruction)

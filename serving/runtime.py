@@ -116,6 +116,9 @@ def create_session(
     # 0: one per physical core; NESTRANK_ORT_THREADS overrides it for every model (e.g. with several instances)
     options.intra_op_num_threads = int(os.environ.get("NESTRANK_ORT_THREADS", intra_op_threads))
     options.inter_op_num_threads = 1
+    # Idle pool threads sleep instead of spinning: the model's own thread (which takes requests in and answers them)
+    # shares these cores with the pool, and spinning starved it (300 requests at once waited ~12 s to be refused).
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     with_options = []
     for name in pick_providers(providers):
         if name == "TensorrtExecutionProvider":

@@ -176,10 +176,11 @@ class PassageMetrics:
 
 class SchedulerMetrics:
     """The embed scheduler on Triton's Prometheus endpoint, labelled by model and instance: counters
-    nestrank_embed_{admitted, shed, cancelled, batches, tokens}, the gauge nestrank_embed_tokens_per_s (its
+    nestrank_embed_{admitted, shed, expired, cancelled, batches, tokens}, the gauge nestrank_embed_tokens_per_s (its
     estimate), and histograms nestrank_embed_queue_seconds (per request) and nestrank_embed_batch_seconds."""
 
     COUNTERS = {"admitted": "requests queued", "shed": "requests refused at once: they would wait past the bound",
+                "expired": "requests admitted but refused when they reached the worker past the bound",
                 "cancelled": "requests their callers gave up before they ran", "batches": "executions",
                 "tokens": "tokens embedded"}  # fmt: skip
     BUCKETS = [0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0]

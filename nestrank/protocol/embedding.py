@@ -81,7 +81,7 @@ class EmbedderConfig:
     # The scheduler (serving/embed_scheduler.py): tokens per execution, and the longest a request may wait in its
     # queue, from the work ahead of it, before it is refused at once as overload.
     max_batch_tokens: int = 16384
-    max_queue_wait_s: float = 30.0
+    max_queue_wait_s: float = 60.0
     intra_op_threads: int = 0
     tensorrt_fp16: bool = False  # on a GPU with TensorRT: build fp16 engines (the graph's weights stay as exported)
 

@@ -1,8 +1,9 @@
 """Triton glue for an embedder: texts → embeddings in the requested precision, each dtype in its own output.
 
-Requests are read and tokenized as Triton hands them over, then queued in the token-budget scheduler
-(serving/embed_scheduler.py), which answers each through its response sender: at once when it is bad input or
-would wait past the queue bound, else when its execution is done. `execute` itself returns nothing."""
+Requests are read as Triton hands them over (texts and options checked; their tokens estimated from their length),
+then queued in the token-budget scheduler (serving/embed_scheduler.py), which answers each through its response
+sender: at once when it is bad input or would wait past the queue bound, else when its execution is done (where it
+is tokenized). `execute` itself returns nothing."""
 
 import triton_python_backend_utils as pb_utils
 
@@ -65,11 +66,12 @@ class TritonPythonModel:
         for request in requests:  # each on its own: a bad one is answered alone, at once
             try:
                 texts, options, output = read(request, self.embedder.config)
-                job = self.embedder.prepare(EmbedJob(texts, options))
+                tokens = self.embedder.estimate_tokens(texts)  # tokenized later, by the scheduler's worker
             except Exception as err:
                 answerer(request, None)(err)
                 continue
-            self.scheduler.submit(Admitted(job, job.tokens, answerer(request, output), request.is_cancelled))
+            job = EmbedJob(texts, options)
+            self.scheduler.submit(Admitted(job, tokens, answerer(request, output), request.is_cancelled))
         self.metrics.report(self.scheduler)
         return None
 

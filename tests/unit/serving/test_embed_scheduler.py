@@ -81,6 +81,26 @@ def test_a_request_that_would_wait_past_the_bound_is_refused_at_once(run):
     scheduler.stop()
 
 
+def test_a_request_that_waited_past_the_bound_anyway_is_refused_not_run(run):
+    """The speed estimate said 1,000,000 tokens/s; the running execution takes longer than the bound."""
+    scheduler = TokenBudgetScheduler(run, max_batch_tokens=10, max_wait_s=0.2, tokens_per_s=1e6)
+    run.release.clear()
+    answers = {}
+    scheduler.submit(request("slow", 10, answers)[0])
+    run.started.acquire(timeout=5)
+    late, late_done = request("late", 10, answers)
+    scheduler.submit(late)  # admitted: the estimate says it waits 20 µs
+    assert scheduler.stats.admitted == 2 and "late" not in answers
+    threading.Event().wait(0.3)  # the running execution outlasts the bound
+    run.release.set()
+    assert late_done.wait(5)
+    assert isinstance(answers["late"], OverloadedError)
+    assert str(answers["late"]).startswith("waited 0.") and str(answers["late"]).endswith("past the 0.2 s bound; "
+                                                                                           "retry later")  # fmt: skip
+    assert run.batches == [["slow"]] and scheduler.stats.expired == 1
+    scheduler.stop()
+
+
 def test_an_idle_server_takes_a_request_larger_than_the_bound(run):
     scheduler = TokenBudgetScheduler(run, max_batch_tokens=10, max_wait_s=0.1, tokens_per_s=1.0)
     answers = {}

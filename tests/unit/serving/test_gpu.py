@@ -38,9 +38,9 @@ def test_rerank_scores_on_the_gpu_match_the_cpu_fp32_reference(reranker_exports,
 
     export = reranker_exports[name]
     repository = export.model_dirs[0].parent
-    cpu = FBNLReranker.from_repository(repository, name, export.config)
-    gpu = FBNLReranker.load(repository / f"{name}_encode" / "1", export.config, providers=CUDA,
-                                    scorer_files=repository / f"{name}_score" / "1")  # fmt: skip
+    cpu = FBNLReranker.from_repository(repository, name, export.config, providers=CPU)
+    gpu = FBNLReranker.from_repository(repository, name, export.config, providers=CUDA)
+    assert cpu.encoder.session.device is None and gpu.encoder.session.device == "cuda"  # two devices, for real
     documents = list(PARITY_TEXTS)
     for ratio in export.config.ratios:
         want = cpu.margins("what is served here?", documents, ratio)
