@@ -96,15 +96,18 @@ class Embedder:
     def run(self, jobs: Sequence[EmbedJob]) -> Sequence[EmbedJob]:
         """Embeds every job's texts in one sorted pass (preparing those not prepared yet); each job gets its result
         or its own error."""
+        ready = []
         for job in jobs:
-            if job.sequences is None and job.result is None:
+            if job.sequences is None:
                 try:
                     self.prepare(job)
                 except Exception as err:  # bad input (typed), or a bug: this job's alone
                     job.result = err
+                    continue
+            ready.append(job)
         sequences: list[np.ndarray] = []
         spans: list[tuple[EmbedJob, int, int]] = []
-        for job in (job for job in jobs if job.result is None):
+        for job in ready:
             spans.append((job, len(sequences), len(sequences) + len(job.sequences)))
             sequences.extend(job.sequences)
         if not sequences:
@@ -121,15 +124,14 @@ class Embedder:
         return jobs
 
     def measure_tokens_per_s(self) -> float:
-        """This model's speed on this machine, for the scheduler's first estimate: 16 texts of about 128 tokens,
-        timed on a second run (the first one warms the session)."""
-        job = EmbedJob([f"measuring the speed of this embedding model, text {i}; " * 12 for i in range(16)],
-                       EmbedOptions(dimensions=self.config.width))  # fmt: skip
-        self.prepare(job)
-        self.run([job])
+        """This model's speed on this machine, for the scheduler's first estimate, in the scheduler's units
+        (`estimate_tokens`): 32 texts of about 128 tokens, tokenized and embedded as a request is, timed on a second
+        run (the first one warms the session)."""
+        texts = [f"measuring the speed of this embedding model, text {i}; " * 12 for i in range(32)]
+        self.run([EmbedJob(texts, EmbedOptions(dimensions=self.config.width))])
         started = time.perf_counter()
-        self.run([job])
-        return job.tokens / max(time.perf_counter() - started, 1e-6)
+        self.run([EmbedJob(texts, EmbedOptions(dimensions=self.config.width))])
+        return self.estimate_tokens(texts) / max(time.perf_counter() - started, 1e-6)
 
     def quantize(self, vectors: np.ndarray, options: EmbedOptions) -> np.ndarray:
         try:

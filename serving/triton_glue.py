@@ -199,12 +199,16 @@ class SchedulerMetrics:
         self.reported = dict.fromkeys(self.COUNTERS, 0)
 
     def report(self, scheduler) -> None:
+        # Only what changed: each call is a round trip to the server, and this runs on the thread taking requests in.
         stats = scheduler.stats
         for key in self.COUNTERS:
             value = getattr(stats, key)
-            self.metrics[key].increment(value - self.reported[key])
-            self.reported[key] = value
-        self.metrics["tokens_per_s"].set(scheduler.tokens_per_s)
+            if value != self.reported[key]:
+                self.metrics[key].increment(value - self.reported[key])
+                self.reported[key] = value
+        if scheduler.tokens_per_s != self.reported.get("tokens_per_s"):
+            self.metrics["tokens_per_s"].set(scheduler.tokens_per_s)
+            self.reported["tokens_per_s"] = scheduler.tokens_per_s
         for key in ("queue_seconds", "batch_seconds"):
             drained, values = getattr(stats, key), []
             while drained:  # the worker appends while this drains
