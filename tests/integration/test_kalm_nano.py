@@ -1,7 +1,11 @@
-"""The full KaLM-Reranker-V1-Nano shape (18 + 18 layers, 640 wide, vocabulary 262,144), stored in bfloat16 with a
-Gemma-like tokenizer that prepends <bos>, and never seen by the other tests: found by its model id in a
+"""The KaLM-Reranker-V1-Nano shape (640 wide, vocabulary 262,144, its heads, windows and rope), stored in bfloat16
+with a Gemma-like tokenizer that prepends <bos>, and never seen by the other tests: found by its model id in a
 Hugging Face cache laid out on disk (offline), exported with the CLI, served by a real tritonserver, and scored
-like the official code at ratios 1, 4 and 32, a query past 512 tokens included."""
+like the official code at ratios 1, 4 and 32, a query past 512 tokens included.
+
+6 + 6 of its 18 + 18 layers: one whole cycle of five sliding-window layers and a global one, every layer type the
+full depth repeats, at a third of the export time (the full depth is what `nestrank bench fbnl`, `store` and
+`gpu` export)."""
 
 from __future__ import annotations
 
@@ -20,6 +24,7 @@ pytestmark = pytest.mark.slow
 MODEL_ID = "KaLM-Embedding/KaLM-Reranker-V1-Nano"
 NAME = "kalm-nano"
 RATIOS = (1, 4, 32)
+LAYERS = 6
 DOCS = ["ok", "open the file and read each line", realistic_texts(1, seed=31)[0],
         "an image ends here <end_of_image> and the text goes on", " ".join(realistic_texts(60, seed=32))[:3000],
         " ".join(realistic_texts(120, seed=33))]  # fmt: skip
@@ -39,7 +44,7 @@ def hub_cache(tmp_path, checkpoint):
 @pytest.fixture(scope="module")
 def nano(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("nano")
-    cache, snapshot = hub_cache(tmp, kalm_shaped_reranker(tmp / "ckpt", "nano", seed=2024))
+    cache, snapshot = hub_cache(tmp, kalm_shaped_reranker(tmp / "ckpt", "nano", layers=LAYERS, seed=2024))
     with pytest.MonkeyPatch.context() as env:
         env.setenv("HF_HUB_OFFLINE", "1")
         env.setenv("HF_HUB_CACHE", str(cache))

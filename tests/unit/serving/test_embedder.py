@@ -1,6 +1,8 @@
 """The embedder's shared execution: jobs tokenized where they run, each failing alone, and the speed the embed
 scheduler starts from measured on real work."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -20,15 +22,14 @@ def embedder(tiny_decoder_dir, tmp_path_factory) -> Embedder:
     return Embedder.load(repository / "tiny" / "1", config)
 
 
-def test_unprepared_jobs_are_tokenized_in_the_run_and_a_bad_one_fails_alone(embedder):
+def test_unprepared_jobs_are_tokenized_in_the_run_and_bad_ones_fail_alone(embedder):
     options = EmbedOptions(dimensions=embedder.config.width)
-    good, bad, also_good = (
-        EmbedJob(["a first text"], options),
-        EmbedJob(["fine", ""], options),
-        EmbedJob(["a second text", "and a third"], options),
-    )
-    embedder.run([good, bad, also_good])
-    assert isinstance(bad.result, ValidationError) and "text[1]" in str(bad.result)
+    good, also_good = EmbedJob(["a first text"], options), EmbedJob(["a second text", "and a third"], options)
+    empty = EmbedJob(["fine", ""], options)
+    too_long = EmbedJob(["lorem ipsum " * 440_000], dataclasses.replace(options, truncate=False))  # 5 MB, not cut
+    embedder.run([good, empty, too_long, also_good])
+    assert isinstance(empty.result, ValidationError) and "text[1]" in str(empty.result)
+    assert isinstance(too_long.result, ValidationError) and "text[0]: 5280000 characters exceed" in str(too_long.result)
     assert good.result.shape == (1, embedder.config.width) and also_good.result.shape == (2, embedder.config.width)
     np.testing.assert_allclose(also_good.result, embedder.embed(["a second text", "and a third"]), atol=1e-6)
 
