@@ -99,14 +99,6 @@ def round_robin(passes: dict, repeats: int, label: str) -> tuple[dict[str, float
     return {name: statistics.median(s) for name, s in seconds.items()}, outputs
 
 
-def _pass(embed, unbound, requests):
-    def one_pass():
-        with _NoBinding(*unbound):
-            return [embed(r) for r in requests]
-
-    return one_pass
-
-
 def cosines(reference: np.ndarray, other: np.ndarray) -> dict[str, float]:
     other = other / np.linalg.norm(other, axis=1, keepdims=True)
     cos = np.sum(reference * other, axis=1)
@@ -127,6 +119,16 @@ class _NoBinding:
     def __exit__(self, *_):
         for s, device in zip(self.sessions, self.devices):
             s.device = device
+
+
+def _pass(embed, unbound, requests):
+    """One pass over the requests, IO binding off for the sessions in `unbound`."""
+
+    def one_pass():
+        with _NoBinding(*unbound):
+            return [embed(r) for r in requests]
+
+    return one_pass
 
 
 def embed_part(config: GpuBenchConfig, log) -> dict:
@@ -231,7 +233,7 @@ def rerank_part(config: GpuBenchConfig, log) -> dict:
         sessions = (gpu.encoder.session, gpu.scorer.session)
         paths, scores = {}, {}
         for binding in (True, False):
-            with _NoBinding() if binding else _NoBinding(*sessions):
+            with _NoBinding(*(() if binding else sessions)):
                 label = "IO binding" if binding else "no IO binding"
                 paths[f"(a) ORT CUDA, pre-encoded, {label}"], margins = median_seconds(
                     lambda: gpu.scorer.margins(prompt, pre_encoded), config.repeats, f"a {label}"

@@ -90,7 +90,7 @@ class Embedder:
 
     def estimate_tokens(self, texts: Sequence[str]) -> int:
         """Tokens the texts will take, from their length alone (about 3 characters a token, capped at max_length):
-        what admission needs, at no cost; tokenizing every request on arrival made refusals wait their turn."""
+        what admission needs, without tokenizing on the thread that takes requests in (the worker tokenizes)."""
         return sum(min(self.config.max_length, len(t) // 3 + 2) for t in texts)
 
     def run(self, jobs: Sequence[EmbedJob]) -> Sequence[EmbedJob]:

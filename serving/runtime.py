@@ -117,7 +117,7 @@ def create_session(
     options.intra_op_num_threads = int(os.environ.get("NESTRANK_ORT_THREADS", intra_op_threads))
     options.inter_op_num_threads = 1
     # Idle pool threads sleep instead of spinning: the model's own thread (which takes requests in and answers them)
-    # shares these cores with the pool, and spinning starved it (300 requests at once waited ~12 s to be refused).
+    # and the server share these cores with the pool between runs.
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     with_options = []
     for name in pick_providers(providers):

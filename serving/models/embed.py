@@ -2,8 +2,8 @@
 
 Requests are read as Triton hands them over (texts and options checked; their tokens estimated from their length),
 then queued in the token-budget scheduler (serving/embed_scheduler.py), which answers each through its response
-sender: at once when it is bad input or would wait past the queue bound, else when its execution is done (where it
-is tokenized). `execute` itself returns nothing."""
+sender: at once when it cannot be read or would wait past the queue bound, else when its execution is done (where
+it is tokenized: a text refused there fails its own request only). `execute` itself returns nothing."""
 
 import triton_python_backend_utils as pb_utils
 
