@@ -325,8 +325,8 @@ def results_markdown(report: dict) -> str:
     lines += [""] + [f"- {k}: max |Δscore| {v:.1e}" for k, v in report["max_abs_score_diff"].items()]
     lines += ["- The paths are timed one after another (not in rounds): read IO binding on/off differences under "
               "about 10% as noise (the embed section's rounds found none). The fp32 graphs on CUDA drift from the CPU "
-              "by what ONNX Runtime's CUDA provider does to fp32 matmuls (TF32 unless its `use_tf32` is 0), well "
-              "under what the official code's own bfloat16 adds."]  # fmt: skip
+              "most likely by TF32 (ONNX Runtime's CUDA provider uses it for fp32 matmuls unless `use_tf32` is 0; "
+              "not measured apart), well under what the official code's own bfloat16 adds."]  # fmt: skip
     return "\n".join(lines)
 
 

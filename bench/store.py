@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 
 from nestrank.bench.fbnl import QUERY, make_passages
 from nestrank.bench.redis_process import RedisServer
-from nestrank.bench.results import update_section
+from nestrank.bench.results import RESULTS, update_section
 from nestrank.clients.indexing import main as index_main
 from nestrank.clients.rerank import RerankClient
 from nestrank.clients.transport import NO_RETRIES
@@ -75,7 +75,10 @@ def served(repository: Path, store: str, first_level_bytes: int | None = None):
     if first_level_bytes is not None:
         environment["NESTRANK_PASSAGE_CACHE_BYTES"] = str(first_level_bytes)
     config = ServerConfig.on_free_ports(repository, environment=environment)
-    with TritonServer(config), RerankClient(config.grpc_url, NAME, retry=NO_RETRIES) as client:
+    # One request at a time: one model instance on 2 CPUs takes about 30 s per 32 Nano-shape passages, so requests
+    # queued behind it would pass Triton's 30 s queue bound (and the benchmark does not retry).
+    with TritonServer(config), RerankClient(config.grpc_url, NAME, retry=NO_RETRIES, concurrency=1,
+                                            timeout_s=1800) as client:  # fmt: skip
         yield client, config
 
 
@@ -201,7 +204,7 @@ def run(config: StoreBenchConfig, log=print) -> dict:
     }
     config.out.parent.mkdir(parents=True, exist_ok=True)
     config.out.write_text(json.dumps(report, indent=2))
-    plot(report, config.out.with_suffix(".png"))
+    plot(report, RESULTS.parent / "store.png")  # beside RESULTS.md, which shows it
     update_section("store", results_markdown(report, config))
     log(results_markdown(report, config))
     return report
@@ -220,7 +223,7 @@ def index_throughput(tmp: Path, url: str, export, documents: list[str], config: 
     corpus.write_text("".join(json.dumps({"id": f"i{i}", "text": d}) + "\n" for i, d in enumerate(documents)))
     start = time.perf_counter()
     code = index_main([str(corpus), "--url", url, "--model", NAME, "--compression-ratio", str(config.ratio),
-                       "--quiet"])  # fmt: skip
+                       "--concurrency", "1", "--quiet"])  # fmt: skip
     served_rate = len(documents) / (time.perf_counter() - start)
     if code != 0:
         raise RuntimeError(f"nestrank index exited with {code}")
