@@ -76,13 +76,8 @@ def versions() -> dict[str, str]:
 
 def median_seconds(fn, repeats: int, label: str) -> tuple[float, object]:
     """Median wall seconds of `fn()` over `repeats` passes after one warm-up pass; and the last pass's output."""
-    out = fn()
-    seconds = []
-    for _ in tqdm(range(repeats), desc=label, leave=False):
-        started = time.perf_counter()
-        out = fn()
-        seconds.append(time.perf_counter() - started)
-    return statistics.median(seconds), out
+    seconds, outputs = round_robin({label: fn}, repeats, label)
+    return seconds[label], outputs[label]
 
 
 def round_robin(passes: dict, repeats: int, label: str) -> tuple[dict[str, float], dict[str, object]]:

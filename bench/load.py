@@ -261,8 +261,10 @@ def format_table(rows: list[dict]) -> str:
             f"{r['tokens_per_s']:>9.0f}{r['p50_ms']:>8.0f}{r['p90_ms']:>8.0f}{r['p99_ms']:>8.0f}"
             f"{r['p99.9_ms']:>8.0f}{r['max_ms']:>8.0f}{sum(r['errors'].values()):>8}{r['overloaded']:>6}"
         )
+    lines += [f"{r['series'][:33]} {r['concurrency'] or r['rate']}: shed answered in p50 {r['shed_p50_ms']:.0f} ms, "
+              f"max {r['shed_max_ms']:.0f} ms" for r in rows if r["overloaded"] and "shed_p50_ms" in r]  # fmt: skip
     lines.append(
         "latencies in ms, successful requests only; open-loop latency counts from each request's scheduled "
-        "start; shed: refused as overloaded (queue full), not in errors"
+        "start; shed: refused as overloaded (queue full or past the wait bound), not in errors"
     )
     return "\n".join(lines)

@@ -34,13 +34,16 @@ class RunResult:
     latencies_s: list[float] = field(default_factory=list)
     errors: collections.Counter = field(default_factory=collections.Counter)  # by status code, overload apart
     overloaded: int = 0  # refused because the server's queue was full (load shedding), counted on their own
+    shed_latencies_s: list[float] = field(default_factory=list)  # how long each of those took to be refused
     items: int = 0  # texts (or candidates) in successful requests
     tokens: int = 0
     wall_s: float = 0.0
 
-    def record_error(self, err: Exception) -> None:
+    def record_error(self, err: Exception, elapsed_s: float | None = None) -> None:
         if isinstance(err, OverloadedError):
             self.overloaded += 1
+            if elapsed_s is not None:
+                self.shed_latencies_s.append(elapsed_s)
         else:
             self.errors[err.grpc_code if isinstance(err, NestrankError) else type(err).__name__] += 1
 
@@ -62,6 +65,9 @@ class RunResult:
         for p in PERCENTILES:
             row[f"p{p:g}_ms"] = float(np.percentile(lat, p)) if lat.size else float("nan")
         row["max_ms"] = float(lat.max()) if lat.size else float("nan")
+        shed = np.asarray(self.shed_latencies_s) * 1e3
+        row["shed_p50_ms"] = float(np.percentile(shed, 50)) if shed.size else float("nan")
+        row["shed_max_ms"] = float(shed.max()) if shed.size else float("nan")
         return row
 
 
@@ -73,7 +79,7 @@ async def _timed(send: Send, i: int, start: float, result: RunResult) -> None:
     try:
         items, tokens = await send(i)
     except Exception as err:  # a load test counts failures, it does not stop on them
-        result.record_error(err)
+        result.record_error(err, time.perf_counter() - start)
     else:
         result.latencies_s.append(time.perf_counter() - start)
         result.items += items

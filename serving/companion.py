@@ -5,7 +5,6 @@ line, so serving imports nothing of what it runs."""
 from __future__ import annotations
 
 import os
-import signal
 import socket
 import subprocess
 import threading
@@ -13,7 +12,7 @@ import time
 from collections.abc import Mapping, Sequence
 
 from nestrank.serving.server_config import ServerStartError
-from nestrank.serving.server_process import ServerLog, dying_with, start_process
+from nestrank.serving.server_process import ServerLog, dying_with, start_process, stop_process
 from nestrank.serving.supervisor import EventLog
 
 
@@ -95,12 +94,6 @@ class Companion:
         with self._lock:
             self.stopping.set()
             process = self._process
-        if process is not None and process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        stop_process(process, timeout_s)
         if self._thread.ident is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout_s)

@@ -27,7 +27,7 @@ from pathlib import Path
 
 from nestrank.serving.process_tree import kill_and_wait, process_tree_memory, stub_models, stubs_with_prefix
 from nestrank.serving.server_config import ServerConfig, ServerStartError, TlsConfig, free_ports
-from nestrank.serving.server_process import ServerLog, dying_with, start_process
+from nestrank.serving.server_process import ServerLog, dying_with, start_process, stop_process
 from nestrank.serving.shm import SHM_DIR, Regions, new_regions, private_shm_unavailable, remove_leftovers
 from nestrank.serving.supervisor import EventLog, Supervisor
 from nestrank.serving.triton_admin import TritonAdmin
@@ -142,13 +142,7 @@ class TritonServer:
         with self._lock:
             self.stopping.set()
             process, regions = self._process, self._regions
-        if process is not None and process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        stop_process(process, timeout_s)
         if self._supervisor is not None:
             self._supervisor.join(timeout_s=5)
         if regions is not None:

@@ -12,6 +12,7 @@ as long as the server does (the caller's, the watchdog's).
 from __future__ import annotations
 
 import collections
+import signal
 import subprocess
 import sys
 import threading
@@ -61,6 +62,18 @@ def start_process(command: list[str], env: Mapping[str, str], log: ServerLog, ec
                                errors="replace")  # fmt: skip
     threading.Thread(target=_pump, args=(process, log, echo), name="nestrank-log", daemon=True).start()
     return process
+
+
+def stop_process(process: subprocess.Popen | None, timeout_s: float) -> None:
+    """SIGTERM, then SIGKILL if it is still running after `timeout_s`; waits for it either way."""
+    if process is None or process.poll() is not None:
+        return
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout_s)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
 
 
 def _pump(process: subprocess.Popen, log: ServerLog, echo: bool) -> None:

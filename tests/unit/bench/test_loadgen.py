@@ -42,6 +42,7 @@ def test_closed_loop_keeps_concurrency_and_counts_errors_by_code_and_overload_ap
     assert len(result.latencies_s) == 40 and result.items == 80 and result.tokens == 400
     row = result.summary()
     assert row["error_rate"] == pytest.approx(5 / 50) and row["overload_rate"] == pytest.approx(5 / 50)
+    assert len(result.shed_latencies_s) == 5 and 2 <= row["shed_p50_ms"] <= row["shed_max_ms"]  # refusals timed too
 
 
 def test_closed_loop_stops_at_its_duration():
