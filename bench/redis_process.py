@@ -10,7 +10,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from nestrank.serving.launcher import free_ports
+from nestrank.serving.launcher.server import free_ports
 
 
 class RedisServer:

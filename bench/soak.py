@@ -175,7 +175,7 @@ def plot(report: dict, path: Path) -> None:
 def run(config: SoakConfig, log=print) -> dict:
     import os
 
-    from nestrank.serving.launcher import ServerConfig, TritonServer
+    from nestrank.serving.launcher.server import ServerConfig, TritonServer
 
     with tempfile.TemporaryDirectory() as tmp:
         repository = build_repository(Path(tmp), log=lambda _: None)

@@ -34,11 +34,11 @@ from nestrank.export.reranker import export_reranker, load_tokenizer
 from nestrank.export.tiny_checkpoints import kalm_shaped_reranker
 from nestrank.protocol.passages import PassageStates
 from nestrank.protocol.reranking import passage_id
-from nestrank.serving.launcher import ServerConfig, TritonServer
-from nestrank.serving.passage_cache import PassageCache
-from nestrank.serving.passage_store import LmdbStore, PassageStore, RedisStore, open_store
-from nestrank.serving.passages import Passages
-from nestrank.serving.reranker import FBNLReranker
+from nestrank.serving.launcher.server import ServerConfig, TritonServer
+from nestrank.serving.pipeline.passage_cache import PassageCache
+from nestrank.serving.pipeline.passage_store import LmdbStore, PassageStore, RedisStore, open_store
+from nestrank.serving.pipeline.passage_tiers import Passages
+from nestrank.serving.pipeline.reranker import FBNLReranker
 
 NAME = "bench-kalm"
 

@@ -17,9 +17,9 @@ from nestrank.export.checkpoint import EmbedderCheckpoint, read_checkpoint
 from nestrank.export.precision import convert_precision
 from nestrank.export.triton_config import python_model_config, write_bytes_warmup, write_model
 from nestrank.protocol.embedding import EmbedderConfig, embed_signature
-from nestrank.serving.embedder import CALIBRATION_FILE, MODEL_FILE, TOKENIZER_FILE, Embedder
-from nestrank.serving.matryoshka import default_dimensions, truncate_dimensions
-from nestrank.serving.quantization import calibration_ranges
+from nestrank.serving.pipeline.embedder import CALIBRATION_FILE, MODEL_FILE, TOKENIZER_FILE, Embedder
+from nestrank.serving.pipeline.matryoshka import default_dimensions, truncate_dimensions
+from nestrank.serving.pipeline.quantization import calibration_ranges
 from nestrank.texts import PARITY_TEXTS, realistic_texts
 
 # Minimum cosine to the PyTorch reference, per weight precision, over PARITY_TEXTS.

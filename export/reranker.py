@@ -35,7 +35,7 @@ from nestrank.protocol.reranking import (
     rerank_signature,
     score_signature,
 )
-from nestrank.serving.reranker import (
+from nestrank.serving.pipeline.reranker import (
     EMBEDDING_FILE,
     ENCODER_FILE,
     SCORER_FILE,

@@ -78,7 +78,7 @@ def data_type(datatype: str) -> int:
 def write_model(model_dir: str | Path, config: mc.ModelConfig, glue: str) -> None:
     """config.pbtxt, and version 1's model.py: a stub importing the installed nestrank's `glue`."""
     from nestrank import __version__
-    from nestrank.serving.models import glue_stub
+    from nestrank.serving.triton import glue_stub
 
     model_dir = Path(model_dir)
     (model_dir / "1").mkdir(parents=True, exist_ok=True)

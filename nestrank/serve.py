@@ -8,7 +8,7 @@ import sys
 from collections.abc import Mapping
 from pathlib import Path
 
-from nestrank.serving import cli as serving_cli
+from nestrank.serving.launcher import cli as serving_cli
 
 
 def parser():
@@ -43,7 +43,7 @@ def default_passage_store() -> str:
 
 def check_passage_store(url: str) -> None:
     """Refuse a malformed store URL at start-up; an unreachable store only warns (documents still rerank)."""
-    from nestrank.serving.passage_store import StoreError, open_store
+    from nestrank.serving.pipeline.passage_store import StoreError, open_store
 
     try:
         store = open_store(url)
@@ -95,7 +95,7 @@ def front_settings(args) -> None:
 
 def front(args):
     """The companion that runs the HTTP front against this launcher's Triton (serving knows it as a command)."""
-    from nestrank.serving.companion import Companion
+    from nestrank.serving.launcher.companion import Companion
 
     def make(config, events) -> Companion:
         host = args.api_host or args.host

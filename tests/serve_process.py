@@ -10,7 +10,7 @@ import sys
 import threading
 from pathlib import Path
 
-from nestrank.serving.launcher import free_ports
+from nestrank.serving.launcher.server import free_ports
 
 
 class ServeProcess:

@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 
 from nestrank.export.embedder import export_embedder
-from nestrank.serving.launcher import ServerConfig, TritonServer
-from tests.names import MINILM, MINILM_INT8, TINY_DECODER
+from nestrank.serving.launcher.server import ServerConfig, TritonServer
+from tests.legacy import as_exported_by_the_last_release
+from tests.names import MINILM, MINILM_INT8, TINY_DECODER, TINY_T5
 
 
 @pytest.fixture(scope="session")
@@ -22,6 +23,10 @@ def repository(tmp_path_factory, minilm_dir, tiny_decoder_dir, reranker_exports)
     export_embedder(minilm_dir, MINILM, repo, log=quiet)
     export_embedder(minilm_dir, MINILM_INT8, repo, precision="int8", log=quiet)
     export_embedder(tiny_decoder_dir, TINY_DECODER, repo, max_batch_size=16, log=quiet)
+    # The tiny T5 reranker and the tiny decoder serve with the stubs the last release exported: every test through
+    # them also proves that an upgrade keeps serving a repository exported before the layout by concern.
+    for model_dir in [*reranker_exports[TINY_T5].model_dirs, repo / TINY_DECODER]:
+        as_exported_by_the_last_release(repo / model_dir.name)
     return repo
 
 

@@ -21,7 +21,7 @@ from nestrank.clients.transport import NO_RETRIES, RetryPolicy
 from nestrank.export.embedder import export_embedder
 from nestrank.protocol.errors import DeadlineExceededError, ModelNotFoundError, NestrankError, UnavailableError
 from nestrank.protocol.headers import ADMIN_KEY_HEADER, grpc_header
-from nestrank.serving.launcher import ServerConfig, TritonServer
+from nestrank.serving.launcher.server import ServerConfig, TritonServer
 from nestrank.texts import realistic_texts
 from tests.names import MINILM
 

@@ -14,7 +14,7 @@ from nestrank.clients.embed import AsyncEmbedClient, EmbedClient
 from nestrank.clients.transport import RetryPolicy
 from nestrank.export.triton_config import read_config, string_parameters
 from nestrank.protocol.embedding import EmbedderConfig
-from nestrank.serving.embedder import Embedder
+from nestrank.serving.pipeline.embedder import Embedder
 from nestrank.texts import PARITY_TEXTS, realistic_texts
 from tests.names import MINILM, MINILM_INT8, TINY_DECODER
 

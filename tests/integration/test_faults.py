@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 
 from nestrank.clients.embed import EmbedClient
-from nestrank.serving.launcher import ServerConfig, TritonServer, stub_models, stubs_with_prefix
-from nestrank.serving.process_tree import running
+from nestrank.serving.launcher.process_tree import running
+from nestrank.serving.launcher.server import ServerConfig, TritonServer, stub_models, stubs_with_prefix
 from nestrank.texts import realistic_texts
 from tests.names import MINILM, TINY_DECODER
 

@@ -369,7 +369,7 @@ def test_a_flooded_queue_answers_429_with_retry_after(front, small_queue):
 
 
 def test_no_triton_answers_503(server):
-    from nestrank.serving.launcher import free_ports
+    from nestrank.serving.launcher.server import free_ports
 
     (port,) = free_ports(1)  # nothing listens there: as a killed Triton (test_http_serve.py kills a real one)
     settings = FrontSettings(triton_urls=(f"127.0.0.1:{port}",), port=0, models=(MINILM,))

@@ -15,7 +15,7 @@ import pytest
 from nestrank.clients.rerank import RerankClient
 from nestrank.export.cli import main as export_main
 from nestrank.export.tiny_checkpoints import kalm_shaped_reranker
-from nestrank.serving.launcher import ServerConfig, TritonServer
+from nestrank.serving.launcher.server import ServerConfig, TritonServer
 from nestrank.texts import realistic_texts
 from tests.official_kalm import OfficialKaLM
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from nestrank.serving.launcher import (
+from nestrank.serving.launcher.server import (
     ServerConfig,
     ServerStartError,
     TritonServer,
@@ -81,7 +81,7 @@ def test_serve_command_serves_a_model_an_older_nestrank_exported_until_sigterm(s
 
 LAUNCHER = """
 import sys
-from nestrank.serving.launcher import ServerConfig, TritonServer
+from nestrank.serving.launcher.server import ServerConfig, TritonServer
 server = TritonServer(ServerConfig.on_free_ports(sys.argv[1])).start()
 print(server.process.pid, server.regions.prefix, server.regions.directory, flush=True)
 server.wait()
@@ -94,8 +94,8 @@ def test_nothing_outlives_a_launcher_killed_with_sigkill(small_repository, tmp_p
     import subprocess
     import sys
 
-    from nestrank.serving.process_tree import running
-    from nestrank.serving.shm import SHM_DIR
+    from nestrank.serving.launcher.process_tree import running
+    from nestrank.serving.launcher.shm import SHM_DIR
 
     shutil.copytree(small_repository / TINY_DECODER, tmp_path / "repo" / TINY_DECODER)
     launcher = subprocess.Popen([sys.executable, "-c", LAUNCHER, str(tmp_path / "repo")], stdout=subprocess.PIPE,

@@ -18,7 +18,7 @@ from nestrank.clients.embed import EmbedClient
 from nestrank.clients.transport import RetryPolicy, typed_error
 from nestrank.export.triton_config import read_config, write_config
 from nestrank.protocol.errors import OverloadedError
-from nestrank.serving.launcher import ServerConfig, TritonServer
+from nestrank.serving.launcher.server import ServerConfig, TritonServer
 from tests.names import TINY_DECODER
 
 pytestmark = pytest.mark.slow

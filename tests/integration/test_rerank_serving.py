@@ -62,10 +62,13 @@ def test_a_query_past_512_tokens_and_a_custom_instruction_score_officially(clien
     assert np.abs(served(ranked) - expected).max() <= 1e-4
 
 
-def test_t5_architecture_serves_too(grpc_url, reranker_exports, tiny_t5_dir):
+def test_t5_architecture_serves_too(grpc_url, reranker_exports, tiny_t5_dir, repository):
     """T5 keeps its own conventions (plain prompt, decoder start token, </s> on passages); its reference is the
-    exporter's, which follows the same official recipe on the T5 tokenizer and model."""
+    exporter's, which follows the same official recipe on the T5 tokenizer and model. Its three models carry the
+    stubs the last release exported (tests/legacy.py): this is the shim's test too."""
     export = reranker_exports[TINY_T5]
+    for model_dir in export.model_dirs:
+        assert "from nestrank.serving.models." in (repository / model_dir.name / "1" / "model.py").read_text()
     model, _ = load_checkpoint(tiny_t5_dir)
     expected = reference_scores(model, load_tokenizer(tiny_t5_dir), export.config, QUERY, DOCS, (4,))[4][0]
     with RerankClient(grpc_url, TINY_T5) as c:

@@ -20,8 +20,8 @@ from nestrank.clients.embed import EmbedClient
 from nestrank.clients.transport import NO_RETRIES, RetryPolicy
 from nestrank.protocol.errors import UnauthenticatedError, UnavailableError
 from nestrank.protocol.headers import ADMIN_KEY_HEADER, API_KEY_HEADER, grpc_header
-from nestrank.serving.launcher import ServerConfig, TlsConfig, TritonServer, stub_models
-from nestrank.serving.shm import SHM_DIR, private_shm_unavailable
+from nestrank.serving.launcher.server import ServerConfig, TlsConfig, TritonServer, stub_models
+from nestrank.serving.launcher.shm import SHM_DIR, private_shm_unavailable
 from tests.certificates import make_certificates
 from tests.names import TINY_DECODER
 from tests.shm_probe import OtherUserProbe

@@ -3,20 +3,32 @@ imports nothing from serving (nor torch, onnxruntime, tokenizers); the contract 
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 HEAVY = ("torch", "onnxruntime", "tokenizers", "transformers")
+PACKAGE = Path(__file__).resolve().parents[2] / "serving"
+PIPELINE = sorted(p.stem for p in (PACKAGE / "pipeline").glob("*.py") if p.stem != "__init__")
+LAUNCHER = sorted(p.stem for p in (PACKAGE / "launcher").glob("*.py"))
 RULES = {  # package: (modules to import, prefixes it must not import)
     "protocol": (["nestrank.protocol.errors", "nestrank.protocol.embedding", "nestrank.protocol.reranking",
                   "nestrank.protocol.passages", "nestrank.protocol.parameters", "nestrank.protocol.headers"],
                  ["nestrank.serving", "nestrank.clients", "nestrank.export", "nestrank.bench", *HEAVY]),
     "clients": (["nestrank.clients.embed", "nestrank.clients.rerank", "nestrank.clients.cli", "nestrank.cli"],
                 ["nestrank.serving", "nestrank.export", "nestrank.bench", *HEAVY]),
-    "serving": (["nestrank.serving.embedder", "nestrank.serving.reranker", "nestrank.serving.rerank_service",
-                 "nestrank.serving.passage_cache", "nestrank.serving.launcher", "nestrank.serving.cli",
-                 "nestrank.serving.triton_glue"],
-                ["nestrank.clients", "nestrank.export", "nestrank.bench", "torch", "transformers"]),
+    # serving/ is three groups: the pipeline stages (no Triton), the Triton glue over them, and the launcher, which
+    # runs a server and never imports what runs inside it.
+    "serving.pipeline": ([f"nestrank.serving.pipeline.{m}" for m in PIPELINE],
+                         ["nestrank.serving.triton", "nestrank.serving.launcher", "nestrank.serving.models",
+                          "triton_python_backend_utils", "nestrank.clients", "nestrank.export", "nestrank.bench",
+                          "nestrank.api", "torch", "transformers"]),
+    "serving.triton": ([f"nestrank.serving.triton.{m}" for m in ("glue", "metrics")],
+                       ["nestrank.serving.launcher", "nestrank.clients", "nestrank.export", "nestrank.bench",
+                        "nestrank.api", "torch", "transformers"]),
+    "serving.launcher": ([f"nestrank.serving.launcher.{m}" for m in LAUNCHER],
+                         ["nestrank.serving.pipeline", "nestrank.serving.triton", "nestrank.serving.models",
+                          "nestrank.clients", "nestrank.export", "nestrank.bench", "nestrank.api", *HEAVY]),
     # The HTTP front: over the clients; it reads tokenizers for usage counts (serving.tokenization), nothing heavier.
     "api": (["nestrank.api.app", "nestrank.api.cli", "nestrank.api.catalogue"],
             ["nestrank.export", "nestrank.bench", "torch", "transformers", "onnxruntime"]),
@@ -44,3 +56,10 @@ def test_imports_follow_the_seams(package):
     code = BLOCKER.format(blocked=blocked, modules=modules)
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-2000:]
+
+
+def test_the_triton_glue_is_thin():
+    """The `TritonPythonModel` modules read requests and answer them; the work is the pipeline's."""
+    for path in (PACKAGE / "triton").glob("*.py"):
+        if path.stem in ("embed", "rerank", "rerank_encode", "rerank_score"):
+            assert len(path.read_text().splitlines()) <= 120, f"{path.name} has grown past glue"

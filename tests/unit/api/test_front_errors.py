@@ -11,7 +11,7 @@ from nestrank.api.app import create_app
 from nestrank.api.errors import error_response
 from nestrank.api.settings import FrontSettings
 from nestrank.protocol.errors import WIRE, ModelNotFoundError, ValidationError, error
-from nestrank.serving.launcher import free_ports
+from nestrank.serving.launcher.server import free_ports
 
 KEY = "unit-test-key-0123456789"
 

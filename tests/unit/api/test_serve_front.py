@@ -1,8 +1,8 @@
 """`nestrank serve`'s front flags: what it refuses before exporting anything, and the command it supervises."""
 
 from nestrank import serve
-from nestrank.serving.launcher import ServerConfig
-from nestrank.serving.supervisor import EventLog
+from nestrank.serving.launcher.server import ServerConfig
+from nestrank.serving.launcher.supervisor import EventLog
 from tests.certificates import make_certificates
 
 KEY = "serve-unit-key-0123456789"

@@ -5,7 +5,7 @@ import re
 import subprocess
 from pathlib import Path
 
-from nestrank.serving.server_config import ServerConfig
+from nestrank.serving.launcher.config import ServerConfig
 
 README = Path(__file__).resolve().parents[3] / "deploy" / "README.md"
 

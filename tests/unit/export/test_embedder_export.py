@@ -6,7 +6,7 @@ import pytest
 from nestrank.export.embedder import ParityError, export_embedder
 from nestrank.export.triton_config import read_config, string_parameters
 from nestrank.protocol.embedding import EmbedderConfig
-from nestrank.serving.embedder import Embedder
+from nestrank.serving.pipeline.embedder import Embedder
 
 
 def test_decoder_embedder_exports_with_parity(tiny_decoder_dir, tmp_path):

@@ -64,7 +64,7 @@ def test_every_config_of_an_exported_repository_parses(built_repository):
         assert config.name == model_dir.name and config.input and config.output
         assert exported_by(config) == __version__
         stub = (model_dir / "1" / "model.py").read_text()
-        assert "from nestrank.serving.models." in stub and len(stub.splitlines()) < 15  # a stub, not a copy
+        assert "from nestrank.serving.triton." in stub and len(stub.splitlines()) < 15  # a stub, not a copy
         for sample in config.model_warmup:
             for tensor_name, spec in sample.inputs.items():
                 assert tensor_name in {t.name for t in config.input}

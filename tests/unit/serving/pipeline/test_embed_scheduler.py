@@ -1,0 +1,167 @@
+"""The embed scheduler: arrival order, executions within the token budget, refusal at once when the wait would pass
+the bound, cancelled requests skipped, a failed execution failing only its own requests."""
+
+import threading
+
+import pytest
+
+from nestrank.protocol.errors import OverloadedError, UnavailableError
+from nestrank.serving.pipeline.scheduler import Admitted, TokenBudgetScheduler
+
+
+class Recorder:
+    """`run` for the scheduler: records each execution, may hold until released, may fail."""
+
+    def __init__(self):
+        self.batches: list[list[str]] = []
+        self.release = threading.Event()
+        self.release.set()
+        self.started = threading.Semaphore(0)
+        self.fail_on: str | None = None
+
+    def __call__(self, works):
+        self.batches.append(list(works))
+        self.started.release()
+        self.release.wait(10)
+        if self.fail_on in works:
+            raise RuntimeError("the execution failed")
+        return [f"done {w}" for w in works]
+
+
+def request(name, tokens, answers, cancelled=False):
+    done = threading.Event()
+
+    def answer(result):
+        answers[name] = result
+        done.set()
+
+    return Admitted(name, tokens, answer, lambda: cancelled), done
+
+
+@pytest.fixture
+def run():
+    return Recorder()
+
+
+def test_requests_run_in_arrival_order_within_the_token_budget(run):
+    scheduler = TokenBudgetScheduler(run, max_batch_tokens=100, max_wait_s=1e6, tokens_per_s=1e6)
+    run.release.clear()
+    answers, events = {}, []
+    first, done = request("first", 10, answers)
+    scheduler.submit(first)
+    run.started.acquire(timeout=5)  # the worker holds `first`; the rest queue up behind it
+    for name, tokens in (("a", 60), ("b", 30), ("c", 20), ("big", 500), ("d", 5)):
+        admitted, event = request(name, tokens, answers)
+        scheduler.submit(admitted)
+        events.append(event)
+    run.release.set()
+    assert all(e.wait(5) for e in [done, *events])
+    assert run.batches == [["first"], ["a", "b"], ["c"], ["big"], ["d"]]  # whole requests; `big` runs alone
+    assert answers == {n: f"done {n}" for n in ("first", "a", "b", "c", "big", "d")}
+    scheduler.stop()
+
+
+def test_a_request_that_would_wait_past_the_bound_is_refused_at_once(run):
+    scheduler = TokenBudgetScheduler(run, max_batch_tokens=1000, max_wait_s=2.0, tokens_per_s=100.0)
+    run.release.clear()
+    answers = {}
+    for name in ("running", "queued"):  # 100 + 80 tokens ahead: 1.8 s of work at 100 tokens/s
+        scheduler.submit(request(name, 100 if name == "running" else 80, answers)[0])
+        if name == "running":
+            run.started.acquire(timeout=5)
+    scheduler.submit(request("fits", 20, answers)[0])  # done in 2.0 s: within the bound
+    refused, _ = request("refused", 30, answers)
+    scheduler.submit(refused)
+    assert isinstance(answers["refused"], OverloadedError)  # answered inside submit: no waiting at all
+    assert str(answers["refused"]).startswith("200 tokens are queued ahead") and "past the 2 s bound" in str(
+        answers["refused"]
+    )
+    assert "fits" not in answers and scheduler.stats.shed == 1 and scheduler.stats.admitted == 3
+    run.release.set()
+    scheduler.stop()
+
+
+def test_a_request_that_waited_past_the_bound_anyway_is_refused_not_run(run):
+    """The speed estimate said 1,000,000 tokens/s; the running execution takes longer than the bound."""
+    scheduler = TokenBudgetScheduler(run, max_batch_tokens=10, max_wait_s=0.2, tokens_per_s=1e6)
+    run.release.clear()
+    answers = {}
+    scheduler.submit(request("slow", 10, answers)[0])
+    run.started.acquire(timeout=5)
+    late, late_done = request("late", 10, answers)
+    scheduler.submit(late)  # admitted: the estimate says it waits 20 µs
+    assert scheduler.stats.admitted == 2 and "late" not in answers
+    threading.Event().wait(0.3)  # the running execution outlasts the bound
+    run.release.set()
+    assert late_done.wait(5)
+    assert isinstance(answers["late"], OverloadedError)
+    assert str(answers["late"]).startswith("waited 0.") and str(answers["late"]).endswith("past the 0.2 s bound; "
+                                                                                           "retry later")  # fmt: skip
+    assert run.batches == [["slow"]] and scheduler.stats.expired == 1
+    scheduler.stop()
+
+
+def test_an_idle_server_takes_a_request_larger_than_the_bound(run):
+    scheduler = TokenBudgetScheduler(run, max_batch_tokens=10, max_wait_s=0.1, tokens_per_s=1.0)
+    answers = {}
+    admitted, done = request("huge", 10_000, answers)
+    scheduler.submit(admitted)
+    assert done.wait(5) and answers["huge"] == "done huge"
+    scheduler.stop()
+
+
+def test_a_cancelled_request_is_not_run(run):
+    scheduler = TokenBudgetScheduler(run, max_batch_tokens=100, max_wait_s=1e6, tokens_per_s=1e6)
+    run.release.clear()
+    answers = {}
+    scheduler.submit(request("first", 10, answers)[0])
+    run.started.acquire(timeout=5)
+    gone, gone_done = request("gone", 10, answers, cancelled=True)
+    kept, kept_done = request("kept", 10, answers)
+    scheduler.submit(gone)
+    scheduler.submit(kept)
+    run.release.set()
+    assert gone_done.wait(5) and kept_done.wait(5)
+    assert isinstance(answers["gone"], UnavailableError) and answers["kept"] == "done kept"
+    assert ["gone"] not in run.batches and all("gone" not in b for b in run.batches)
+    scheduler.stop()
+
+
+def test_a_failed_execution_fails_its_own_requests_only(run):
+    scheduler = TokenBudgetScheduler(run, max_batch_tokens=10, max_wait_s=1e6, tokens_per_s=1e6)
+    run.fail_on = "bad"
+    answers, events = {}, []
+    for name in ("bad", "good"):
+        admitted, event = request(name, 10, answers)
+        scheduler.submit(admitted)
+        events.append(event)
+    assert all(e.wait(5) for e in events)
+    assert isinstance(answers["bad"], RuntimeError) and answers["good"] == "done good"
+    scheduler.stop()
+
+
+def test_stopping_refuses_what_is_queued_as_unavailable(run):
+    scheduler = TokenBudgetScheduler(run, max_batch_tokens=10, max_wait_s=1e6, tokens_per_s=1e6)
+    run.release.clear()
+    answers = {}
+    scheduler.submit(request("running", 10, answers)[0])
+    run.started.acquire(timeout=5)
+    scheduler.submit(request("queued", 10, answers)[0])
+    threading.Timer(0.2, run.release.set).start()
+    scheduler.stop()
+    assert isinstance(answers["queued"], UnavailableError)
+    scheduler.submit(request("late", 10, answers)[0])
+    assert isinstance(answers["late"], UnavailableError)
+
+
+def test_the_speed_estimate_follows_what_executions_take():
+    slow = threading.Event()
+    scheduler = TokenBudgetScheduler(lambda works: slow.wait(0.2) or works, max_batch_tokens=10_000,
+                                     max_wait_s=1e6, tokens_per_s=1e9)  # fmt: skip
+    answers = {}
+    for i in range(3):
+        admitted, done = request(f"r{i}", 100, answers)
+        scheduler.submit(admitted)
+        done.wait(5)
+    assert scheduler.tokens_per_s < 1e9 * 0.5  # 100 tokens in 0.2 s pulls the estimate far down from 1e9
+    scheduler.stop()

@@ -1,0 +1,198 @@
+"""RerankService on the exported KaLM-shaped model, in-process: the logic the `<name>` BLS model runs, checked
+against an independent transcription of the official code (tests/official_kalm.py), not against itself."""
+
+import numpy as np
+import pytest
+import torch
+
+from nestrank.protocol.errors import NotFoundError, ValidationError
+from nestrank.protocol.reranking import RerankOptions, parse_rerank_options, passage_id
+from nestrank.serving.pipeline.passage_cache import PassageCache
+from nestrank.serving.pipeline.passage_store import MemoryStore
+from nestrank.serving.pipeline.passage_tiers import Passages
+from nestrank.serving.pipeline.rerank_service import Candidates, RerankService
+from nestrank.serving.pipeline.reranker import FBNLReranker
+from tests.names import KALM
+
+pytestmark = pytest.mark.slow  # exports two rerankers (the session's shared fixture)
+
+DOCS = ["how to read a file in python", "ok", "the weather is nice today", "open the file and read each line"]
+QUERY = "read a file"
+
+
+@pytest.fixture(scope="module")
+def reranker(reranker_exports):
+    export = reranker_exports[KALM]
+    return FBNLReranker.from_repository(export.model_dirs[0].parent, KALM, export.config)
+
+
+@pytest.fixture
+def setup(reranker):
+    encoded = []
+
+    def encode(documents, ratio):
+        encoded.extend(documents)
+        return reranker.encoder.encode(documents, ratio)
+
+    config = reranker.config
+    passages = Passages(config.passage_fingerprint, config.ratios, PassageCache(1 << 20), MemoryStore())
+    return RerankService(config, reranker.tokenizer, passages, encode, reranker.scorer.margins), encoded
+
+
+def options(service, **params):
+    return parse_rerank_options(params, service.config)
+
+
+def official(official_kalm, documents, ratio=4, query=QUERY):
+    return official_kalm.scores(query, documents, ratio, stored_as=torch.float16)
+
+
+def test_scores_are_the_official_ones_ranked(setup, official_kalm):
+    service, _ = setup
+    result = service.rerank(QUERY, Candidates(documents=DOCS), options(service))
+    np.testing.assert_allclose(result.scores, official(official_kalm, DOCS)[result.indices], atol=1e-5)
+    assert list(result.scores) == sorted(result.scores, reverse=True)
+    assert result.passage_ids == [passage_id(DOCS[i]) for i in result.indices]
+
+
+def test_a_second_rerank_encodes_nothing_and_a_coarser_ratio_is_re_pooled(setup, official_kalm):
+    service, encoded = setup
+    service.rerank(QUERY, Candidates(documents=DOCS), options(service))
+    assert len(encoded) == len(DOCS)
+    result = service.rerank(QUERY, Candidates(documents=DOCS + DOCS[:1]), options(service, compression_ratio=8))
+    assert len(encoded) == len(DOCS)  # ratio 8 re-pooled from the stored ratio 4
+    np.testing.assert_allclose(np.sort(result.scores), np.sort(official(official_kalm, DOCS + DOCS[:1], 8)),
+                               atol=1e-4)  # fmt: skip
+
+
+def test_index_under_user_ids_then_rerank_by_them(setup):
+    service, encoded = setup
+    stored = service.store(DOCS, 4, [f"doc-{i}" for i in range(len(DOCS))])
+    assert stored.content_ids == [passage_id(d) for d in DOCS] and (stored.tokens > 0).all()
+    assert (stored.stored_bytes > 0).all()
+    by_id = service.rerank(QUERY, Candidates(passage_ids=["doc-3", "doc-0"]), options(service))
+    by_text = service.rerank(QUERY, Candidates(documents=[DOCS[3], DOCS[0]]), options(service))
+    np.testing.assert_array_equal(by_id.indices, by_text.indices)
+    np.testing.assert_array_equal(by_id.scores, by_text.scores)
+    assert by_id.passage_ids == [["doc-3", "doc-0"][i] for i in by_id.indices]
+    assert len(encoded) == len(DOCS)
+    again = service.store(DOCS, 4, [f"doc-{i}" for i in range(len(DOCS))])
+    assert (again.stored_bytes == 0).all() and (again.tokens == 0).all() and len(encoded) == len(DOCS)  # skipped
+    service.store([DOCS[2]], 4, ["doc-0"])  # doc-0 now names other text
+    moved = service.rerank(QUERY, Candidates(passage_ids=["doc-0"]), options(service))
+    np.testing.assert_array_equal(moved.scores, service.rerank(QUERY, Candidates(documents=[DOCS[2]]),
+                                                               options(service)).scores)  # fmt: skip
+
+
+def test_unknown_ids_are_not_found_naming_how_many_and_the_first(setup):
+    service, _ = setup
+    service.store(DOCS[:1], 4, ["known"])
+    with pytest.raises(NotFoundError, match=r"passage_ids: 7 of 8 ids are not stored .*first: 'x0', 'x1', 'x2'"):
+        service.rerank(QUERY, Candidates(passage_ids=["known"] + [f"x{i}" for i in range(7)]), options(service))
+    with pytest.raises(NotFoundError, match="1 of 1 ids are not stored for this model at ratio 2"):
+        service.rerank(QUERY, Candidates(passage_ids=["known"]), options(service, compression_ratio=2))
+
+
+def test_a_user_id_twice_with_different_documents_is_refused(setup):
+    service, _ = setup
+    with pytest.raises(ValidationError, match=r"passage_ids\[1\]: 'a' appears twice with different documents"):
+        service.store(DOCS[:2], 4, ["a", "a"])
+    with pytest.raises(ValidationError, match="2 ids for 1 documents"):
+        service.store(DOCS[:1], 4, ["a", "b"])
+
+
+def test_client_states_score_like_documents_and_repool(setup, reranker, official_kalm):
+    service, _ = setup
+    states, counts = reranker.encoder.encode(DOCS, 2).padded()
+    fingerprint = reranker.config.passage_fingerprint
+    result = service.rerank(QUERY, Candidates(states=states, counts=counts),
+                            options(service, compression_ratio=8, states_ratio=2,
+                                    passage_fingerprint=fingerprint))  # fmt: skip
+    np.testing.assert_allclose(result.scores, official(official_kalm, DOCS, 8)[result.indices], atol=1e-4)
+
+
+@pytest.mark.parametrize(
+    "fingerprint, message",
+    [(None, "carry no passage fingerprint"), ("c" * 32, "made by the model with passage fingerprint 'ccc")],
+)
+def test_states_of_another_model_are_refused(setup, reranker, fingerprint, message):
+    service, _ = setup
+    states, counts = reranker.encoder.encode(DOCS, 4).padded()
+    params = {"passage_fingerprint": fingerprint} if fingerprint else {}
+    with pytest.raises(ValidationError, match=f"passage_fingerprint: .*{message}"):
+        service.rerank(QUERY, Candidates(states=states, counts=counts), options(service, **params))
+
+
+def test_top_n(setup):
+    service, _ = setup
+    assert len(service.rerank(QUERY, Candidates(documents=DOCS), options(service, top_n=2)).indices) == 2
+
+
+@pytest.mark.parametrize(
+    "candidates, fragment",
+    [
+        (Candidates(), "send exactly one of documents, passage_ids, passage_states"),
+        (Candidates(documents=["a"], passage_ids=["b"]), "send exactly one of"),
+        (Candidates(documents=[]), "no candidates"),
+        (Candidates(documents=["fine", ""]), r"documents\[1\]: empty string"),
+        (
+            Candidates(states=np.zeros((1, 2, 5), np.float16), counts=np.ones((1, 2), np.int32)),
+            r"expected \[N, groups, 640\]",
+        ),
+        (
+            Candidates(states=np.zeros((1, 2, 640), np.float16), counts=np.ones((1, 3), np.int32)),
+            "passage_counts: shape",
+        ),
+        (
+            Candidates(states=np.zeros((2, 2, 640), np.float16), counts=np.array([[1, 1], [0, 0]], np.int32)),
+            r"passage_counts\[1\]: no valid group",
+        ),
+        (Candidates(states=np.full((1, 1, 640), np.nan, np.float16), counts=np.ones((1, 1), np.int32)), "NaN"),
+    ],
+)
+def test_bad_candidates(setup, candidates, fragment):
+    service, _ = setup
+    fingerprint = service.config.passage_fingerprint
+    with pytest.raises(ValidationError, match=fragment):
+        service.rerank(QUERY, candidates, options(service, passage_fingerprint=fingerprint))
+
+
+def test_bad_queries(setup):
+    service, _ = setup
+    with pytest.raises(ValidationError, match="query: empty"):
+        service.rerank("  ", Candidates(documents=DOCS), options(service))
+    long_query = " ".join(["file"] * 600)
+    with pytest.raises(ValidationError, match=r"query: \d+ tokens exceed max_query_tokens 512"):
+        service.rerank(long_query, Candidates(documents=DOCS), RerankOptions(4, "find", truncate=False))
+    cut = service.rerank(long_query, Candidates(documents=DOCS), options(service))
+    assert len(cut.scores) == len(DOCS)
+
+
+def test_requests_are_bounded_in_bytes_and_the_scorer_gets_bounded_calls(reranker, official_kalm):
+    """At ratio 1, 1,000 candidates of up to 1,024 tokens could hold 1.3 GB of states on the Nano width: the request
+    is refused before any work, naming the limit; what is admitted reaches the scorer in bounded calls."""
+    import dataclasses
+
+    config = dataclasses.replace(reranker.config, score_chunk_bytes=200_000)
+    calls = []
+
+    def score(prompt, passages):
+        calls.append(len(passages.padded()[0].tobytes()))
+        return reranker.scorer.margins(prompt, passages)
+
+    passages = Passages(config.passage_fingerprint, config.ratios, PassageCache(1 << 20), MemoryStore())
+    service = RerankService(config, reranker.tokenizer, passages, reranker.encoder.encode, score)
+    most = config.candidates_per_request(1)
+    assert most == (512 << 20) // (1024 * (2 * 640 + 4)) == 408 and config.candidates_per_request(4) == 1000
+    with pytest.raises(ValidationError, match=r"documents: 409 candidates at ratio 1 may hold up to 513 MiB .* "
+                                              r"max_request_state_bytes 512 MiB: send at most 408"):  # fmt: skip
+        service.rerank(QUERY, Candidates(documents=["x"] * 409), options(service, compression_ratio=1))
+    states, counts = np.zeros((500, 1024, 640), np.float16), np.ones((500, 1024), np.int32)
+    fingerprint = config.passage_fingerprint
+    with pytest.raises(ValidationError, match="passage_states: .* exceed max_request_state_bytes"):
+        service.rerank(QUERY, Candidates(states=states, counts=counts),
+                       options(service, compression_ratio=1, passage_fingerprint=fingerprint))  # fmt: skip
+    docs = DOCS * 5
+    result = service.rerank(QUERY, Candidates(documents=docs), options(service, compression_ratio=1))
+    assert len(calls) > 1 and max(calls) <= 200_000
+    np.testing.assert_allclose(np.sort(result.scores), np.sort(official(official_kalm, docs, 1)), atol=1e-4)
