@@ -16,6 +16,7 @@ from nestrank.export import ParityError
 from nestrank.export.checkpoint import EmbedderCheckpoint, read_checkpoint
 from nestrank.export.precision import convert_precision
 from nestrank.export.triton_config import python_model_config, write_bytes_warmup, write_model
+from nestrank.protocol import graphs as g
 from nestrank.protocol.embedding import EmbedderConfig, embed_signature
 from nestrank.serving.pipeline.embedder import CALIBRATION_FILE, MODEL_FILE, TOKENIZER_FILE, Embedder
 from nestrank.serving.pipeline.matryoshka import default_dimensions, truncate_dimensions
@@ -67,13 +68,13 @@ def export_onnx(module: torch.nn.Module, path: Path, vocab_size: int) -> None:
         module,
         (input_ids, attention_mask),
         str(path),
-        input_names=["input_ids", "attention_mask"],
-        output_names=["embeddings", "pooled_embeddings"],
+        input_names=list(g.TOKEN_INPUTS),
+        output_names=[g.EMBEDDINGS, g.POOLED_EMBEDDINGS],
         dynamic_axes={
-            "input_ids": {0: "batch", 1: "sequence"},
-            "attention_mask": {0: "batch", 1: "sequence"},
-            "embeddings": {0: "batch"},
-            "pooled_embeddings": {0: "batch"},
+            g.INPUT_IDS: {0: "batch", 1: "sequence"},
+            g.ATTENTION_MASK: {0: "batch", 1: "sequence"},
+            g.EMBEDDINGS: {0: "batch"},
+            g.POOLED_EMBEDDINGS: {0: "batch"},
         },
         opset_version=18,
         dynamo=False,

@@ -26,6 +26,7 @@ from nestrank.export.checkpoint import resolve_checkpoint
 from nestrank.export.precision import convert_precision, move_to_own_file
 from nestrank.export.reference import reference_scores
 from nestrank.export.triton_config import python_model_config, write_bytes_warmup, write_model
+from nestrank.protocol import graphs as g
 from nestrank.protocol.passages import STATE_DTYPE
 from nestrank.protocol.reranking import (
     DOCUMENTS,
@@ -35,15 +36,10 @@ from nestrank.protocol.reranking import (
     rerank_signature,
     score_signature,
 )
-from nestrank.serving.pipeline.reranker import (
-    EMBEDDING_FILE,
-    ENCODER_FILE,
-    SCORER_FILE,
-    TOKENIZER_FILE,
-    FBNLReranker,
-    passage_fingerprint,
-    sigmoid,
-)
+from nestrank.serving.pipeline.passage_encoder import EMBEDDING_FILE, ENCODER_FILE, passage_fingerprint
+from nestrank.serving.pipeline.reranker import FBNLReranker
+from nestrank.serving.pipeline.scorer import SCORER_FILE, sigmoid
+from nestrank.serving.pipeline.tokenization import TOKENIZER_FILE
 from nestrank.texts import realistic_texts
 
 WARMUP_FILE = "documents"  # under <name>_encode/warmup/
@@ -161,9 +157,9 @@ def export_graphs(model: torch.nn.Module, config: RerankerConfig, encoder_path: 
         PassageEncoderGraph(model).eval(),
         (ids, mask),
         str(encoder_path),
-        input_names=["input_ids", "attention_mask"],
-        output_names=["token_states"],
-        dynamic_shapes={"input_ids": {0: batch, 1: length}, "attention_mask": {0: batch, 1: length}},
+        input_names=list(g.TOKEN_INPUTS),
+        output_names=[g.TOKEN_STATES],
+        dynamic_shapes={g.INPUT_IDS: {0: batch, 1: length}, g.ATTENTION_MASK: {0: batch, 1: length}},
         dynamo=True,
         external_data=True,
         opset_version=18,
@@ -180,12 +176,12 @@ def export_graphs(model: torch.nn.Module, config: RerankerConfig, encoder_path: 
             ScorerGraph(model).eval(),
             (prompt, states, passage_mask),
             str(scorer_path),
-            input_names=["decoder_input_ids", "passage_states", "passage_mask"],
-            output_names=["scores", "margins"],
+            input_names=[g.DECODER_INPUT_IDS, g.PASSAGE_STATES, g.PASSAGE_MASK],
+            output_names=["scores", g.MARGINS],
             dynamic_shapes={
-                "decoder_input_ids": {0: batch, 1: prompt_len},
-                "passage_states": {0: batch, 1: groups},
-                "passage_mask": {0: batch, 1: groups},
+                g.DECODER_INPUT_IDS: {0: batch, 1: prompt_len},
+                g.PASSAGE_STATES: {0: batch, 1: groups},
+                g.PASSAGE_MASK: {0: batch, 1: groups},
             },
             dynamo=True,
             external_data=True,

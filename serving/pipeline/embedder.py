@@ -14,15 +14,15 @@ from typing import Any
 
 import numpy as np
 
+from nestrank.protocol import graphs as g
 from nestrank.protocol.embedding import EmbedderConfig, EmbedOptions, parse_options, validate_texts
 from nestrank.protocol.errors import BackendError
 from nestrank.serving.pipeline.batching import length_buckets
 from nestrank.serving.pipeline.matryoshka import truncate_dimensions
 from nestrank.serving.pipeline.quantization import quantize
-from nestrank.serving.pipeline.tokenization import TextTokenizer, pad
+from nestrank.serving.pipeline.tokenization import TOKENIZER_FILE, TextTokenizer, pad
 
 MODEL_FILE = "model.onnx"
-TOKENIZER_FILE = "tokenizer.json"
 CALIBRATION_FILE = "calibration.npz"
 
 
@@ -56,7 +56,7 @@ class Embedder:
 
         model_dir = Path(model_dir)
         tokenizer = TextTokenizer(model_dir / TOKENIZER_FILE, config.max_length)
-        profile = ShapeProfile.token_batches(("input_ids", "attention_mask"), config.max_sequences_per_batch,
+        profile = ShapeProfile.token_batches(g.TOKEN_INPUTS, config.max_sequences_per_batch,
                                              config.max_length, config.max_tokens_per_batch)  # fmt: skip
         session = create_session(model_dir / MODEL_FILE, intra_op_threads=config.intra_op_threads, providers=providers,
                                  profile=profile, tensorrt_fp16=config.tensorrt_fp16)  # fmt: skip
@@ -76,7 +76,7 @@ class Embedder:
         for idx in buckets:
             input_ids, attention_mask = pad([sequences[i] for i in idx], self.tokenizer.pad_id)
             out_norm, out_pooled = self.session.run(
-                ["embeddings", "pooled_embeddings"], {"input_ids": input_ids, "attention_mask": attention_mask}
+                [g.EMBEDDINGS, g.POOLED_EMBEDDINGS], {g.INPUT_IDS: input_ids, g.ATTENTION_MASK: attention_mask}
             )
             normalized[idx] = out_norm
             pooled[idx] = out_pooled

@@ -17,7 +17,8 @@ from nestrank.protocol.passages import PassageStates
 from nestrank.protocol.reranking import RerankerConfig, RerankOptions, passage_id
 from nestrank.serving.pipeline.mep import at_ratio
 from nestrank.serving.pipeline.passage_tiers import Passages
-from nestrank.serving.pipeline.reranker import RerankTokenizer, rank, sigmoid
+from nestrank.serving.pipeline.scorer import rank, sigmoid
+from nestrank.serving.pipeline.tokenization import RerankTokenizer
 
 EncodeFn = Callable[[list[str], int], PassageStates]
 ScoreFn = Callable[[np.ndarray, PassageStates], np.ndarray]

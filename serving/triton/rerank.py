@@ -12,10 +12,11 @@ from nestrank.protocol import reranking as r
 from nestrank.protocol.errors import ValidationError
 from nestrank.protocol.passages import PassageStates
 from nestrank.serving.pipeline.passage_cache import PassageCache
+from nestrank.serving.pipeline.passage_encoder import with_passage_fingerprint
 from nestrank.serving.pipeline.passage_store import open_store
 from nestrank.serving.pipeline.passage_tiers import Passages
 from nestrank.serving.pipeline.rerank_service import Candidates, RerankService
-from nestrank.serving.pipeline.reranker import TOKENIZER_FILE, RerankTokenizer, with_passage_fingerprint
+from nestrank.serving.pipeline.tokenization import TOKENIZER_FILE, RerankTokenizer
 from nestrank.serving.triton.glue import (
     bls_call,
     decode_texts,

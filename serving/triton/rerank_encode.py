@@ -8,13 +8,8 @@ from nestrank.protocol.errors import ValidationError
 from nestrank.protocol.parameters import as_int, check_names
 from nestrank.protocol.passages import PassageStates
 from nestrank.protocol.reranking import DOCUMENTS, PASSAGE_COUNTS, PASSAGE_FINGERPRINT, PASSAGE_STATES, RerankerConfig
-from nestrank.serving.pipeline.reranker import (
-    ENCODER_FILE,
-    TOKENIZER_FILE,
-    PassageEncoder,
-    RerankTokenizer,
-    with_passage_fingerprint,
-)
+from nestrank.serving.pipeline.passage_encoder import ENCODER_FILE, PassageEncoder, with_passage_fingerprint
+from nestrank.serving.pipeline.tokenization import TOKENIZER_FILE, RerankTokenizer
 from nestrank.serving.triton.glue import (
     decode_texts,
     error_response,

@@ -12,7 +12,7 @@ from nestrank.protocol.reranking import (
     SCORES,
     RerankerConfig,
 )
-from nestrank.serving.pipeline.reranker import SCORER_FILE, Scorer, check_score_inputs, sigmoid
+from nestrank.serving.pipeline.scorer import SCORER_FILE, Scorer, check_score_inputs, sigmoid
 from nestrank.serving.triton.glue import error_response, input_array, one_row, read_model_args
 
 

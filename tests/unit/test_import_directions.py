@@ -13,7 +13,8 @@ PIPELINE = sorted(p.stem for p in (PACKAGE / "pipeline").glob("*.py") if p.stem 
 LAUNCHER = sorted(p.stem for p in (PACKAGE / "launcher").glob("*.py"))
 RULES = {  # package: (modules to import, prefixes it must not import)
     "protocol": (["nestrank.protocol.errors", "nestrank.protocol.embedding", "nestrank.protocol.reranking",
-                  "nestrank.protocol.passages", "nestrank.protocol.parameters", "nestrank.protocol.headers"],
+                  "nestrank.protocol.passages", "nestrank.protocol.parameters", "nestrank.protocol.headers",
+                  "nestrank.protocol.graphs"],
                  ["nestrank.serving", "nestrank.clients", "nestrank.export", "nestrank.bench", *HEAVY]),
     "clients": (["nestrank.clients.embed", "nestrank.clients.rerank", "nestrank.clients.cli", "nestrank.cli"],
                 ["nestrank.serving", "nestrank.export", "nestrank.bench", *HEAVY]),

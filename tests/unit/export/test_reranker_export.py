@@ -21,7 +21,10 @@ from nestrank.export.reranker import (
 )
 from nestrank.export.triton_config import read_config, string_parameters
 from nestrank.protocol.reranking import RerankerConfig
-from nestrank.serving.pipeline.reranker import FBNLReranker, RerankTokenizer, passage_fingerprint, sigmoid
+from nestrank.serving.pipeline.passage_encoder import passage_fingerprint
+from nestrank.serving.pipeline.reranker import FBNLReranker
+from nestrank.serving.pipeline.scorer import sigmoid
+from nestrank.serving.pipeline.tokenization import RerankTokenizer
 from tests.names import KALM, T5_MAX_PASSAGE_TOKENS, TINY_T5
 
 pytestmark = pytest.mark.slow  # exports two rerankers (the session's shared fixture)

@@ -116,7 +116,7 @@ def test_every_bucket_shape_lies_inside_the_tensorrt_profile(lengths, max_batch,
 def test_every_scorer_batch_lies_inside_its_tensorrt_profile(groups, ratios, max_passage_tokens, score_batch_tokens):
     from nestrank.protocol.reranking import RerankerConfig
     from nestrank.serving.pipeline.batching import length_buckets
-    from nestrank.serving.pipeline.reranker import SCORE_BATCH, Scorer
+    from nestrank.serving.pipeline.scorer import SCORE_BATCH, Scorer
 
     config = RerankerConfig(architecture="t5gemma2", hidden_size=64, yes_token_id=7, no_token_id=8, ratios=ratios,
                             default_ratio=ratios[-1], max_passage_tokens=max_passage_tokens,

@@ -1,0 +1,22 @@
+"""The compiled graphs' input and output names: the exporter writes them, the pipeline feeds and reads them.
+
+These are ONNX names, not the Triton models' tensors (those are in embedding.py and reranking.py); a few names are
+the same on both sides because they carry the same thing."""
+
+# Every encoder graph (embedder, passage encoder) reads token ids and their mask.
+INPUT_IDS = "input_ids"
+ATTENTION_MASK = "attention_mask"
+TOKEN_INPUTS = (INPUT_IDS, ATTENTION_MASK)
+
+# The embedder: encoder + pooling (+ normalization) in one graph.
+EMBEDDINGS = "embeddings"  # pooled and L2-normalized
+POOLED_EMBEDDINGS = "pooled_embeddings"  # pooled, raw (normalize=false)
+
+# The reranker's passage encoder: token states, pooled (MEP) outside the graph.
+TOKEN_STATES = "token_states"
+
+# The reranker's scorer: one prompt per row cross-attending to pooled passage states.
+DECODER_INPUT_IDS = "decoder_input_ids"
+PASSAGE_STATES = "passage_states"
+PASSAGE_MASK = "passage_mask"
+MARGINS = "margins"  # logit(yes) - logit(no) at the last position

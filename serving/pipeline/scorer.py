@@ -1,0 +1,108 @@
+"""The reranker's query side: one decoder prompt against many pooled passages (the scorer graph) → margins
+logit(yes) - logit(no); and ranking."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from nestrank.protocol import graphs as g
+from nestrank.protocol.errors import ValidationError
+from nestrank.protocol.passages import PassageStates
+from nestrank.protocol.reranking import RerankerConfig
+from nestrank.serving.pipeline.batching import length_buckets
+
+SCORER_FILE = "scorer.onnx"
+
+
+SCORE_BATCH = 256  # candidates per scorer run
+
+
+class Scorer:
+    """One prompt against many pooled passages: candidates bucketed by pooled length, no padding to the longest."""
+
+    def __init__(self, config: RerankerConfig, session):
+        self.config = config
+        self.session = session
+
+    @staticmethod
+    def profile(config: RerankerConfig):
+        """The TensorRT profile covering every batch `margins` cuts: up to SCORE_BATCH candidates of up to the
+        longest pooled passage (ratio min(ratios)), with the longest prompt `check_score_inputs` accepts."""
+        from nestrank.serving.pipeline.runtime import ShapeProfile
+
+        groups = -(-config.max_passage_tokens // min(config.ratios))
+        prompt, hidden = config.max_query_tokens + MAX_PROMPT_EXTRA_TOKENS, config.hidden_size
+        typical = min(groups, -(-256 // config.default_ratio))  # a 256-token passage at the default ratio
+        batch = max(1, min(SCORE_BATCH, config.score_batch_tokens // typical))
+        return ShapeProfile((
+            (g.DECODER_INPUT_IDS, (1, 1), (batch, min(128, prompt)), (SCORE_BATCH, prompt)),
+            (g.PASSAGE_STATES, (1, 1, hidden), (batch, typical, hidden), (SCORE_BATCH, groups, hidden)),
+            (g.PASSAGE_MASK, (1, 1), (batch, typical), (SCORE_BATCH, groups)),
+        ))  # fmt: skip
+
+    @staticmethod
+    def open_session(path: str | Path, config: RerankerConfig, providers: tuple[str, ...] | None = None):
+        from nestrank.serving.pipeline.runtime import create_session
+
+        return create_session(path, intra_op_threads=config.intra_op_threads, providers=providers,
+                              profile=Scorer.profile(config))  # fmt: skip
+
+    def margins(self, prompt_ids: np.ndarray, passages: PassageStates) -> np.ndarray:
+        """logit(yes) - logit(no) per passage, in input order."""
+        margins = np.empty(len(passages), dtype=np.float32)
+        lengths = passages.lengths
+        budget = max(self.config.score_batch_tokens, int(lengths.max(initial=1)))
+        for idx in length_buckets(lengths, SCORE_BATCH, budget, min_fill=0.8):
+            longest = int(lengths[idx].max())
+            states = np.zeros((len(idx), longest, self.config.hidden_size), dtype=np.float32)
+            mask = np.zeros((len(idx), longest), dtype=np.int64)
+            for row, i in enumerate(idx):
+                passage_states, counts = passages.passage(i)
+                states[row, : len(counts)] = passage_states
+                mask[row, : len(counts)] = counts > 0
+            decoder_ids = np.broadcast_to(prompt_ids, (len(idx), len(prompt_ids))).copy()
+            (batch_margins,) = self.session.run(
+                [g.MARGINS], {g.DECODER_INPUT_IDS: decoder_ids, g.PASSAGE_STATES: states, g.PASSAGE_MASK: mask}
+            )
+            margins[idx] = batch_margins
+        return margins
+
+
+MAX_PROMPT_EXTRA_TOKENS = 4096  # room for the template and a long instruction beyond max_query_tokens
+
+
+def check_score_inputs(config: RerankerConfig, prompt: np.ndarray, states: np.ndarray, counts: np.ndarray) -> None:
+    """What `<name>_score` accepts (it is reachable from outside, like every model): a prompt of known token ids,
+    states [N, G, H] and counts [N, G] within the model's limits, each passage with a valid group."""
+    longest = config.max_query_tokens + MAX_PROMPT_EXTRA_TOKENS
+    if prompt.ndim != 1 or not 0 < len(prompt) <= longest:
+        raise ValidationError("decoder_input_ids", f"shape {list(prompt.shape)}; expected [L] with 1 <= L <= {longest}")
+    if config.vocab_size and ((prompt < 0) | (prompt >= config.vocab_size)).any():
+        raise ValidationError("decoder_input_ids", f"token ids must be in 0..{config.vocab_size - 1}")
+    h, most = config.hidden_size, config.max_passage_tokens
+    if states.ndim != 3 or states.shape[2] != h or not 0 < len(states) <= config.max_candidates:
+        raise ValidationError("passage_states", f"shape {list(states.shape)}; expected [N, G, {h}], "
+                              f"1 <= N <= {config.max_candidates}")  # fmt: skip
+    if states.shape[1] > most or not np.isfinite(states).all():
+        raise ValidationError("passage_states", f"at most {most} groups, all values finite")
+    if states.nbytes > config.max_request_state_bytes:
+        raise ValidationError("passage_states", f"{states.nbytes / 2**20:.1f} MiB exceed max_request_state_bytes "
+                              f"{config.max_request_state_bytes / 2**20:.0f} MiB")  # fmt: skip
+    if counts.shape != states.shape[:2] or (counts < 0).any() or (counts > most).any():
+        raise ValidationError("passage_counts", f"shape {list(counts.shape)}, values 0..{most}; expected "
+                              f"{list(states.shape[:2])}")  # fmt: skip
+    empty = np.flatnonzero((counts > 0).sum(axis=1) == 0)
+    if empty.size:
+        raise ValidationError(f"passage_counts[{int(empty[0])}]", "no valid group; a passage needs tokens")
+
+
+def sigmoid(x: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-x))
+
+
+def rank(scores: np.ndarray, top_n: int | None) -> np.ndarray:
+    """Indices by descending score (stable for ties), cut to top_n."""
+    order = np.argsort(-scores, kind="stable")
+    return order[:top_n] if top_n else order
