@@ -29,7 +29,7 @@ python3 -c "import onnxruntime as o; print('onnxruntime', o.__version__, o.get_a
 cd /tmp || exit 1
 tests=(python3 -m pytest -p no:cacheprovider --rootdir "$root" -c "$root/pyproject.toml" --import-mode=importlib)
 if [ "$part" = tests ]; then
-  read -ra files <<<"${GPU_TESTS:-tests/unit/serving/test_gpu.py tests/unit/serving/test_runtime.py}"
+  read -ra files <<<"${GPU_TESTS:-tests/unit/serving/pipeline/test_gpu.py tests/unit/serving/pipeline/test_runtime.py}"
   "${tests[@]}" -v "${files[@]/#/$root/}" 2>&1 | tee "$out/gpu-pytest.txt"
 else
   python3 -m nestrank bench gpu --part "$part" --out "$out/gpu-$part.json" 2>&1 | tee "$out/gpu-$part.log"

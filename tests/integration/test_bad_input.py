@@ -65,7 +65,7 @@ class Case:
     by_triton: bool = False  # refused by Triton's own checks against the config, before nestrank's code runs
     # False where the bad request cannot share Triton's execution: 5 MB arrive after the good ones have been handed
     # over (the embed model's execute only queues them). The embed scheduler's shared run, where the text is
-    # tokenized and refused, is tested with a bad job among good ones in tests/unit/serving/test_embedder.py.
+    # tokenized and refused, is tested with a bad job among good ones in tests/unit/serving/pipeline/test_embedder.py.
     shares_execution: bool = True
 
 
