@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 
 from nestrank.serving.launcher.config import ServerStartError
 from nestrank.serving.launcher.process import ServerLog, dying_with, start_process, stop_process
-from nestrank.serving.launcher.supervisor import EventLog
+from nestrank.serving.launcher.supervisor import RESTART_BACKOFF_S, RESTART_STABLE_S, Backoff, EventLog
 
 
 class Companion:
@@ -22,12 +22,12 @@ class Companion:
 
     def __init__(self, name: str, command: Sequence[str], address: tuple[str, int], env: Mapping[str, str],
                  events: EventLog,
-                 backoff_s: Sequence[float] = (1.0, 2.0, 4.0, 8.0, 16.0, 30.0), stable_s: float = 60.0,
+                 backoff_s: Sequence[float] = RESTART_BACKOFF_S, stable_s: float = RESTART_STABLE_S,
                  echo: bool = True, url: str | None = None):  # fmt: skip
         host, port = address
         host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)  # where it listens for all
         self.name, self.command, self.address, self.env = name, list(command), (host, port), dict(env)
-        self.events, self.backoff_s, self.stable_s, self.echo = events, tuple(backoff_s), stable_s, echo
+        self.events, self.backoff, self.echo = events, Backoff(backoff_s, stable_s), echo
         self.url = url  # what to tell users, if it serves one
         self.log = ServerLog()
         self.stopping = threading.Event()
@@ -67,7 +67,7 @@ class Companion:
             return False
 
     def _run(self) -> None:
-        crashes, first = 0, True
+        first = True
         while not self.stopping.is_set():
             process = self._launch()
             if process is None:
@@ -82,9 +82,7 @@ class Companion:
             if self.stopping.is_set() or (first and not self._ready.is_set()):
                 return  # stopped, or it never came up at all: start() reports that
             first = False
-            crashes = 0 if time.monotonic() - started >= self.stable_s else crashes
-            pause = self.backoff_s[min(crashes, len(self.backoff_s) - 1)]
-            crashes += 1
+            pause = self.backoff.pause_after(time.monotonic() - started)
             self.events.add(f"the {self.name} exited with code {code}; restarting in {pause:g} s")
             if self.stopping.wait(pause):
                 return

@@ -32,7 +32,7 @@ from nestrank.serving.launcher.install import find_tritonserver, prepare_backend
 from nestrank.serving.launcher.process import ServerLog, dying_with, start_process, stop_process
 from nestrank.serving.launcher.process_tree import kill_and_wait, process_tree_memory, stub_models, stubs_with_prefix
 from nestrank.serving.launcher.shm import SHM_DIR, Regions, new_regions, private_shm_unavailable, remove_leftovers
-from nestrank.serving.launcher.supervisor import EventLog, Supervisor
+from nestrank.serving.launcher.supervisor import RESTART_BACKOFF_S, RESTART_STABLE_S, EventLog, Supervisor
 
 __all__ = [  # what callers import from here
     "SHM_DIR", "ServerConfig", "ServerStartError", "TlsConfig", "TritonServer", "free_ports", "find_tritonserver",
@@ -44,8 +44,8 @@ class TritonServer:
     """A running, supervised tritonserver; use as a context manager or start()/stop()."""
 
     def __init__(self, config: ServerConfig, echo: bool = False,
-                 restart_backoff_s: tuple[float, ...] = (1.0, 2.0, 4.0, 8.0, 16.0, 30.0),
-                 restart_stable_s: float = 60.0):  # fmt: skip
+                 restart_backoff_s: tuple[float, ...] = RESTART_BACKOFF_S,
+                 restart_stable_s: float = RESTART_STABLE_S):  # fmt: skip
         self.config = config
         self.echo = echo  # copy the server's log to stdout
         self.restart_backoff_s = restart_backoff_s

@@ -49,15 +49,34 @@ class Supervised(Protocol):
     def narrow_regions(self) -> None: ...
 
 
+RESTART_BACKOFF_S = (1.0, 2.0, 4.0, 8.0, 16.0, 30.0)
+RESTART_STABLE_S = 60.0  # up this long, and the next crash backs off from the first step again
+
+
+class Backoff:
+    """The pauses before restarts, for tritonserver and its companions alike: along `steps_s` for crashes in a row;
+    a process that stayed up for `stable_s` starts from the first step again."""
+
+    def __init__(self, steps_s=RESTART_BACKOFF_S, stable_s: float = RESTART_STABLE_S):
+        self.steps_s, self.stable_s, self.crashes = tuple(steps_s), stable_s, 0
+
+    def pause_after(self, up_s: float | None) -> float:
+        """The pause before the next restart, for a crash after `up_s` seconds up (None: it never came up)."""
+        if up_s is not None and up_s >= self.stable_s:
+            self.crashes = 0
+        pause = self.steps_s[min(self.crashes, len(self.steps_s) - 1)]
+        self.crashes += 1
+        return pause
+
+
 class Supervisor:
     """Runs the watchdog thread. Crashes in a row back off along `backoff_s`; once a server has stayed up for
     `stable_s`, the next crash starts the backoff again from its first step."""
 
-    def __init__(self, server: Supervised, backoff_s=(1.0, 2.0, 4.0, 8.0, 16.0, 30.0), stable_s: float = 60.0,
+    def __init__(self, server: Supervised, backoff_s=RESTART_BACKOFF_S, stable_s: float = RESTART_STABLE_S,
                  poll_s: float = 0.5):  # fmt: skip
         self.server = server
-        self.backoff_s = tuple(backoff_s)
-        self.stable_s = stable_s
+        self.backoff = Backoff(backoff_s, stable_s)
         self.poll_s = poll_s
         self._thread = threading.Thread(target=self._run, name="nestrank-watchdog", daemon=True)
 
@@ -72,7 +91,6 @@ class Supervisor:
     def _run(self) -> None:
         server = self.server
         expected = server.stub_counts()
-        crashes = 0
         ready_at = time.monotonic()  # None while a restart has not become ready
         while not server.stopping.wait(self.poll_s):
             code = server.exit_code()
@@ -84,10 +102,7 @@ class Supervisor:
                         server.reload(model)
                 continue
             server.clean_up_dead()
-            if ready_at is not None and time.monotonic() - ready_at >= self.stable_s:
-                crashes = 0
-            pause = self.backoff_s[min(crashes, len(self.backoff_s) - 1)]
-            crashes += 1
+            pause = self.backoff.pause_after(None if ready_at is None else time.monotonic() - ready_at)
             server.events.add(f"tritonserver exited with code {code}; restarting in {pause:g} s")
             if server.stopping.wait(pause):
                 return

@@ -346,3 +346,12 @@ def test_leftovers_of_dead_launchers_are_removed_and_live_ones_kept():
     finally:
         for path in mine + gone + other:
             subprocess.run(["rm", "-rf", str(path)], check=True)
+
+
+def test_one_backoff_for_the_server_and_its_companions():
+    from nestrank.serving.launcher.supervisor import Backoff
+
+    backoff = Backoff((1.0, 2.0, 4.0), stable_s=10.0)
+    assert [backoff.pause_after(0.5) for _ in range(4)] == [1.0, 2.0, 4.0, 4.0]  # crashes in a row, capped
+    assert backoff.pause_after(None) == 4.0  # a restart that never came up is a crash in the row
+    assert backoff.pause_after(10.0) == 1.0  # up for the stable period: from the first step again
