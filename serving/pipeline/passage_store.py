@@ -21,13 +21,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
-
-class StoreError(Exception):
-    """The store could not be reached, or refused the operation; the message names the store."""
-
-
-class StoreFullError(StoreError):
-    """No room, even after every on-demand entry that could go went."""
+# The store's errors are kinds of the one error table: StoreError (an outage) is UNAVAILABLE, StoreFullError is 507.
+from nestrank.protocol.errors import StoreError, StoreFullError
 
 
 class PassageStore(ABC):
@@ -110,7 +105,7 @@ class LmdbStore(PassageStore):
         self.cached = self.env.open_db(b"cached")
         self.order = self.env.open_db(b"order")
 
-    def _error(self, err: Exception) -> StoreError:
+    def _error(self, err: Exception) -> StoreError | StoreFullError:
         import lmdb
 
         if isinstance(err, lmdb.MapFullError):
