@@ -79,6 +79,33 @@ def test_serve_command_serves_a_model_an_older_nestrank_exported_until_sigterm(s
             process.kill()
 
 
+def test_limits_set_at_serve_time_are_what_triton_and_info_show(small_repository, tmp_path):
+    """Overrides go into the served copy of the config: the real server enforces and reports them (its model-config
+    endpoint, the client's info()); the exported repository is left as it was."""
+    import tritonclient.grpc as grpcclient
+
+    from nestrank.clients.embed import EmbedClient
+    from nestrank.serving.launcher.served import Override
+
+    repo = tmp_path / "repo"
+    shutil.copytree(small_repository / TINY_DECODER, repo / TINY_DECODER)
+    exported = (repo / TINY_DECODER / "config.pbtxt").read_bytes()
+    overrides = (Override.limit("max_queue_wait_s=7"), Override.limit(f"{TINY_DECODER}:max_batch_tokens=4096"),
+                 Override.limit("intra_op_threads=1"))  # fmt: skip
+    config = ServerConfig.on_free_ports(repo, overrides=overrides)
+    with TritonServer(config):
+        with EmbedClient(config.grpc_url, TINY_DECODER) as client:
+            info = client.info()
+            assert (info.max_queue_wait_s, info.max_batch_tokens, info.intra_op_threads) == (7, 4096, 1)
+            assert info.limits.max_run_tokens == 8192  # the rest as exported
+            assert client.embed(["served with the limits in force"]).shape[0] == 1
+        triton = grpcclient.InferenceServerClient(config.grpc_url)
+        served = triton.get_model_config(TINY_DECODER).config
+        triton.close()
+        assert served.dynamic_batching.default_queue_policy.default_timeout_microseconds == 7_000_000
+    assert (repo / TINY_DECODER / "config.pbtxt").read_bytes() == exported
+
+
 LAUNCHER = """
 import sys
 from nestrank.serving.launcher.server import ServerConfig, TritonServer
