@@ -1,8 +1,8 @@
 """Error responses, rendered from the protocol's one error table (nestrank/protocol/errors.py, WIRE): the status is the
 kind's HTTP column, the body the envelope of the API family the path belongs to: OpenAI's `{"error": {"message",
 "type", "param", "code"}}` on /v1 and /v2 (and the front's own routes), with the kind's OpenAI type and code; TEI's
-`{"error", "error_type"}` on TEI's routes, with its TEI type. Nothing here maps statuses to types: a passage id's 404
-(`not_found`) and a model's 404 (`model_not_found`) differ because their kinds do. Nothing a caller sends answers
+`{"error", "error_type"}` on TEI's routes, with its TEI type. No mapping of its own keyed by status: a passage id's
+404 (`not_found`) and a model's 404 (`model_not_found`) differ because their kinds do. Nothing a caller sends answers
 500: a 500 is a bug of the front (logged with its traceback) or a model's failure (BackendError)."""
 
 from __future__ import annotations

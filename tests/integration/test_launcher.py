@@ -1,6 +1,6 @@
 """`nestrank serve`'s launcher against the real binary: readable failure when a model cannot load; a model exported
-by an older nestrank keeps serving; the configured environment reaches the models; nothing outlives a launcher
-killed with SIGKILL."""
+by an older nestrank keeps serving; the configured environment reaches the models; limits and the passage store
+set at serve time are in force; nothing outlives a launcher killed with SIGKILL."""
 
 import shutil
 import time
@@ -104,6 +104,37 @@ def test_limits_set_at_serve_time_are_what_triton_and_info_show(small_repository
         triton.close()
         assert served.dynamic_batching.default_queue_policy.default_timeout_microseconds == 7_000_000
     assert (repo / TINY_DECODER / "config.pbtxt").read_bytes() == exported
+
+
+def test_a_reranker_uses_the_store_and_the_limits_it_was_served_with(tiny_t5_dir, tmp_path):
+    """The passage store travels like the limits (the served copy of all three configs): indexed passages land in
+    that LMDB, and the served max_candidates is what the client splits by."""
+    from nestrank.clients.rerank import RerankClient
+    from nestrank.export.reranker import export_reranker
+    from nestrank.protocol.errors import ValidationError
+    from nestrank.serving.launcher.served import Override
+    from nestrank.serving.pipeline.passage_store import open_store
+
+    repo, store = tmp_path / "repo", f"lmdb://{tmp_path / 'passages'}"
+    export_reranker(tiny_t5_dir, "t5", repo, max_passage_tokens=64, log=lambda _: None)
+    config = ServerConfig.on_free_ports(
+        repo,
+        passage_store=store,
+        overrides=(Override.limit("t5:max_candidates=2"), Override.limit("intra_op_threads=1")),
+    )
+    documents = [f"passage number {i} about files" for i in range(5)]
+    with TritonServer(config), RerankClient(config.grpc_url, "t5") as client:
+        info = client.info()
+        assert (info.max_candidates, info.passage_store, info.intra_op_threads) == (2, store, 1)
+        with pytest.raises(ValidationError, match="documents: 5 texts exceed the limit of 2"):
+            client.index(documents, [f"doc-{i}" for i in range(5)])  # enforced by the server (the client sends 32)
+        for start in range(0, 5, 2):
+            client.index(documents[start : start + 2], [f"doc-{i}" for i in range(start, min(start + 2, 5))])
+        by_id = client.rerank("read a file", passages=[f"doc-{i}" for i in range(5)])  # three requests of <= 2
+        by_text = client.rerank("read a file", documents)
+        assert sorted(r.index for r in by_id) == list(range(5))
+        assert [round(r.score, 5) for r in by_id] == [round(r.score, 5) for r in by_text]
+    assert open_store(store).entries()["pinned"] >= 10  # five passages' states and five ids, kept for good
 
 
 LAUNCHER = """
