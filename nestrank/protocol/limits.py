@@ -8,7 +8,8 @@
 - Overridden at serve time by `nestrank serve --limit [MODEL:]NAME=VALUE`, which writes them into the served copy of
   each model's config (serving/launcher/served.py): Triton's model-config endpoint and `info()` show what is in force.
 
-Room to grow: a limit is a field here; the launcher, `info()` and the README's table pick it up by name.
+Room to grow: a limit is a `_limit` field here (default, what it bounds, least value); validation, the launcher's
+`--limit`, `info()` and the README's table pick it up by name.
 """
 
 from __future__ import annotations
@@ -22,27 +23,19 @@ from typing import Any
 MiB = 1 << 20
 
 
-# The least each limit may be (floats: strictly more than it).
-_LOW = {"max_batch_tokens": 1, "max_queue_wait_s": 0.0, "max_run_tokens": 1, "max_run_sequences": 1,
-        "intra_op_threads": 0, "max_candidates": 1, "max_request_state_bytes": 1, "score_batch_tokens": 1,
-        "score_chunk_bytes": 1, "passage_cache_bytes": 0}  # fmt: skip
+def _limit(default: int | float, what: str, low: int | float = 1):
+    """A limit: its default, what it bounds (the README's table) and the least it may be (a float: more than it)."""
+    return dataclasses.field(default=default, metadata={"what": what, "low": low})
 
 
 def _check(limits: Any) -> None:
-    """Each field of the right type and range; ValueError naming the field and the limit."""
-    for f in dataclasses.fields(limits):
-        if f.name not in _LOW:
-            continue
-        value, low = getattr(limits, f.name), _LOW[f.name]
-        kind = float if isinstance(low, float) else int
-        if isinstance(value, bool) or not isinstance(value, (int, float) if kind is float else int):
-            raise ValueError(f"{f.name} must be {'a number' if kind is float else 'an integer'}, got {value!r}")
-        if value < low or (kind is float and value == low):
-            raise ValueError(f"{f.name} must be {'>' if kind is float else '>='} {low:g}, got {value!r}")
-
-
-def _limit(default, what: str):
-    return dataclasses.field(default=default, metadata={"what": what})  # `what`: the README's table
+    """Each limit of the right type (its default's) and range; ValueError naming the field and the limit."""
+    for f in (f for f in dataclasses.fields(limits) if "low" in f.metadata):  # a model config's other fields: its own
+        value, low, number = getattr(limits, f.name), f.metadata["low"], isinstance(f.default, float)
+        if isinstance(value, bool) or not isinstance(value, (int, float) if number else int):
+            raise ValueError(f"{f.name} must be {'a number' if number else 'an integer'}, got {value!r}")
+        if value < low or (number and value == low):
+            raise ValueError(f"{f.name} must be {'>' if number else '>='} {low:g}, got {value!r}")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -51,10 +44,10 @@ class EmbedLimits:
                                           "length on arrival); TEI's /info max_batch_tokens")  # fmt: skip
     max_queue_wait_s: float = _limit(60.0, "the longest a request may wait before its work starts (the embed "
                                            "scheduler's estimate; Triton's queue policy for every model): past it, "
-                                           "refused at once as overloaded")  # fmt: skip
+                                           "refused at once as overloaded", low=0.0)  # fmt: skip
     max_run_tokens: int = _limit(8192, "padded tokens per ONNX Runtime run (each execution is cut into such runs)")
     max_run_sequences: int = _limit(64, "texts per ONNX Runtime run")
-    intra_op_threads: int = _limit(0, "ONNX Runtime threads per session (0: one per physical core)")
+    intra_op_threads: int = _limit(0, "ONNX Runtime threads per session (0: one per physical core)", low=0)
 
     def __post_init__(self):
         _check(self)
@@ -70,9 +63,9 @@ class RerankLimits:
     score_chunk_bytes: int = _limit(64 * MiB, "passage states per call from the rerank model to `_score` "
                                               "(through /dev/shm)")  # fmt: skip
     passage_cache_bytes: int = _limit(512 * MiB, "the rerank model's first level, an in-process LRU in front of "
-                                                 "the passage store (0: none)")  # fmt: skip
-    max_queue_wait_s: float = _limit(30.0, "as the embedder's (the rerank models have only Triton's queue)")
-    intra_op_threads: int = _limit(0, "as the embedder's")
+                                                 "the passage store (0: none)", low=0)  # fmt: skip
+    max_queue_wait_s: float = _limit(30.0, "as the embedder's (the rerank models have only Triton's queue)", low=0.0)
+    intra_op_threads: int = _limit(0, "as the embedder's", low=0)
 
     def __post_init__(self):
         _check(self)

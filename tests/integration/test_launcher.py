@@ -81,17 +81,23 @@ def test_serve_command_serves_a_model_an_older_nestrank_exported_until_sigterm(s
 
 def test_limits_set_at_serve_time_are_what_triton_and_info_show(small_repository, tmp_path):
     """Overrides go into the served copy of the config: the real server enforces and reports them (its model-config
-    endpoint, the client's info()); the exported repository is left as it was."""
+    endpoint, the client's info()); a model they do not name serves from a link, as exported; the exported
+    repository is left as it was."""
     import tritonclient.grpc as grpcclient
 
     from nestrank.clients.embed import EmbedClient
+    from nestrank.export.triton_config import read_config, write_config
     from nestrank.serving.launcher.served import Override
 
     repo = tmp_path / "repo"
-    shutil.copytree(small_repository / TINY_DECODER, repo / TINY_DECODER)
+    for name in (TINY_DECODER, "untouched"):
+        shutil.copytree(small_repository / TINY_DECODER, repo / name)
+    config = read_config(repo / "untouched")
+    config.name = "untouched"
+    write_config(config, repo / "untouched")
     exported = (repo / TINY_DECODER / "config.pbtxt").read_bytes()
-    overrides = (Override.limit("max_queue_wait_s=7"), Override.limit(f"{TINY_DECODER}:max_batch_tokens=4096"),
-                 Override.limit("intra_op_threads=1"))  # fmt: skip
+    overrides = tuple(Override.limit(f"{TINY_DECODER}:{limit}")
+                      for limit in ("max_queue_wait_s=7", "max_batch_tokens=4096", "intra_op_threads=1"))  # fmt: skip
     config = ServerConfig.on_free_ports(repo, overrides=overrides)
     with TritonServer(config):
         with EmbedClient(config.grpc_url, TINY_DECODER) as client:
@@ -99,6 +105,8 @@ def test_limits_set_at_serve_time_are_what_triton_and_info_show(small_repository
             assert (info.max_queue_wait_s, info.max_batch_tokens, info.intra_op_threads) == (7, 4096, 1)
             assert info.limits.max_run_tokens == 8192  # the rest as exported
             assert client.embed(["served with the limits in force"]).shape[0] == 1
+        with EmbedClient(config.grpc_url, "untouched") as client:
+            assert client.info().limits.max_batch_tokens == 16384 and client.embed(["as exported"]).shape[0] == 1
         triton = grpcclient.InferenceServerClient(config.grpc_url)
         served = triton.get_model_config(TINY_DECODER).config
         triton.close()
