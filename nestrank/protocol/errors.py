@@ -201,9 +201,10 @@ def http_status(err: BaseException) -> int:
 
 
 def marked(err: NestrankError) -> str:
-    """The message a model sends for `err`: its own, starting with its kind's marker (once)."""
+    """The message a model sends for `err`: its own, with its kind's marker first unless the marker is in it already
+    (a sub-model's error, passed on as `"<model>: <its message>"`); readers look for the marker anywhere."""
     message = str(err)
-    return message if not err.marker or message.startswith(err.marker) else err.marker + message
+    return message if not err.marker or err.marker in message.lower() else err.marker + message
 
 
 def markdown_table() -> str:

@@ -62,6 +62,8 @@ def test_a_full_store_is_not_an_outage_and_an_outage_is_unavailable():
     assert not issubclass(errors.StoreFullError, errors.UnavailableError)
     assert errors.marked(errors.StoreFullError("lmdb:///x: full")) == "passage store full: lmdb:///x: full"
     assert errors.marked(errors.StoreFullError("passage store full: x")) == "passage store full: x"  # once
+    passed_on = errors.from_triton_error("UNAVAILABLE", "k_encode: overloaded: 4096 tokens are queued ahead")
+    assert errors.marked(passed_on) == "k_encode: overloaded: 4096 tokens are queued ahead"  # a BLS passes it on
     assert errors.marked(errors.ValidationError("top_n", "must be in 1..10")) == "top_n: must be in 1..10"
 
 
