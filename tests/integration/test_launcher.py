@@ -117,9 +117,12 @@ def test_limits_set_at_serve_time_are_what_triton_and_info_show(small_repository
 def test_a_reranker_uses_the_store_and_the_limits_it_was_served_with(tiny_t5_dir, tmp_path):
     """The passage store travels like the limits (the served copy of all three configs): indexed passages land in
     that LMDB, and the served max_candidates is what the client splits by."""
+    import numpy as np
+    import tritonclient.grpc as grpcclient
+    from tritonclient.utils import InferenceServerException
+
     from nestrank.clients.rerank import RerankClient
     from nestrank.export.reranker import export_reranker
-    from nestrank.protocol.errors import ValidationError
     from nestrank.serving.launcher.served import Override
     from nestrank.serving.pipeline.passage_store import open_store
 
@@ -134,14 +137,17 @@ def test_a_reranker_uses_the_store_and_the_limits_it_was_served_with(tiny_t5_dir
     with TritonServer(config), RerankClient(config.grpc_url, "t5") as client:
         info = client.info()
         assert (info.max_candidates, info.passage_store, info.intra_op_threads) == (2, store, 1)
-        with pytest.raises(ValidationError, match="documents: 5 texts exceed the limit of 2"):
-            client.index(documents, [f"doc-{i}" for i in range(5)])  # enforced by the server (the client sends 32)
-        for start in range(0, 5, 2):
-            client.index(documents[start : start + 2], [f"doc-{i}" for i in range(start, min(start + 2, 5))])
+        client.index(documents, [f"doc-{i}" for i in range(5)])  # the client splits by the served limit
         by_id = client.rerank("read a file", passages=[f"doc-{i}" for i in range(5)])  # three requests of <= 2
         by_text = client.rerank("read a file", documents)
         assert sorted(r.index for r in by_id) == list(range(5))
         assert [round(r.score, 5) for r in by_id] == [round(r.score, 5) for r in by_text]
+        triton = grpcclient.InferenceServerClient(config.grpc_url)  # the server enforces it too
+        tensor = grpcclient.InferInput("documents", [1, 3], "BYTES")
+        tensor.set_data_from_numpy(np.array([[d.encode() for d in documents[:3]]], dtype=object))
+        with pytest.raises(InferenceServerException, match="documents: 3 texts exceed the limit of 2"):
+            triton.infer("t5", [tensor], parameters={"warm": True})
+        triton.close()
     assert open_store(store).entries()["pinned"] >= 10  # five passages' states and five ids, kept for good
 
 
