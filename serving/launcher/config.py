@@ -68,8 +68,8 @@ class ServerConfig:
     # `nestrank serve --limit [MODEL:]NAME=VALUE` gives.
     overrides: tuple[Override, ...] = ()
     # The passage store of every reranker served (None: as exported; "" there is LMDB in the user's cache). Its
-    # password reaches the models through the environment, never their configs.
-    passage_store: str | None = None
+    # password reaches the models through the environment, never their configs (nor this config's repr).
+    passage_store: str | None = field(default=None, repr=False)
     # Extra environment variables for tritonserver and its Python backend stubs.
     environment: Mapping[str, str] = field(default_factory=dict, hash=False)
     extra_args: tuple[str, ...] = ()

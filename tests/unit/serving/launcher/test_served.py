@@ -134,6 +134,7 @@ def test_the_server_config_carries_overrides_and_tests_get_a_store_of_their_own(
     config = ServerConfig.on_free_ports(tmp_path, overrides=[Override.limit("max_candidates=3")])
     assert config.overrides == (Override.limit("max_candidates=3"),) and config.passage_store == "memory://"
     assert ServerConfig(tmp_path).passage_store is None  # as exported: the default store
+    assert "s3cret" not in repr(ServerConfig(tmp_path, passage_store="redis://:s3cret@r:6379/0"))
     with pytest.raises(ValueError, match="cannot be set at serve time"):
         Override("width", "8")
 
