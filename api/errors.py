@@ -1,7 +1,9 @@
-"""Error responses: the status from the protocol's one error table (`http_status`), the body in the envelope of the
-API family the path belongs to: OpenAI's `{"error": {"message", "type", "param", "code"}}` on /v1 and /v2 (and
-the front's own routes), TEI's `{"error", "error_type"}` on TEI's routes. Nothing a caller sends answers 500: a
-500 is a bug of the front (logged with its traceback) or a model's failure (BackendError)."""
+"""Error responses, rendered from the protocol's one error table (nestrank/protocol/errors.py, WIRE): the status is the
+kind's HTTP column, the body the envelope of the API family the path belongs to: OpenAI's `{"error": {"message",
+"type", "param", "code"}}` on /v1 and /v2 (and the front's own routes), with the kind's OpenAI type and code; TEI's
+`{"error", "error_type"}` on TEI's routes, with its TEI type. No mapping of its own keyed by status: a passage id's
+404 (`not_found`) and a model's 404 (`model_not_found`) differ because their kinds do. Nothing a caller sends answers
+500: a 500 is a bug of the front (logged with its traceback) or a model's failure (BackendError)."""
 
 from __future__ import annotations
 
@@ -13,37 +15,27 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
 from nestrank.protocol.errors import (
+    WIRE,
     BackendError,
     ModelNotFoundError,
     NestrankError,
-    OverloadedError,
     RequestTooLargeError,
-    UnauthenticatedError,
-    UnavailableError,
     ValidationError,
-    http_status,
+    Wire,
+    wire,
 )
 
 log = logging.getLogger("nestrank.api")
 TEI_PATHS = frozenset({"/embed", "/rerank", "/info", "/health"})  # TEI's routes answer in TEI's envelope
 MAX_MESSAGE_CHARS = 1000  # never a request's bulk back
-RETRY_STATUSES = (429, 503)
-
-OPENAI_TYPES = {400: "invalid_request_error", 401: "invalid_request_error", 404: "invalid_request_error",
-                405: "invalid_request_error", 413: "invalid_request_error", 429: "rate_limit_error"}  # fmt: skip
-TEI_TYPES = {400: "validation", 401: "unauthorized", 404: "validation", 405: "validation", 413: "validation",
-             429: "overloaded", 503: "unhealthy", 504: "unhealthy"}  # fmt: skip
-CODES = {ModelNotFoundError: "model_not_found", UnauthenticatedError: "invalid_api_key",
-         RequestTooLargeError: "request_too_large", OverloadedError: "overloaded",
-         UnavailableError: "unavailable"}  # fmt: skip
+RETRY_STATUSES = (429, 503)  # HTTP's own rule: these carry Retry-After
 
 
-def error_body(path: str, status: int, message: str, param: str | None = None, code: str | None = None) -> dict:
+def error_body(path: str, row: Wire, message: str, param: str | None = None) -> dict:
     message = message if len(message) <= MAX_MESSAGE_CHARS else message[: MAX_MESSAGE_CHARS - 1] + "…"
     if path in TEI_PATHS:
-        return {"error": message, "error_type": TEI_TYPES.get(status, "backend")}
-    return {"error": {"message": message, "type": OPENAI_TYPES.get(status, "server_error"), "param": param,
-                      "code": code}}  # fmt: skip
+        return {"error": message, "error_type": row.tei}
+    return {"error": {"message": message, "type": row.openai_type, "param": param, "code": row.openai_code}}
 
 
 def error_headers(status: int, retry_after_s: int) -> dict[str, str]:
@@ -54,17 +46,22 @@ def error_headers(status: int, retry_after_s: int) -> dict[str, str]:
 
 
 def error_response(path: str, err: BaseException, retry_after_s: int = 1) -> JSONResponse:
-    status = http_status(err)
     if not isinstance(err, NestrankError) or isinstance(err, BackendError):
         log.error("%s failed", path, exc_info=err)
     if isinstance(err, NestrankError):
-        message = str(err)
+        row, message = wire(err), str(err)
     else:
-        message = "internal error in the HTTP front; its log has the traceback"
+        row, message = WIRE[BackendError], "internal error in the HTTP front; its log has the traceback"
     param = err.field if isinstance(err, ValidationError) else "model" if isinstance(err, ModelNotFoundError) else None
-    code = next((c for cls, c in CODES.items() if isinstance(err, cls)), None)
-    body = error_body(path, status, message, param, code)
-    return JSONResponse(body, status, headers=error_headers(status, retry_after_s))
+    body = error_body(path, row, message, param)
+    return JSONResponse(body, row.http, headers=error_headers(row.http, retry_after_s))
+
+
+def status_row(status: int) -> Wire:
+    """The row for a status the framework raised without a kind (an unknown route, a wrong method): the table's
+    first row with that status, else the table's request error (4xx) or backend error (5xx)."""
+    fallback = WIRE[ValidationError] if status < 500 else WIRE[BackendError]
+    return next((row for row in WIRE.values() if row.http == status), fallback)
 
 
 def _field(loc) -> str:
@@ -103,7 +100,7 @@ def install(app: FastAPI, retry_after_s: int) -> None:
         if status == 413:
             return error_response(path, RequestTooLargeError("body", str(exc.detail)), retry_after_s)
         headers = {**(exc.headers or {}), **error_headers(status, retry_after_s)}
-        return JSONResponse(error_body(path, status, str(exc.detail)), status, headers=headers)
+        return JSONResponse(error_body(path, status_row(status), str(exc.detail)), status, headers=headers)
 
     app.add_exception_handler(NestrankError, nestrank_error)
     app.add_exception_handler(RequestValidationError, request_validation)

@@ -8,6 +8,7 @@ reranker always cuts passages and queries where the model was trained to (KaLM's
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Literal
 
@@ -96,10 +97,13 @@ async def info(request: Request):
     config = model.info.config
     if model.kind == EMBEDDER:
         model_type = {"embedding": {"pooling": config.pooling}}
-        max_input, max_batch_tokens = config.max_length, config.max_tokens_per_batch
+        max_input = config.max_length
     else:
         model_type = {"reranker": {"id2label": {"0": "LABEL"}, "label2id": {"LABEL": 0}}}
-        max_input, max_batch_tokens = config.max_passage_tokens, config.score_batch_tokens
+        max_input = config.max_passage_tokens
+    # TEI's max_batch_tokens is the tokens one batch may hold: the model's own limit of that name where it has one
+    # (the embed scheduler's), else the scorer's per-run budget.
+    max_batch_tokens = getattr(config, "max_batch_tokens", None) or getattr(config, "score_batch_tokens", None)
     return json_response({
         "model_id": model.name,
         "model_sha": None,
@@ -115,4 +119,5 @@ async def info(request: Request):
         "version": nestrank.__version__,
         "sha": None,
         "docker_label": None,
+        "limits": dataclasses.asdict(config.limits),  # nestrank's: every limit the model enforces, as it is served
     })  # fmt: skip

@@ -173,14 +173,13 @@ def plot(report: dict, path: Path) -> None:
 
 
 def run(config: SoakConfig, log=print) -> dict:
-    import os
-
+    from nestrank.serving.launcher.served import Override
     from nestrank.serving.launcher.server import ServerConfig, TritonServer
 
     with tempfile.TemporaryDirectory() as tmp:
         repository = build_repository(Path(tmp), log=lambda _: None)
-        os.environ["NESTRANK_PASSAGE_CACHE_BYTES"] = str(config.cache_bytes)  # the stubs inherit it
-        server_config = ServerConfig.on_free_ports(repository)
+        limits = (Override.limit(f"passage_cache_bytes={config.cache_bytes}"),)
+        server_config = ServerConfig.on_free_ports(repository, overrides=limits)
         with TritonServer(server_config) as server:
             raw = asyncio.run(_drive(config, server_config.grpc_url, server, log))
     report = summarize(config, raw["requests"], raw["memory"])

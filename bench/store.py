@@ -34,6 +34,7 @@ from nestrank.export.reranker import export_reranker, load_tokenizer
 from nestrank.export.tiny_checkpoints import kalm_shaped_reranker
 from nestrank.protocol.passages import PassageStates
 from nestrank.protocol.reranking import passage_id
+from nestrank.serving.launcher.served import Override
 from nestrank.serving.launcher.server import ServerConfig, TritonServer
 from nestrank.serving.pipeline.passage_cache import PassageCache
 from nestrank.serving.pipeline.passage_store import LmdbStore, PassageStore, RedisStore, open_store
@@ -71,10 +72,8 @@ def timed(fn, repeats: int) -> list[float]:
 @contextmanager
 def served(repository: Path, store: str, first_level_bytes: int | None = None):
     """A tritonserver on `repository` with this passage store (and first-level bound), and a client."""
-    environment = {"NESTRANK_PASSAGE_STORE": store}
-    if first_level_bytes is not None:
-        environment["NESTRANK_PASSAGE_CACHE_BYTES"] = str(first_level_bytes)
-    config = ServerConfig.on_free_ports(repository, environment=environment)
+    limits = () if first_level_bytes is None else (Override.limit(f"passage_cache_bytes={first_level_bytes}"),)
+    config = ServerConfig.on_free_ports(repository, passage_store=store, overrides=limits)
     # One request at a time: one model instance on 2 CPUs takes about 30 s per 32 Nano-shape passages, so requests
     # queued behind it would pass Triton's 30 s queue bound (and the benchmark does not retry).
     with TritonServer(config), RerankClient(config.grpc_url, NAME, retry=NO_RETRIES, concurrency=1,

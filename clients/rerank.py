@@ -211,14 +211,16 @@ class AsyncRerankClient(AsyncModelClient[RerankerConfig]):
         params = {"warm": True, **({"compression_ratio": compression_ratio} if compression_ratio is not None else {})}
 
         async def work(deadline: float) -> Indexed:
-            parse_rerank_options(params, (await self._model_info(deadline)).config)
-            starts = range(0, len(encoded), ENCODE_BATCH)
+            config = (await self._model_info(deadline)).config
+            parse_rerank_options(params, config)
+            size = min(ENCODE_BATCH, config.max_candidates)  # the served limit, which `nestrank serve` may lower
+            starts = range(0, len(encoded), size)
 
             async def send(start: int):
-                chunk = encoded[start : start + ENCODE_BATCH]
+                chunk = encoded[start : start + size]
                 inputs = [text_input(DOCUMENTS, chunk, [1, len(chunk)])]
                 if ids is not None:
-                    inputs.append(text_input(PASSAGE_IDS, ids[start : start + ENCODE_BATCH], [1, len(chunk)]))
+                    inputs.append(text_input(PASSAGE_IDS, ids[start : start + size], [1, len(chunk)]))
                 outputs = requested(PASSAGE_IDS, PASSAGE_TOKENS, STORED_BYTES)
                 result = await self._infer(self.model, inputs, outputs, params, deadline)
                 shape = (1, len(chunk))

@@ -16,7 +16,6 @@ from nestrank.protocol.parameters import exported_version
 from nestrank.protocol.tensors import Signature
 
 CONFIG_FILE = "config.pbtxt"
-MAX_QUEUE_WAIT_S = 30.0  # a request that waited this long in a model's queue is refused (overload), not run late
 WARMUP_DIR = "warmup"
 
 
@@ -29,7 +28,6 @@ def python_model_config(
     max_queue_delay_us: int = 2000,
     warmup: Mapping[str, str] | None = None,
     max_queue_size: int | None = None,
-    max_queue_wait_s: float = MAX_QUEUE_WAIT_S,
 ) -> mc.ModelConfig:
     """A Python-backend model with dynamic batching on CPU instances; its inputs and outputs are the contract's
     `signature`, and its parameters record the nestrank version that wrote it.
@@ -37,9 +35,10 @@ def python_model_config(
     `warmup` maps an input name to a file under `warmup/` holding one serialized batch-1 value.
 
     The queue is bounded twice, as Triton allows: in requests (`max_queue_size`, default `default_queue_size`)
-    and in time (`max_queue_wait_s`). Past either, Triton refuses at once with UNAVAILABLE ("Exceeds maximum
-    queue size", "Request timeout expired"), which the clients read as overload and back off from, instead of
-    latency growing without bound. Triton counts requests, not texts, so the count bound is generous and the
+    and in time (the model's `max_queue_wait_s` limit, from `parameters`: the one bound the model's own scheduler
+    keeps too). Past either, Triton refuses at once with UNAVAILABLE ("Exceeds maximum queue size", "Request
+    timeout expired"), which the clients read as overload and back off from, instead of latency growing without
+    bound. Triton counts requests, not texts, so the count bound is generous and the
     time bound does the work under heavy requests.
     """
     from nestrank import __version__
@@ -55,7 +54,7 @@ def python_model_config(
         queue = config.dynamic_batching.default_queue_policy
         queue.max_queue_size = max_queue_size or default_queue_size(signature.max_batch_size)
         queue.timeout_action = mc.ModelQueuePolicy.REJECT
-        queue.default_timeout_microseconds = int(max_queue_wait_s * 1e6)
+        queue.default_timeout_microseconds = int(json.loads(parameters["max_queue_wait_s"]) * 1e6)
     config.instance_group.add(kind=mc.ModelInstanceGroup.KIND_CPU, count=instance_count)
     for key, value in {**parameters, VERSION_PARAMETER: json.dumps(__version__)}.items():
         config.parameters[key].string_value = value

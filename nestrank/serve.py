@@ -20,7 +20,8 @@ def parser():
     p.add_argument("--passage-store", default=os.environ.get("NESTRANK_PASSAGE_STORE") or default_passage_store(),
                    help="where rerankers keep pooled passage states: lmdb:///path[?map_size=16GiB] (one host, "
                    "persistent), redis://host:port/db (shared by replicas), or memory:// (this process only); "
-                   "default %(default)s; env NESTRANK_PASSAGE_STORE")  # fmt: skip
+                   "written into the served copy of every reranker's config (passage_store; a password stays out "
+                   "of it); default %(default)s; env NESTRANK_PASSAGE_STORE")  # fmt: skip
     p.add_argument("--api-port", type=int, default=int(os.environ.get("NESTRANK_API_PORT", 8080)),
                    help="the HTTP front (OpenAI, Cohere/Jina, TEI routes; default %(default)s)")  # fmt: skip
     p.add_argument("--api-host", default=os.environ.get("NESTRANK_API_HOST"), help="its address (default: --host)")
@@ -35,10 +36,10 @@ def parser():
 
 
 def default_passage_store() -> str:
-    """LMDB in the user's cache directory: persistent, shared by every server on this host (keys carry each model's
-    passage fingerprint, so models never mix)."""
-    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return f"lmdb://{(cache / 'nestrank' / 'passages').resolve()}"
+    """The one default (the rerank model's, when its config names no store): LMDB in the user's cache directory."""
+    from nestrank.serving.pipeline.passage_store import default_passage_store as default
+
+    return default()
 
 
 def check_passage_store(url: str) -> None:
@@ -119,8 +120,9 @@ def front(args):
 
 
 def main(argv: list[str], environment: Mapping[str, str] | None = None) -> int:
-    """`environment`: extra variables for tritonserver and its models, from Python (no flag), e.g.
-    `main(["--repository", "repo"], environment={"NESTRANK_PASSAGE_STORE": "lmdb:///var/lib/nestrank"})`."""
+    """`environment`: extra variables for tritonserver and its models' processes, from Python (no flag), e.g.
+    `main(["--repository", "repo"], environment={"HF_HOME": "/var/lib/hf"})`. Limits and the store are flags
+    (`--limit`, `--passage-store`), written into the served copy of the models' configs."""
     args = parser().parse_args(argv)
     if reason := refused(args):
         print(f"nestrank serve: {reason}", file=sys.stderr)
@@ -128,8 +130,6 @@ def main(argv: list[str], environment: Mapping[str, str] | None = None) -> int:
     check_passage_store(args.passage_store)
     prepare(Path(args.repository), args.reranker, args.reranker_name, not args.no_default_models)
     front_settings(args)
-    # tritonserver and its model stubs get the store in their environment
-    environment = {"NESTRANK_PASSAGE_STORE": args.passage_store, **(environment or {})}
     return serving_cli.run(args, environment, None if args.no_api else front(args))
 
 

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
 from nestrank.protocol.errors import ValidationError
+from nestrank.protocol.limits import EmbedLimits, limits_of
 from nestrank.protocol.parameters import as_bool, as_int, as_str, check_names, from_parameters, shown, to_parameters
 from nestrank.protocol.tensors import Signature, Tensor
 
@@ -65,8 +66,13 @@ TRUNCATION_DIRECTIONS = ("right", "left")
 
 
 @dataclass(frozen=True)
-class EmbedderConfig:
-    """What an exported embedder serves; stored as the Triton model's `parameters`."""
+class EmbedderConfig(EmbedLimits):
+    """What an exported embedder serves; stored as the Triton model's `parameters`. Its limits (EmbedLimits:
+    `max_batch_tokens`, `max_queue_wait_s`, ...) are keyword fields of it, like every other."""
+
+    # Names exports before the limits config wrote, read under today's (from_parameters).
+    RENAMED: ClassVar[dict[str, str]] = {"max_tokens_per_batch": "max_run_tokens",
+                                         "max_sequences_per_batch": "max_run_sequences"}  # fmt: skip
 
     width: int
     max_length: int
@@ -76,16 +82,10 @@ class EmbedderConfig:
     default_prompt: str | None = None
     precisions: tuple[str, ...] = PRECISIONS
     weights: str = "fp32"
-    max_tokens_per_batch: int = 8192  # padded tokens per ONNX Runtime run
-    max_sequences_per_batch: int = 64
-    # The scheduler (serving/embed_scheduler.py): tokens per execution, and the longest a request may wait in its
-    # queue, from the work ahead of it, before it is refused at once as overload.
-    max_batch_tokens: int = 16384
-    max_queue_wait_s: float = 60.0
-    intra_op_threads: int = 0
     tensorrt_fp16: bool = False  # on a GPU with TensorRT: build fp16 engines (the graph's weights stay as exported)
 
     def __post_init__(self):
+        super().__post_init__()
         if self.width < 1:
             raise ValueError(f"width must be positive, got {self.width}")
         if self.max_length < 2:
@@ -104,10 +104,13 @@ class EmbedderConfig:
         names = dict(self.prompts)
         if self.default_prompt is not None and self.default_prompt not in names:
             raise ValueError(f"default_prompt {self.default_prompt!r} is not among prompts {sorted(names)}")
-        if self.max_sequences_per_batch < 1 or self.max_tokens_per_batch < self.max_length:
-            raise ValueError("max_sequences_per_batch must be >= 1 and max_tokens_per_batch >= max_length")
-        if self.max_batch_tokens < self.max_length or self.max_queue_wait_s <= 0:
-            raise ValueError("max_batch_tokens must be >= max_length and max_queue_wait_s > 0")
+        for name in ("max_run_tokens", "max_batch_tokens"):  # a text of max_length tokens must fit
+            if getattr(self, name) < self.max_length:
+                raise ValueError(f"{name} must be >= max_length {self.max_length}, got {getattr(self, name)}")
+
+    @property
+    def limits(self) -> EmbedLimits:
+        return limits_of(self, EmbedLimits)
 
     def prompt_for(self, input_type: str | None) -> str:
         names = dict(self.prompts)

@@ -1,10 +1,13 @@
-"""One error hierarchy for server and client, and the one table that maps each error to the wire.
+"""One error hierarchy for server and client, and the one table (WIRE) that maps each kind to every wire: the gRPC
+status, the Triton code a model answers with, the HTTP status, the OpenAI envelope's `type` and `code`, TEI's
+`error_type`, and the client's retry rule.
 
-- A model answers with the error's `triton_code` (pb_utils.TritonError has no RESOURCE_EXHAUSTED or
-  DEADLINE_EXCEEDED, so overload goes out as UNAVAILABLE, as Triton's own queue answers it).
-- A client reads the status it sees back into the type with `from_grpc_status`; a BLS model reads a sub-model's
-  error with `from_triton_error`; an HTTP front answers with `http_status`. All three use the table below and the
-  one short list of Triton messages that tell apart what one status covers.
+- A model answers with the error's `triton_code` and, where that status is shared, its `marker` at the start of the
+  message (pb_utils.TritonError has no RESOURCE_EXHAUSTED, so overload and a full store go out as UNAVAILABLE).
+- A client reads the status it sees back into the kind with `from_grpc_status`; a BLS model reads a sub-model's
+  error with `from_triton_error`; the HTTP front renders the row of the kind (api/errors.py). All of them use the
+  table and the one short list of messages that tell apart what one status covers.
+- `markdown_table()` is the README's table (a test keeps the two equal).
 """
 
 from __future__ import annotations
@@ -13,12 +16,13 @@ from dataclasses import dataclass
 
 
 class NestrankError(Exception):
-    """Base of every error nestrank raises on purpose."""
+    """Base of every error nestrank raises on purpose. Its wire codes are its row of WIRE, below."""
 
     grpc_code = "INTERNAL"
     triton_code = "INTERNAL"
     http_status = 500
     retry = "no"  # "no", "elsewhere" (another endpoint, at once) or "backoff" (any endpoint, after a pause)
+    marker = ""  # how its message starts where its status is shared with other kinds ("" where it is not)
 
     @property
     def retryable(self) -> bool:
@@ -58,6 +62,17 @@ class UnavailableError(NestrankError):
     """This endpoint cannot serve now (down, restarting, a model reloading): try another one."""
 
 
+class StoreError(UnavailableError):
+    """The passage store did not answer or failed an operation (an outage); the message names the store. Another
+    replica may reach it (or have its own LMDB), so it is retried elsewhere, as any UNAVAILABLE."""
+
+
+class StoreFullError(NestrankError):
+    """The passage store has no room for a write it must keep (an index run's pinned passages), even after every
+    on-demand entry that could go went. Not the endpoint's fault and not the request's: the operator's (a larger
+    LMDB map_size, Redis maxmemory), so never retried, and never a 500. HTTP 507 (Insufficient Storage)."""
+
+
 class UnauthenticatedError(NestrankError):
     """A key (or a TLS client certificate) the server wants was missing or wrong; retrying will not help."""
 
@@ -79,27 +94,53 @@ class Wire:
     grpc: str  # the status a client sees
     triton: str  # the pb_utils.TritonError code a model answers with
     http: int  # what an HTTP front answers
-    retry: str
+    openai_type: str  # the OpenAI envelope's error.type
+    openai_code: str | None  # its error.code (OpenAI's own where it has one: model_not_found, invalid_api_key)
+    tei: str  # TEI's error_type
+    retry: str  # "no", "elsewhere" or "backoff"
+    marker: str = ""  # the message's start, where the status is shared (a model's error_response adds it)
 
-
-# The one table. Reading a status back takes the first row that has it, unless a message rule below says otherwise.
-WIRE: dict[type[NestrankError], Wire] = {
-    ValidationError: Wire("INVALID_ARGUMENT", "INVALID_ARG", 400, "no"),
-    RequestTooLargeError: Wire("RESOURCE_EXHAUSTED", "INVALID_ARG", 413, "no"),
-    NotFoundError: Wire("NOT_FOUND", "NOT_FOUND", 404, "no"),
-    ModelNotFoundError: Wire("NOT_FOUND", "NOT_FOUND", 404, "no"),
-    UnsupportedError: Wire("UNIMPLEMENTED", "UNSUPPORTED", 501, "no"),
-    UnavailableError: Wire("UNAVAILABLE", "UNAVAILABLE", 503, "elsewhere"),
-    OverloadedError: Wire("UNAVAILABLE", "UNAVAILABLE", 429, "backoff"),
-    UnauthenticatedError: Wire("UNAUTHENTICATED", "UNAVAILABLE", 401, "no"),  # Triton: UNAVAILABLE "...restricted"
-    DeadlineExceededError: Wire("DEADLINE_EXCEEDED", "UNAVAILABLE", 504, "no"),  # the call's one deadline is spent
-    ClientClosedError: Wire("CANCELLED", "UNAVAILABLE", 503, "no"),  # never sent: the client itself is gone
-    BackendError: Wire("INTERNAL", "INTERNAL", 500, "no"),
-}
-for _cls, _wire in WIRE.items():
-    _cls.grpc_code, _cls.triton_code, _cls.http_status, _cls.retry = _wire.grpc, _wire.triton, _wire.http, _wire.retry
 
 OVERLOADED = "overloaded: "  # how a nestrank model's OverloadedError message starts (UNAVAILABLE is shared)
+STORE_FULL = "passage store full: "  # likewise for StoreFullError
+STORE_UNAVAILABLE = "passage store unavailable: "  # and StoreError (UnavailableError's own status and retry rule)
+
+# The one table. Reading a status back takes the first row that has it, unless a message rule below says otherwise.
+# pb_utils.TritonError has no RESOURCE_EXHAUSTED or DEADLINE_EXCEEDED: what a model cannot send goes out as
+# UNAVAILABLE with the kind's marker, as Triton's own queue answers overload.
+WIRE: dict[type[NestrankError], Wire] = {
+    ValidationError: Wire("INVALID_ARGUMENT", "INVALID_ARG", 400, "invalid_request_error", None, "validation", "no"),
+    RequestTooLargeError: Wire("RESOURCE_EXHAUSTED", "INVALID_ARG", 413, "invalid_request_error", "request_too_large",
+                               "validation", "no"),
+    NotFoundError: Wire("NOT_FOUND", "NOT_FOUND", 404, "invalid_request_error", "not_found", "validation", "no"),
+    ModelNotFoundError: Wire("NOT_FOUND", "NOT_FOUND", 404, "invalid_request_error", "model_not_found", "validation",
+                             "no"),
+    UnsupportedError: Wire("UNIMPLEMENTED", "UNSUPPORTED", 501, "invalid_request_error", "unsupported", "validation",
+                           "no"),
+    UnavailableError: Wire("UNAVAILABLE", "UNAVAILABLE", 503, "server_error", "unavailable", "unhealthy", "elsewhere"),
+    StoreError: Wire("UNAVAILABLE", "UNAVAILABLE", 503, "server_error", "store_unavailable", "unhealthy", "elsewhere",
+                     STORE_UNAVAILABLE),
+    OverloadedError: Wire("UNAVAILABLE", "UNAVAILABLE", 429, "rate_limit_error", "overloaded", "overloaded", "backoff",
+                          OVERLOADED),
+    StoreFullError: Wire("UNAVAILABLE", "UNAVAILABLE", 507, "server_error", "store_full", "backend", "no", STORE_FULL),
+    UnauthenticatedError: Wire("UNAUTHENTICATED", "UNAVAILABLE", 401, "invalid_request_error", "invalid_api_key",
+                               "unauthorized", "no"),  # Triton: UNAVAILABLE "...restricted"
+    DeadlineExceededError: Wire("DEADLINE_EXCEEDED", "UNAVAILABLE", 504, "server_error", "deadline_exceeded",
+                                "unhealthy", "no"),  # the call's one deadline is spent
+    ClientClosedError: Wire("CANCELLED", "UNAVAILABLE", 503, "server_error", "client_closed", "unhealthy",
+                            "no"),  # never sent: the client itself is gone
+    BackendError: Wire("INTERNAL", "INTERNAL", 500, "server_error", "internal_error", "backend", "no"),
+}  # fmt: skip
+for _cls, _wire in WIRE.items():
+    _cls.grpc_code, _cls.triton_code, _cls.http_status = _wire.grpc, _wire.triton, _wire.http
+    _cls.retry, _cls.marker = _wire.retry, _wire.marker
+
+
+def wire(err: type[NestrankError] | NestrankError) -> Wire:
+    """The row of a kind (or of an error's kind); a subclass defined elsewhere takes its nearest listed base's."""
+    cls = err if isinstance(err, type) else type(err)
+    return next(WIRE[c] for c in cls.__mro__ if c in WIRE)
+
 
 # Where Triton answers several conditions with one status, its message tells them apart. Keep this list short: a
 # rule here is a bet on Triton's wording (2.51), checked against the real server in the integration tests.
@@ -107,7 +148,7 @@ TRITON_MESSAGES = (
     ("UNAVAILABLE", "protocol is restricted", UnauthenticatedError),  # a missing or wrong key
     ("UNAVAILABLE", "maximum queue size", OverloadedError),  # the queue is full
     ("UNAVAILABLE", "request timeout expired", OverloadedError),  # a request waited past the queue's bound
-    ("UNAVAILABLE", OVERLOADED, OverloadedError),  # nestrank's own models: `error_response` starts them so
+    *(("UNAVAILABLE", w.marker, c) for c, w in WIRE.items() if w.marker),  # nestrank's models: error_response adds
     ("INTERNAL", "stub process", UnavailableError),  # "Stub process '...' is not healthy": a backend process died
     ("INTERNAL", "is not ready", UnavailableError),  # a BLS sub-request to a model the launcher is reloading
     ("NOT_FOUND", "unknown model", ModelNotFoundError),  # "Request for unknown model: '...' is not found"
@@ -157,3 +198,21 @@ def from_triton_error(code: str | None, message: str) -> NestrankError:
 def http_status(err: BaseException) -> int:
     """The HTTP status for any exception: a NestrankError's own, else 500."""
     return err.http_status if isinstance(err, NestrankError) else 500
+
+
+def marked(err: NestrankError) -> str:
+    """The message a model sends for `err`: its own, with its kind's marker first unless the marker is in it already
+    (a sub-model's error, passed on as `"<model>: <its message>"`); readers look for the marker anywhere."""
+    message = str(err)
+    return message if not err.marker or err.marker in message.lower() else err.marker + message
+
+
+def markdown_table() -> str:
+    """The table as the README shows it: one row per kind, every column."""
+    rows = ["| kind | gRPC | Triton | HTTP | OpenAI type | OpenAI code | TEI error_type | retry | marker |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]  # fmt: skip
+    for cls, w in WIRE.items():
+        cells = (f"`{cls.__name__}`", w.grpc, w.triton, str(w.http), w.openai_type, w.openai_code or "null", w.tei,
+                 w.retry, f'"{w.marker}"' if w.marker else "")  # fmt: skip
+        rows.append("| " + " | ".join(cells) + " |")
+    return "\n".join(rows)

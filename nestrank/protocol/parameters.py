@@ -28,9 +28,13 @@ def to_parameters(config: Any) -> dict[str, str]:
 
 
 def from_parameters(cls: type[T], parameters: Mapping[str, str]) -> T:
-    """Known fields only, so a model directory written by a newer exporter still loads."""
+    """Known fields only, so a model directory written by a newer exporter still loads; a field an older exporter
+    wrote under another name (`cls.RENAMED`: old name → new) is read under its new one."""
     known = {f.name for f in dataclasses.fields(cls)}
-    return cls(**{k: _tuples(json.loads(v)) for k, v in parameters.items() if k in known})
+    renamed = getattr(cls, "RENAMED", {})
+    values = {renamed.get(k, k): v for k, v in parameters.items() if k in renamed}
+    values.update((k, v) for k, v in parameters.items() if k in known)
+    return cls(**{k: _tuples(json.loads(v)) for k, v in values.items() if k in known})
 
 
 def string_parameters(model_config: Mapping[str, Any]) -> dict[str, str]:

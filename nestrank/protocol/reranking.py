@@ -14,10 +14,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from nestrank.protocol.errors import ValidationError
+from nestrank.protocol.limits import RerankLimits, limits_of
 from nestrank.protocol.parameters import as_bool, as_int, as_str, check_names, from_parameters, to_parameters
 from nestrank.protocol.tensors import Signature, Tensor
 
 RATIOS = (1, 2, 4, 8, 16, 32)  # MEP compression ratios
+# A `passage_store` URL's password, which the launcher keeps out of configs (they show as `:***@`), reaches the
+# models in this environment variable, like every secret.
+STORE_PASSWORD_VARIABLE = "NESTRANK_PASSAGE_STORE_PASSWORD"
 
 
 def passage_id(document: str) -> str:
@@ -92,7 +96,10 @@ DEFAULT_INSTRUCTION = "Given a query, retrieve documents that answer the query."
 
 
 @dataclass(frozen=True)
-class RerankerConfig:
+class RerankerConfig(RerankLimits):
+    """What an exported FBNL reranker serves (all three of its models); stored as their Triton `parameters`. Its
+    limits (RerankLimits: `max_candidates`, `max_request_state_bytes`, ...) are keyword fields of it."""
+
     architecture: str
     hidden_size: int
     yes_token_id: int
@@ -108,18 +115,13 @@ class RerankerConfig:
     passage_special_tokens: bool = False  # the tokenizer's own specials on passages: KaLM no, T5 yes (</s>)
     vocab_size: int = 0  # token ids a prompt may hold (0: not recorded, by exports before it was)
     weights: str = "fp32"
-    max_candidates: int = 1000
-    score_batch_tokens: int = 16384  # candidates x pooled length per scorer run
-    passage_cache_bytes: int = 512 << 20  # the in-process first level in front of the passage store
-    # Memory bounds. One rerank request holds at most this many bytes of passage states (its candidates at the
-    # request's ratio, counted at their longest: ⌈max_passage_tokens / ratio⌉ groups each; client-sent states as
-    # sent), and the rerank model sends them to the scorer in calls of at most score_chunk_bytes through /dev/shm.
-    max_request_state_bytes: int = 512 << 20
-    score_chunk_bytes: int = 64 << 20
-    intra_op_threads: int = 0
+    # Where the passage states live (serving/pipeline/passage_store.py's URLs, passed through as they are); "": the
+    # default store, LMDB in the serving user's cache directory. `nestrank serve --passage-store` sets it.
+    passage_store: str = ""
     passage_fingerprint: str = ""  # serving/reranker.py's passage_fingerprint; "" in exports from before it existed
 
     def __post_init__(self):
+        super().__post_init__()
         if self.architecture not in ("t5gemma2", "t5"):
             raise ValueError(f"architecture must be t5gemma2 or t5, got {self.architecture!r}")
         bad = [r for r in self.ratios if r not in RATIOS]
@@ -132,8 +134,12 @@ class RerankerConfig:
                 raise ValueError(f"prompt_template lacks {name}")
         if "{document}" not in self.document_template:
             raise ValueError("document_template lacks {document}")
-        if self.max_query_tokens < 1 or self.max_passage_tokens < 2 or self.max_candidates < 1:
-            raise ValueError("max_query_tokens >= 1, max_passage_tokens >= 2 and max_candidates >= 1")
+        if self.max_query_tokens < 1 or self.max_passage_tokens < 2:
+            raise ValueError("max_query_tokens >= 1 and max_passage_tokens >= 2")
+
+    @property
+    def limits(self) -> RerankLimits:
+        return limits_of(self, RerankLimits)
 
     def state_bytes(self, groups: int) -> int:
         """Bytes of one passage's pooled states and counts: float16 [groups, H] and int32 [groups]."""

@@ -13,13 +13,22 @@ import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
+from nestrank.protocol.limits import LIMIT_NAMES
 from nestrank.serving.launcher.companion import Companion
+from nestrank.serving.launcher.served import Override, changed_configs
 from nestrank.serving.launcher.server import ServerConfig, ServerStartError, TlsConfig, TritonServer
 from nestrank.serving.launcher.supervisor import EventLog
 
 
 def _env_int(name: str, default: int) -> int:
     return int(os.environ.get(f"NESTRANK_{name}", default))
+
+
+def limit(text: str) -> Override:
+    try:
+        return Override.limit(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def parser() -> argparse.ArgumentParser:
@@ -47,6 +56,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--tls-cert", type=Path, help="gRPC TLS: the server certificate (PEM)")
     p.add_argument("--tls-key", type=Path, help="gRPC TLS: the server key (PEM)")
     p.add_argument("--tls-ca", type=Path, help="gRPC mutual TLS: accept client certificates signed by this CA (PEM)")
+    p.add_argument("--limit", action="append", default=[], type=limit, metavar="[MODEL:]NAME=VALUE",
+                   help="set a limit of the served models (every model that has it, or MODEL and its sub-models), "
+                   "written into the served copy of their config: " + ", ".join(LIMIT_NAMES) + "; sizes take "
+                   "KiB/MiB/GiB (README: Limits). Repeatable, e.g. --limit max_candidates=200 "
+                   "--limit kalm-reranker-v1-nano:passage_cache_bytes=2GiB")  # fmt: skip
     p.add_argument(
         "--triton-arg",
         action="append",
@@ -84,6 +98,12 @@ def run(
         print(f"nestrank serve: {reason}", file=sys.stderr)
         return 2
     try:
+        if repository.is_dir():  # refused before anything starts; the launcher applies them (served.py)
+            changed_configs(repository, args.limit)
+    except ValueError as err:
+        print(f"nestrank serve: {err}", file=sys.stderr)
+        return 2
+    try:
         config = ServerConfig(
             model_repository=repository,
             host=args.host,
@@ -98,6 +118,8 @@ def run(
             admin_key=args.admin_key,
             tls=TlsConfig(args.tls_cert, args.tls_key, args.tls_ca) if args.tls_cert else None,
             extra_args=tuple(args.triton_arg),
+            overrides=tuple(args.limit),
+            passage_store=getattr(args, "passage_store", None),  # nestrank serve's flag (serve.py)
             environment=environment or {},
         )
     except ValueError as err:

@@ -1,4 +1,5 @@
-"""What a launched tritonserver is: addresses, keys, TLS, extra environment. Validated on construction."""
+"""What a launched tritonserver is: addresses, keys, TLS, what the models are set to serve with (limits, the passage
+store: served.py), extra environment. Validated on construction."""
 
 from __future__ import annotations
 
@@ -10,7 +11,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from nestrank.serving.launcher.served import Override
+
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
+# Variables models read before limits were config parameters: refused, so that a setting never silently does nothing.
+MOVED_TO_CONFIG = {
+    "NESTRANK_PASSAGE_STORE": "set passage_store= (nestrank serve --passage-store)",
+    "NESTRANK_PASSAGE_CACHE_BYTES": "set overrides=(Override.limit('passage_cache_bytes=...'),) (--limit)",
+    "NESTRANK_ORT_THREADS": "set overrides=(Override.limit('intra_op_threads=...'),) (--limit)",
+}
 
 
 class ServerStartError(RuntimeError):
@@ -55,7 +64,13 @@ class ServerConfig:
     # no other local user can ever open the Python backend's regions. None: when this host allows it (root, or
     # unprivileged user namespaces), with a warning otherwise; True: required; False: never.
     private_shm: bool | None = None
-    # Extra environment variables for tritonserver and its Python backend stubs (the models read them).
+    # Limits set at serve time, written into the served copy of the models' configs (served.py): what
+    # `nestrank serve --limit [MODEL:]NAME=VALUE` gives.
+    overrides: tuple[Override, ...] = ()
+    # The passage store of every reranker served (None: as exported; "" there is LMDB in the user's cache). Its
+    # password reaches the models through the environment, never their configs (nor this config's repr).
+    passage_store: str | None = field(default=None, repr=False)
+    # Extra environment variables for tritonserver and its Python backend stubs.
     environment: Mapping[str, str] = field(default_factory=dict, hash=False)
     extra_args: tuple[str, ...] = ()
 
@@ -87,12 +102,20 @@ class ServerConfig:
                 raise ValueError(f"environment: {name!r} is not a variable name")
             if not isinstance(value, str) or "\0" in value:
                 raise ValueError(f"environment: {name} must be a string without NUL characters")
+        for name in set(self.environment) & set(MOVED_TO_CONFIG):
+            raise ValueError(f"environment: the models no longer read {name}; {MOVED_TO_CONFIG[name]}")
         object.__setattr__(self, "environment", types.MappingProxyType(dict(self.environment)))
+        object.__setattr__(self, "overrides", tuple(self.overrides))
+        if not all(isinstance(o, Override) for o in self.overrides):
+            raise ValueError("overrides must be Override values (Override.limit('max_candidates=200'))")
 
     @classmethod
     def on_free_ports(cls, model_repository: str | Path, **settings) -> ServerConfig:
-        """On loopback ports the OS says are free now (tests and benchmarks that start their own server)."""
+        """On loopback ports the OS says are free now (tests and benchmarks that start their own server), with a
+        passage store of the server's own (memory://) unless `passage_store` names one: runs never share states
+        through the user's cache."""
         grpc_port, http_port, metrics_port = free_ports(3)
+        settings.setdefault("passage_store", "memory://")
         return cls(Path(model_repository), grpc_port=grpc_port, http_port=http_port, metrics_port=metrics_port,
                    **settings)  # fmt: skip
 

@@ -35,13 +35,18 @@ def tls_flags(tls: TlsConfig | None) -> list[str]:
 
 
 def triton_command(
-    config: ServerConfig, install: TritonInstall, backend_dir: Path | None, shm_prefix: str
+    config: ServerConfig,
+    install: TritonInstall,
+    backend_dir: Path | None,
+    shm_prefix: str,
+    repository: Path | None = None,
 ) -> list[str]:
-    """The tritonserver command line; `shm_prefix` names the Python backend's shared-memory regions."""
+    """The tritonserver command line; `shm_prefix` names the Python backend's shared-memory regions, `repository`
+    is what it serves (default: the config's; the launcher passes the served copy when there are overrides)."""
     http_host = config.http_host or config.host
     cmd = [
         str(install.binary),
-        f"--model-repository={config.model_repository}",
+        f"--model-repository={repository or config.model_repository}",
         f"--grpc-address={config.host}", f"--grpc-port={config.grpc_port}",
         f"--http-address={http_host}", f"--http-port={config.http_port}",
         f"--metrics-address={config.metrics_address}", f"--metrics-port={config.metrics_port}",

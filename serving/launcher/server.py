@@ -25,12 +25,14 @@ import threading
 import time
 from pathlib import Path
 
+from nestrank.protocol.reranking import STORE_PASSWORD_VARIABLE
 from nestrank.serving.launcher.admin import TritonAdmin
 from nestrank.serving.launcher.config import ServerConfig, ServerStartError, TlsConfig, free_ports
 from nestrank.serving.launcher.flags import triton_command
 from nestrank.serving.launcher.install import find_tritonserver, prepare_backends, server_environment
 from nestrank.serving.launcher.process import ServerLog, dying_with, start_process, stop_process
 from nestrank.serving.launcher.process_tree import kill_and_wait, process_tree_memory, stub_models, stubs_with_prefix
+from nestrank.serving.launcher.served import Override, served_repository, split_password
 from nestrank.serving.launcher.shm import SHM_DIR, Regions, new_regions, private_shm_unavailable, remove_leftovers
 from nestrank.serving.launcher.supervisor import RESTART_BACKOFF_S, RESTART_STABLE_S, EventLog, Supervisor
 
@@ -61,6 +63,7 @@ class TritonServer:
         self._regions: Regions | None = None
         self._supervisor: Supervisor | None = None
         self._workdir: Path | None = None
+        self._repository = config.model_repository  # what tritonserver serves: the served copy, with overrides
 
     # -- lifecycle -------------------------------------------------------------------------------------------
 
@@ -81,6 +84,20 @@ class TritonServer:
         self._workdir = Path(tempfile.mkdtemp(prefix="nestrank-triton-"))
         self._backend_dir = prepare_backends(self._install, self._workdir)
         self._env = server_environment(self._install, self.config.environment)
+        overrides = self.config.overrides
+        if self.config.passage_store is not None:
+            overrides += (Override.passage_store(self.config.passage_store),)
+            password = split_password(self.config.passage_store)[1]
+            if password:
+                self._env[STORE_PASSWORD_VARIABLE] = password
+        if overrides:
+            try:
+                self._repository = served_repository(self.config.model_repository, self._workdir / "repository",
+                                                     overrides)  # fmt: skip
+            except ValueError as err:
+                shutil.rmtree(self._workdir, ignore_errors=True)
+                self._workdir = None
+                raise ServerStartError(f"cannot serve with these settings: {err}") from None
 
     def start(self) -> TritonServer:
         self.prepare()
@@ -97,7 +114,8 @@ class TritonServer:
         if self.stopping.is_set():
             return False
         self._regions = new_regions(self._private_shm)
-        command = triton_command(self.config, self._install, self._backend_dir, self._regions.prefix)
+        command = triton_command(self.config, self._install, self._backend_dir, self._regions.prefix,
+                                 self._repository)  # fmt: skip
         self._process = start_process(self._regions.wrapper() + dying_with(os.getpid(), command), self._env,
                                       self.log, self.echo)  # fmt: skip
         return True

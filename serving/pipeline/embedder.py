@@ -56,8 +56,8 @@ class Embedder:
 
         model_dir = Path(model_dir)
         tokenizer = TextTokenizer(model_dir / TOKENIZER_FILE, config.max_length)
-        profile = ShapeProfile.token_batches(g.TOKEN_INPUTS, config.max_sequences_per_batch,
-                                             config.max_length, config.max_tokens_per_batch)  # fmt: skip
+        profile = ShapeProfile.token_batches(g.TOKEN_INPUTS, config.max_run_sequences,
+                                             config.max_length, config.max_run_tokens)  # fmt: skip
         session = create_session(model_dir / MODEL_FILE, intra_op_threads=config.intra_op_threads, providers=providers,
                                  profile=profile, tensorrt_fp16=config.tensorrt_fp16)  # fmt: skip
         ranges: dict[int, np.ndarray] = {}
@@ -70,9 +70,7 @@ class Embedder:
         """Token ids → (normalised embeddings, pooled embeddings), both [N, width] float32, in order."""
         normalized = np.empty((len(sequences), self.config.width), dtype=np.float32)
         pooled = np.empty_like(normalized)
-        buckets = length_buckets(
-            [len(s) for s in sequences], self.config.max_sequences_per_batch, self.config.max_tokens_per_batch
-        )
+        buckets = length_buckets([len(s) for s in sequences], self.config.max_run_sequences, self.config.max_run_tokens)
         for idx in buckets:
             input_ids, attention_mask = pad([sequences[i] for i in idx], self.tokenizer.pad_id)
             out_norm, out_pooled = self.session.run(

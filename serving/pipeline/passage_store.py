@@ -14,6 +14,7 @@ Keys and values are bytes; what they mean (passages.py's codec, the fingerprinte
 
 from __future__ import annotations
 
+import os
 import re
 import threading
 from abc import ABC, abstractmethod
@@ -21,13 +22,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
-
-class StoreError(Exception):
-    """The store could not be reached, or refused the operation; the message names the store."""
-
-
-class StoreFullError(StoreError):
-    """No room, even after every on-demand entry that could go went."""
+# The store's errors are kinds of the one error table: StoreError (an outage) is UNAVAILABLE, StoreFullError is 507.
+from nestrank.protocol.errors import StoreError, StoreFullError
+from nestrank.protocol.reranking import STORE_PASSWORD_VARIABLE
 
 
 class PassageStore(ABC):
@@ -110,7 +107,7 @@ class LmdbStore(PassageStore):
         self.cached = self.env.open_db(b"cached")
         self.order = self.env.open_db(b"order")
 
-    def _error(self, err: Exception) -> StoreError:
+    def _error(self, err: Exception) -> StoreError | StoreFullError:
         import lmdb
 
         if isinstance(err, lmdb.MapFullError):
@@ -343,6 +340,26 @@ def parse_bytes(text: str) -> int:
     if not match:
         raise ValueError(f"not a size: {text!r} (e.g. 16GiB, 512MiB)")
     return int(match.group(1)) * _UNITS[(match.group(2) or "")[:1].lower()]
+
+
+def default_passage_store() -> str:
+    """The store a reranker uses when its config names none (`passage_store` ""), in `nestrank serve` and in the
+    model alike: LMDB in the serving user's cache directory, persistent and shared by every server on the host
+    (keys carry each model's passage fingerprint, so models never mix)."""
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return f"lmdb://{(cache / 'nestrank' / 'passages').resolve()}"
+
+
+def configured_store(url: str) -> str:
+    """A reranker's `passage_store` as it opens it: "" is the default store; a password the launcher wrote as ***
+    (configs never hold one) is the one it put in the environment."""
+    url = url or default_passage_store()
+    parts = urlsplit(url)
+    password = os.environ.get(STORE_PASSWORD_VARIABLE)
+    if parts.password != "***" or not password:
+        return url
+    user, host = parts.netloc.rsplit("@", 1)
+    return urlunsplit(parts._replace(netloc=f"{user.rsplit(':', 1)[0]}:{password}@{host}"))
 
 
 def open_store(url: str) -> PassageStore:

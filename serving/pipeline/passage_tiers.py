@@ -17,18 +17,18 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from nestrank.protocol.errors import BackendError, UnavailableError
+from nestrank.protocol.errors import STORE_FULL, STORE_UNAVAILABLE, StoreError, StoreFullError
 from nestrank.protocol.passages import FINGERPRINT, CorruptStates, PassageStates
 from nestrank.serving.pipeline.mep import at_ratio
 from nestrank.serving.pipeline.passage_cache import PassageCache
-from nestrank.serving.pipeline.passage_store import PassageStore, StoreError, StoreFullError
+from nestrank.serving.pipeline.passage_store import PassageStore
 
 
 @dataclass
 class StoreStats:
     hits: int = 0  # passages the store had
     misses: int = 0  # passages it did not have (corrupt values included)
-    errors: int = 0  # operations that failed: the store unreachable, or full
+    errors: int = 0  # operations that failed: the store unreachable (StoreError), or full (StoreFullError)
     corrupt: int = 0  # values that failed their header or checksum
     bytes_read: int = 0
     bytes_written: int = 0
@@ -70,17 +70,17 @@ class Passages:
             return call()
         except StoreFullError as err:
             self.stats.errors += 1
-            raise BackendError(f"passage store {what}: {err}") from None
+            raise StoreFullError(f"{STORE_FULL}{what}: {err}") from None
         except StoreError as err:
             self.stats.errors += 1
-            raise UnavailableError(f"passage store unavailable while {what}: {err}") from None
+            raise StoreError(f"{STORE_UNAVAILABLE}{what}: {err}") from None
 
     def _fetch(self, keys: list[bytes], strict: bool) -> list[bytes | None] | None:
         """The values (None where absent); None for all when the store failed and `strict` is off."""
         started = time.perf_counter()
         try:
             values = self._store_call("reading passage states", lambda: self.store.get_many(keys))
-        except UnavailableError:
+        except StoreError:
             if strict:
                 raise
             return None
@@ -100,7 +100,7 @@ class Passages:
         self.stats.corrupt += 1
         try:
             self._store_call("removing a corrupt value", lambda: self.store.delete_many([key]))
-        except (UnavailableError, BackendError):
+        except (StoreError, StoreFullError):
             pass
         return None
 
@@ -109,7 +109,7 @@ class Passages:
     def get(self, content_ids: Sequence[str], ratio: int, *, strict: bool) -> dict[str, PassageStates]:
         """{content id: its passage at `ratio`} for those found: the first level, then the store in one batched
         fetch at `ratio`, then one more at the finer exported divisors for what is still missing. A store that
-        fails makes everything it was asked a miss (counted), or with `strict` raises UnavailableError naming it."""
+        fails makes everything it was asked a miss (counted), or with `strict` raises StoreError naming it."""
         ladder = self._ladder(ratio)
         found: dict[str, PassageStates] = {}
         pending = []
@@ -145,7 +145,7 @@ class Passages:
 
     def resolve(self, passage_ids: Sequence[str]) -> list[str | None]:
         """Each id's content id: a user id's alias (one batched fetch), else the id itself when it is a content id,
-        else None. A store that fails raises UnavailableError."""
+        else None. A store that fails raises StoreError (UNAVAILABLE)."""
         aliases = self.aliases(passage_ids)
         return [cid or (pid if is_content_id(pid) else None) for pid, cid in zip(passage_ids, aliases)]
 
@@ -166,7 +166,7 @@ class Passages:
             written.append(len(values[key]))
         try:
             self._store_call("writing passage states", lambda: self.store.put_many(values, pinned))
-        except (UnavailableError, BackendError):
+        except (StoreError, StoreFullError):
             if pinned:
                 raise
             return [0] * len(written)

@@ -10,7 +10,6 @@ On a GPU:
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -113,8 +112,8 @@ def create_session(
 ) -> Session:
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    # 0: one per physical core; NESTRANK_ORT_THREADS overrides it for every model (e.g. with several instances)
-    options.intra_op_num_threads = int(os.environ.get("NESTRANK_ORT_THREADS", intra_op_threads))
+    # 0: one per physical core; the model's `intra_op_threads` limit (`nestrank serve --limit intra_op_threads=N`)
+    options.intra_op_num_threads = intra_op_threads
     options.inter_op_num_threads = 1
     # Idle pool threads sleep instead of spinning: the model's own thread (which takes requests in and answers them)
     # and the server share these cores with the pool between runs.

@@ -18,14 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from nestrank.protocol.errors import (
-    OVERLOADED,
-    TRITON_TO_GRPC,
-    NestrankError,
-    OverloadedError,
-    ValidationError,
-    from_triton_error,
-)
+from nestrank.protocol.errors import TRITON_TO_GRPC, NestrankError, ValidationError, from_triton_error, marked
 from nestrank.protocol.parameters import exported_version, string_parameters
 
 MAX_MESSAGE_CHARS = 1000  # gRPC trailers are small (16 KB): an error never carries a request's bulk back
@@ -104,9 +97,7 @@ def error_response(pb_utils, err: Exception):
     traceback in the server log rather than in the answer."""
     if isinstance(err, NestrankError):
         code = getattr(pb_utils.TritonError, err.triton_code)
-        message = str(err)
-        if isinstance(err, OverloadedError) and not message.startswith(OVERLOADED):
-            message = OVERLOADED + message  # UNAVAILABLE is shared: this is how clients tell overload apart
+        message = marked(err)  # UNAVAILABLE is shared: the marker is how clients tell overload, a full store apart
     else:  # the traceback from the exception itself: this may run outside its `except` (the embed scheduler)
         pb_utils.Logger.log_error(f"nestrank: internal error:\n{''.join(traceback.format_exception(err))}")
         code = pb_utils.TritonError.INTERNAL

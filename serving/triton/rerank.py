@@ -1,9 +1,7 @@
 """Triton glue for `<name>` (BLS): the rerank entry point. Reads passages through the first level and the passage
-store (`NESTRANK_PASSAGE_STORE`, default memory://), encodes only the misses through `<name>_encode`, scores through
-`<name>_score`, and stores what warm / index requests send. One request at a time (max_batch_size 1: every tensor
-has a leading dimension of 1)."""
-
-import os
+store (the config's `passage_store`; default: LMDB in the serving user's cache), encodes only the misses through
+`<name>_encode`, scores through `<name>_score`, and stores what warm / index requests send. One request at a time
+(max_batch_size 1: every tensor has a leading dimension of 1)."""
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
@@ -13,7 +11,7 @@ from nestrank.protocol.errors import ValidationError
 from nestrank.protocol.passages import PassageStates
 from nestrank.serving.pipeline.passage_cache import PassageCache
 from nestrank.serving.pipeline.passage_encoder import with_passage_fingerprint
-from nestrank.serving.pipeline.passage_store import open_store
+from nestrank.serving.pipeline.passage_store import configured_store, open_store
 from nestrank.serving.pipeline.passage_tiers import Passages
 from nestrank.serving.pipeline.rerank_service import Candidates, RerankService
 from nestrank.serving.pipeline.tokenization import TOKENIZER_FILE, RerankTokenizer
@@ -45,8 +43,8 @@ class TritonPythonModel:
         model_config, config, version_dir = read_model_args(pb_utils, args, r.RerankerConfig)
         name = model_config["name"]
         config = with_passage_fingerprint(config, version_dir.parent.parent / f"{name}_encode" / "1")
-        store = open_store(os.environ.get("NESTRANK_PASSAGE_STORE", "memory://"))
-        first_level = PassageCache(int(os.environ.get("NESTRANK_PASSAGE_CACHE_BYTES", config.passage_cache_bytes)))
+        store = open_store(configured_store(config.passage_store))
+        first_level = PassageCache(config.passage_cache_bytes)
         self.metrics = PassageMetrics(pb_utils, name, args["model_instance_name"], store.url)
         passages = Passages(config.passage_fingerprint, config.ratios, first_level, store, self.metrics.fetch.observe)
 

@@ -46,7 +46,7 @@ def small_repository(tmp_path_factory, tiny_decoder_dir) -> Path:
 
 @pytest.fixture(scope="session")
 def server(repository, passage_store):
-    config = ServerConfig.on_free_ports(repository, environment={"NESTRANK_PASSAGE_STORE": passage_store})
+    config = ServerConfig.on_free_ports(repository, passage_store=passage_store)
     with TritonServer(config) as running:
         yield running
 

@@ -264,6 +264,8 @@ def test_tei_info_and_errors(http):
     info = http.get("/info").json()
     assert info["model_id"] == MINILM and info["model_type"] == {"embedding": {"pooling": "mean"}}
     assert info["max_input_length"] == 256 and info["max_client_batch_size"] == 2048 and info["auto_truncate"]
+    assert info["max_batch_tokens"] == 16384 and info["limits"]["max_batch_tokens"] == 16384  # the scheduler's
+    assert info["limits"]["max_queue_wait_s"] == 60 and info["limits"]["max_run_tokens"] == 8192
     bad = http.post("/embed", json={"inputs": ["ok", ""]})
     assert bad.status_code == 400
     assert bad.json() == {"error": "inputs[1]: empty string; send at least one character", "error_type": "validation"}

@@ -1,6 +1,6 @@
 """`nestrank serve`'s launcher against the real binary: readable failure when a model cannot load; a model exported
-by an older nestrank keeps serving; the configured environment reaches the models; nothing outlives a launcher
-killed with SIGKILL."""
+by an older nestrank keeps serving; the configured environment reaches the models; limits and the passage store
+set at serve time are in force; nothing outlives a launcher killed with SIGKILL."""
 
 import shutil
 import time
@@ -77,6 +77,78 @@ def test_serve_command_serves_a_model_an_older_nestrank_exported_until_sigterm(s
     finally:
         if process.poll() is None:
             process.kill()
+
+
+def test_limits_set_at_serve_time_are_what_triton_and_info_show(small_repository, tmp_path):
+    """Overrides go into the served copy of the config: the real server enforces and reports them (its model-config
+    endpoint, the client's info()); a model they do not name serves from a link, as exported; the exported
+    repository is left as it was."""
+    import tritonclient.grpc as grpcclient
+
+    from nestrank.clients.embed import EmbedClient
+    from nestrank.export.triton_config import read_config, write_config
+    from nestrank.serving.launcher.served import Override
+
+    repo = tmp_path / "repo"
+    for name in (TINY_DECODER, "untouched"):
+        shutil.copytree(small_repository / TINY_DECODER, repo / name)
+    config = read_config(repo / "untouched")
+    config.name = "untouched"
+    write_config(config, repo / "untouched")
+    exported = (repo / TINY_DECODER / "config.pbtxt").read_bytes()
+    overrides = tuple(Override.limit(f"{TINY_DECODER}:{limit}")
+                      for limit in ("max_queue_wait_s=7", "max_batch_tokens=4096", "intra_op_threads=1"))  # fmt: skip
+    config = ServerConfig.on_free_ports(repo, overrides=overrides)
+    with TritonServer(config):
+        with EmbedClient(config.grpc_url, TINY_DECODER) as client:
+            info = client.info()
+            assert (info.max_queue_wait_s, info.max_batch_tokens, info.intra_op_threads) == (7, 4096, 1)
+            assert info.limits.max_run_tokens == 8192  # the rest as exported
+            assert client.embed(["served with the limits in force"]).shape[0] == 1
+        with EmbedClient(config.grpc_url, "untouched") as client:
+            assert client.info().limits.max_batch_tokens == 16384 and client.embed(["as exported"]).shape[0] == 1
+        triton = grpcclient.InferenceServerClient(config.grpc_url)
+        served = triton.get_model_config(TINY_DECODER).config
+        triton.close()
+        assert served.dynamic_batching.default_queue_policy.default_timeout_microseconds == 7_000_000
+    assert (repo / TINY_DECODER / "config.pbtxt").read_bytes() == exported
+
+
+def test_a_reranker_uses_the_store_and_the_limits_it_was_served_with(tiny_t5_dir, tmp_path):
+    """The passage store travels like the limits (the served copy of all three configs): indexed passages land in
+    that LMDB, and the served max_candidates is what the client splits by."""
+    import numpy as np
+    import tritonclient.grpc as grpcclient
+    from tritonclient.utils import InferenceServerException
+
+    from nestrank.clients.rerank import RerankClient
+    from nestrank.export.reranker import export_reranker
+    from nestrank.serving.launcher.served import Override
+    from nestrank.serving.pipeline.passage_store import open_store
+
+    repo, store = tmp_path / "repo", f"lmdb://{tmp_path / 'passages'}"
+    export_reranker(tiny_t5_dir, "t5", repo, max_passage_tokens=64, log=lambda _: None)
+    config = ServerConfig.on_free_ports(
+        repo,
+        passage_store=store,
+        overrides=(Override.limit("t5:max_candidates=2"), Override.limit("intra_op_threads=1")),
+    )
+    documents = [f"passage number {i} about files" for i in range(5)]
+    with TritonServer(config), RerankClient(config.grpc_url, "t5") as client:
+        info = client.info()
+        assert (info.max_candidates, info.passage_store, info.intra_op_threads) == (2, store, 1)
+        client.index(documents, [f"doc-{i}" for i in range(5)])  # the client splits by the served limit
+        by_id = client.rerank("read a file", passages=[f"doc-{i}" for i in range(5)])  # three requests of <= 2
+        by_text = client.rerank("read a file", documents)
+        assert sorted(r.index for r in by_id) == list(range(5))
+        assert [round(r.score, 5) for r in by_id] == [round(r.score, 5) for r in by_text]
+        triton = grpcclient.InferenceServerClient(config.grpc_url)  # the server enforces it too
+        tensor = grpcclient.InferInput("documents", [1, 3], "BYTES")
+        tensor.set_data_from_numpy(np.array([[d.encode() for d in documents[:3]]], dtype=object))
+        with pytest.raises(InferenceServerException, match="documents: 3 texts exceed the limit of 2"):
+            triton.infer("t5", [tensor], parameters={"warm": True})
+        triton.close()
+    assert open_store(store).entries()["pinned"] >= 10  # five passages' states and five ids, kept for good
 
 
 LAUNCHER = """

@@ -10,31 +10,59 @@ from fastapi.testclient import TestClient
 from nestrank.api.app import create_app
 from nestrank.api.errors import error_response
 from nestrank.api.settings import FrontSettings
-from nestrank.protocol.errors import WIRE, ModelNotFoundError, ValidationError, error
+from nestrank.protocol import errors
+from nestrank.protocol.errors import ModelNotFoundError, NotFoundError, ValidationError
 from nestrank.serving.launcher.server import free_ports
 
 KEY = "unit-test-key-0123456789"
 
 
-@pytest.mark.parametrize("kind", list(WIRE))
-def test_every_error_kind_answers_its_table_status_in_both_envelopes(kind):
-    err = error(kind, "what went wrong")
+# kind: (HTTP status, OpenAI type, OpenAI code, TEI error_type), as a caller of each API family expects them
+ENVELOPES = {
+    errors.ValidationError: (400, "invalid_request_error", None, "validation"),
+    errors.RequestTooLargeError: (413, "invalid_request_error", "request_too_large", "validation"),
+    errors.UnauthenticatedError: (401, "invalid_request_error", "invalid_api_key", "unauthorized"),
+    errors.NotFoundError: (404, "invalid_request_error", "not_found", "validation"),
+    errors.ModelNotFoundError: (404, "invalid_request_error", "model_not_found", "validation"),
+    errors.UnsupportedError: (501, "invalid_request_error", "unsupported", "validation"),
+    errors.OverloadedError: (429, "rate_limit_error", "overloaded", "overloaded"),
+    errors.UnavailableError: (503, "server_error", "unavailable", "unhealthy"),
+    errors.StoreError: (503, "server_error", "store_unavailable", "unhealthy"),
+    errors.StoreFullError: (507, "server_error", "store_full", "backend"),
+    errors.ClientClosedError: (503, "server_error", "client_closed", "unhealthy"),
+    errors.DeadlineExceededError: (504, "server_error", "deadline_exceeded", "unhealthy"),
+    errors.BackendError: (500, "server_error", "internal_error", "backend"),
+}
+
+
+def test_every_kind_of_the_table_has_its_envelope_here():
+    assert set(ENVELOPES) == set(errors.WIRE)
+
+
+@pytest.mark.parametrize("kind", list(ENVELOPES))
+def test_every_error_kind_answers_its_status_in_both_envelopes(kind):
+    status, openai_type, openai_code, tei_type = ENVELOPES[kind]
+    err = errors.error(kind, "what went wrong")
     openai = error_response("/v1/embeddings", err)
-    assert openai.status_code == WIRE[kind].http
+    assert openai.status_code == status
     body = json.loads(openai.body)["error"]
     assert set(body) == {"message", "type", "param", "code"} and body["message"].endswith("what went wrong")
-    assert body["type"] == ("invalid_request_error" if WIRE[kind].http in (400, 401, 404, 413) else
-                            "rate_limit_error" if WIRE[kind].http == 429 else "server_error")  # fmt: skip
+    assert (body["type"], body["code"]) == (openai_type, openai_code)
     tei = error_response("/embed", err)
-    assert tei.status_code == WIRE[kind].http and set(json.loads(tei.body)) == {"error", "error_type"}
-    assert ("retry-after" in openai.headers) == (WIRE[kind].http in (429, 503))
+    assert tei.status_code == status and json.loads(tei.body) == {"error": "what went wrong", "error_type": tei_type}
+    assert ("retry-after" in openai.headers) == (status in (429, 503))
+
+
+def test_a_passage_id_404_and_a_model_404_differ():
+    passage = json.loads(error_response("/v1/rerank", NotFoundError("passage_ids[0]: unknown passage id 'x'")).body)
+    model = json.loads(error_response("/v1/rerank", ModelNotFoundError("model: no model 'x'")).body)
+    assert (passage["error"]["code"], passage["error"]["param"]) == ("not_found", None)
+    assert (model["error"]["code"], model["error"]["param"]) == ("model_not_found", "model")
 
 
 def test_the_field_is_the_param():
     body = json.loads(error_response("/v1/embeddings", ValidationError("dimensions", "100 is not served")).body)
     assert body["error"]["param"] == "dimensions" and body["error"]["message"] == "dimensions: 100 is not served"
-    body = json.loads(error_response("/v1/embeddings", ModelNotFoundError("model: no model 'x'")).body)
-    assert body["error"]["param"] == "model" and body["error"]["code"] == "model_not_found"
 
 
 def test_a_bug_is_a_500_that_leaks_nothing():
@@ -56,6 +84,8 @@ def test_the_key_is_checked_before_anything_else(client):
         assert response.status_code == 401 and response.headers["www-authenticate"] == "Bearer"
     assert client.get("/health").status_code == 503  # open (no 401), and honest: no Triton answers
     assert client.get("/openapi.json").status_code == 200
+    unknown = client.get("/v1/nothing-here", headers={"Authorization": f"Bearer {KEY}"})
+    assert unknown.status_code == 404 and unknown.json()["error"]["code"] == "not_found"
 
 
 def test_an_oversized_body_is_413_whether_declared_or_streamed(client):

@@ -20,16 +20,30 @@ from nestrank.protocol.tensors import NUMPY
 
 
 def test_build_write_parse_round_trip(tmp_path):
-    config = python_model_config("m", embed_signature(32), parameters={"width": "384"}, instance_count=2,
-                                 warmup={"text": "text"})  # fmt: skip
+    config = python_model_config("m", embed_signature(32), parameters={"width": "384", "max_queue_wait_s": "12.5"},
+                                 instance_count=2, warmup={"text": "text"})  # fmt: skip
     write_config(config, tmp_path)
     parsed = read_config(tmp_path)
     assert parsed == config
     assert parsed.backend == "python" and parsed.max_batch_size == 32
     assert parsed.instance_group[0].count == 2 and parsed.instance_group[0].kind == mc.ModelInstanceGroup.KIND_CPU
     assert parsed.dynamic_batching.max_queue_delay_microseconds > 0
+    assert parsed.dynamic_batching.default_queue_policy.default_timeout_microseconds == 12_500_000  # the limit's
     assert parsed.model_warmup[0].inputs["text"].input_data_file == "text"
     assert string_parameters(parsed)["width"] == "384" and exported_by(parsed) == __version__
+
+
+def test_each_reranker_model_queues_as_long_as_its_limit_says():
+    from nestrank.export.reranker import model_configs
+    from nestrank.protocol.reranking import RerankerConfig
+
+    default = model_configs("k", RerankerConfig(architecture="t5", hidden_size=8, yes_token_id=1, no_token_id=2), 64)
+    waits = {name: c.dynamic_batching.default_queue_policy.default_timeout_microseconds for name, c in default.items()}
+    assert waits == {"k_encode": 30_000_000, "k_score": 30_000_000, "k": 30_000_000}
+    config = RerankerConfig(architecture="t5", hidden_size=8, yes_token_id=1, no_token_id=2, max_queue_wait_s=5)
+    for model in model_configs("k", config, 64).values():
+        assert model.dynamic_batching.default_queue_policy.default_timeout_microseconds == 5_000_000
+        assert string_parameters(model)["max_queue_wait_s"] == "5"
 
 
 def test_every_output_declares_the_dtype_it_returns():

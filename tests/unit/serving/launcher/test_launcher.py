@@ -62,9 +62,9 @@ def test_environment_points_the_stub_at_this_interpreter():
 
 
 def test_the_configured_environment_reaches_the_server_without_breaking_the_stub(tmp_path):
-    config = ServerConfig(tmp_path, environment={"NESTRANK_PASSAGE_STORE": "lmdb:///x", "LD_LIBRARY_PATH": "/own"})
+    config = ServerConfig(tmp_path, environment={"HF_HOME": "/var/lib/hf", "LD_LIBRARY_PATH": "/own"})
     env = server_environment(find_tritonserver(), config.environment)
-    assert env["NESTRANK_PASSAGE_STORE"] == "lmdb:///x"
+    assert env["HF_HOME"] == "/var/lib/hf"
     libs = env["LD_LIBRARY_PATH"].split(os.pathsep)
     assert "nvidia_pytriton.libs" in libs[0] and "/own" in libs  # the wheel's libraries first, the caller's kept
     with pytest.raises(TypeError):
@@ -72,6 +72,9 @@ def test_the_configured_environment_reaches_the_server_without_breaking_the_stub
     for bad in ({"": "1"}, {"A=B": "1"}, {"A": 1}, {"A": "x\0y"}):
         with pytest.raises(ValueError, match="environment"):
             ServerConfig(tmp_path, environment=bad)
+    for moved in ("NESTRANK_PASSAGE_STORE", "NESTRANK_PASSAGE_CACHE_BYTES", "NESTRANK_ORT_THREADS"):
+        with pytest.raises(ValueError, match=f"the models no longer read {moved}"):  # never silently ignored
+            ServerConfig(tmp_path, environment={moved: "1"})
 
 
 def test_command_binds_the_configured_addresses(tmp_path):

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from nestrank.bench.redis_process import RedisServer
-from nestrank.protocol.errors import BackendError, UnavailableError
+from nestrank.protocol.errors import StoreError, StoreFullError, UnavailableError
 from nestrank.protocol.passages import PassageStates
 from nestrank.protocol.reranking import passage_id
 from nestrank.serving.pipeline.mep import at_ratio
@@ -113,8 +113,9 @@ def test_an_outage_is_unavailable_for_ids_and_a_counted_miss_for_documents(tmp_p
         passages.put(ids, encoded(1), pinned=True)
     finally:
         redis.kill()
-    with pytest.raises(UnavailableError, match=f"passage store unavailable .*{redis.url}"):
+    with pytest.raises(StoreError, match=f"^passage store unavailable: reading passage states: {redis.url}") as caught:
         passages.get(ids, 4, strict=True)
+    assert isinstance(caught.value, UnavailableError) and caught.value.grpc_code == "UNAVAILABLE"
     with pytest.raises(UnavailableError, match=redis.url):
         passages.resolve(["doc-1"])
     assert passages.get(ids, 4, strict=False) == {}
@@ -124,8 +125,9 @@ def test_an_outage_is_unavailable_for_ids_and_a_counted_miss_for_documents(tmp_p
     assert passages.stats.errors == 5
 
 
-def test_a_full_store_refuses_pinned_writes_as_a_backend_error(tmp_path):
+def test_a_full_store_refuses_pinned_writes_as_store_full_not_a_500(tmp_path):
     passages = tiers(open_store(f"lmdb://{tmp_path}/tiny?map_size=1MiB"))
     big = encoded(200, seed=3, width=640)  # about 1.5 MB of states
-    with pytest.raises(BackendError, match="larger map_size"):
+    with pytest.raises(StoreFullError, match="^passage store full: writing passage states: .*larger map_size") as c:
         passages.put([passage_id(f"doc {i}") for i in range(200)], big, pinned=True)
+    assert (c.value.http_status, c.value.retry) == (507, "no") and not isinstance(c.value, UnavailableError)
