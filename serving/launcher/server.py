@@ -228,6 +228,12 @@ class TritonServer:
             return self._process
 
     @property
+    def served_repository(self) -> Path:
+        """What tritonserver serves: the repository, or its served copy when overrides apply (a model added to
+        the repository after start must be added here to be loaded)."""
+        return self._repository
+
+    @property
     def regions(self) -> Regions | None:
         """Where the current tritonserver's shared-memory regions are."""
         with self._lock:

@@ -343,8 +343,8 @@ def small_queue(server):
     from nestrank.export.triton_config import read_config, write_config
 
     name = "front-small-queue"
-    target = server.config.model_repository / name
-    shutil.copytree(server.config.model_repository / TINY_DECODER, target)
+    target = server.served_repository / name
+    shutil.copytree(server.served_repository / TINY_DECODER, target, symlinks=True)
     config = read_config(target)
     config.name = name
     config.dynamic_batching.default_queue_policy.max_queue_size = 1
