@@ -365,12 +365,12 @@ def with_states(url: str, states: str) -> str:
     names another format is refused, rather than one of the two silently winning."""
     if states not in STATE_FORMATS:
         raise ValueError(f"--passage-states {states}: choose one of {', '.join(STATE_FORMATS)}")
-    parts = urlsplit(url)
-    query = dict(parse_qsl(parts.query))
-    if query.get("states", states) != states:
-        raise ValueError(f"passage store {_without_password(url)!r} says states={query['states']}, and "
+    base, _, query = url.partition("?")  # by hand: urlunsplit would turn lmdb:///path into lmdb:/path
+    options = dict(parse_qsl(query))
+    if options.get("states", states) != states:
+        raise ValueError(f"passage store {_without_password(url)!r} says states={options['states']}, and "
                          f"--passage-states says {states}: give one")  # fmt: skip
-    return urlunsplit(parts._replace(query=urlencode({**query, "states": states})))
+    return f"{base}?{urlencode({**options, 'states': states})}"
 
 
 def open_store(url: str) -> PassageStore:
