@@ -1,6 +1,8 @@
 """The one passage-state type and codec: the wire's padding, the store's values (header, checksum, no copies, no
 pickle; float16 or int8 with a scale per group), and .npz files with the model's fingerprint."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -162,3 +164,25 @@ def test_a_value_is_refused_when_it_holds_another_format_than_asked():
         PassageStates.from_bytes(value[:5] + bytes([3]) + value[6:], FINGERPRINT, 4)
     with pytest.raises(ValueError, match="float16, int8"):
         passages().to_bytes("int4")
+
+
+def passage_bytes_table(tokens=256, width=640) -> list[str]:
+    """The README's sizing table, from values the codec writes (pytest -s prints it)."""
+    rows = []
+    for ratio in (1, 2, 4, 8, 16, 32):
+        groups = -(-tokens // ratio)
+        held = PassageStates.from_passages([(np.ones((groups, width)), np.full(groups, ratio))], ratio,
+                                           fingerprint=FINGERPRINT)  # fmt: skip
+        half, full = len(held.to_bytes("float16")), len(held.to_bytes("int8"))
+        assert (half, full) == (64 + groups * (4 + 2 * width), 64 + groups * (8 + width))  # the README's formulas
+        rows.append(f"| {ratio} | {groups} | {half:,} B | {full:,} B | {full / half:.3f} | {half / 1e3:.0f} GB | "
+                    f"{full / 1e3:.0f} GB |")  # fmt: skip
+    return rows
+
+
+def test_the_readme_sizing_table_is_what_the_codec_writes():
+    rows = passage_bytes_table()
+    print("\n".join(rows))
+    readme = (Path(__file__).parents[3] / "README.md").read_text().splitlines()
+    start = readme.index("<!-- passage-bytes-table -->") + 3  # the marker, the header, the rule
+    assert readme[start : start + len(rows)] == rows
