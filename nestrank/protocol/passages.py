@@ -73,7 +73,7 @@ def quantize_int8(states: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def dequantize_int8(quantized: np.ndarray, scales: np.ndarray) -> np.ndarray:
     """The float16 states the scorer reads: q × scale in float32, rounded to float16 once."""
-    return (quantized.astype(np.float32) * scales[:, None]).astype(STATE_DTYPE)
+    return np.multiply(quantized, scales[:, None], dtype=np.float32).astype(STATE_DTYPE)
 
 
 def check_fingerprint(fingerprint: str) -> str:
