@@ -9,7 +9,6 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from nestrank.serving.launcher import cli as serving_cli
-from nestrank.serving.pipeline.passage_store import with_states
 
 
 def parser():
@@ -49,6 +48,8 @@ def default_passage_store() -> str:
 
 def passage_store_url(args) -> str:
     """--passage-store with --passage-states applied (a ValueError when the two disagree)."""
+    from nestrank.serving.pipeline.passage_store import with_states
+
     return with_states(args.passage_store, args.passage_states) if args.passage_states else args.passage_store
 
 

@@ -220,10 +220,10 @@ class PassageStates:
     @classmethod
     def from_bytes(cls, value: bytes | memoryview, fingerprint: str | None = None, ratio: int | None = None,
                    verify: bool = True, states: str | None = None) -> PassageStates:  # fmt: skip
-        """A value written by `to_bytes`, float16 states (dequantized from int8 ones), counts and offsets views
-        of `value` (float16 states too). Raises CorruptStates when the header, the checksum, or the model
-        (`fingerprint`), `ratio` and `states` format the caller expects do not match. `verify=False` skips the
-        checksum and the count checks, for values this process verified already."""
+        """A value written by `to_bytes`: counts, offsets and float16 states are views of `value` (no copies); int8
+        states are dequantized to float16 (one copy). Raises CorruptStates when the header, the checksum, or the
+        model (`fingerprint`), `ratio` and `states` format the caller expects do not match. `verify=False` skips
+        the checksum and the count checks, for values this process verified already."""
         if len(value) < HEADER_BYTES:
             raise CorruptStates(f"{len(value)} bytes: shorter than the header")
         magic, version, dtype, stored_ratio, n, groups, width, tokens, crc, raw_fingerprint = _HEADER.unpack_from(value)
