@@ -30,6 +30,10 @@ from nestrank.clients.transport import DEFAULT_URL
 from nestrank.protocol.errors import NestrankError
 
 MAX_ID_CHARS = 512  # the server's limit too (serving/rerank_service.py)
+STATES_NOTE = """\
+The server decides how passage states are stored: float16, or int8 with `nestrank serve --passage-states int8`
+(or a store URL with ?states=int8), at half the bytes. The two are kept apart, so index through a server set up
+as the ones that will rerank by these ids."""
 
 
 @dataclass
@@ -193,7 +197,7 @@ async def index_corpus(client: AsyncRerankClient, args, summary: Summary, reject
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="nestrank index", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=STATES_NOTE)  # fmt: skip
     p.add_argument("corpus", help='JSONL (one {"id": ..., "text": ...} object a line; - for stdin) or .parquet')
     p.add_argument("--model", default="kalm-reranker", help="the served reranker (default %(default)s)")
     p.add_argument("--url", action="append", help=f"gRPC endpoint, repeatable for failover (default {DEFAULT_URL})")

@@ -22,6 +22,11 @@ def parser():
                    "persistent), redis://host:port/db (shared by replicas), or memory:// (this process only); "
                    "written into the served copy of every reranker's config (passage_store; a password stays out "
                    "of it); default %(default)s; env NESTRANK_PASSAGE_STORE")  # fmt: skip
+    p.add_argument("--passage-states", choices=("float16", "int8"), default=os.environ.get("NESTRANK_PASSAGE_STATES"),
+                   help="how rerankers hold passage states in the store and the first level: float16 (the default) "
+                   "or int8 (half the bytes, one scale per group; scores move by at most the export's int8 gate); "
+                   "the same as the store URL's ?states= option, which it sets; `nestrank index` writes what the "
+                   "server holds; env NESTRANK_PASSAGE_STATES")  # fmt: skip
     p.add_argument("--api-port", type=int, default=int(os.environ.get("NESTRANK_API_PORT", 8080)),
                    help="the HTTP front (OpenAI, Cohere/Jina, TEI routes; default %(default)s)")  # fmt: skip
     p.add_argument("--api-host", default=os.environ.get("NESTRANK_API_HOST"), help="its address (default: --host)")
@@ -40,6 +45,13 @@ def default_passage_store() -> str:
     from nestrank.serving.pipeline.passage_store import default_passage_store as default
 
     return default()
+
+
+def passage_store_url(args) -> str:
+    """--passage-store with --passage-states applied (a ValueError when the two disagree)."""
+    from nestrank.serving.pipeline.passage_store import with_states
+
+    return with_states(args.passage_store, args.passage_states) if args.passage_states else args.passage_store
 
 
 def check_passage_store(url: str) -> None:
@@ -126,6 +138,11 @@ def main(argv: list[str], environment: Mapping[str, str] | None = None) -> int:
     args = parser().parse_args(argv)
     if reason := refused(args):
         print(f"nestrank serve: {reason}", file=sys.stderr)
+        return 2
+    try:
+        args.passage_store = passage_store_url(args)
+    except ValueError as err:
+        print(f"nestrank serve: {err}", file=sys.stderr)
         return 2
     check_passage_store(args.passage_store)
     prepare(Path(args.repository), args.reranker, args.reranker_name, not args.no_default_models)

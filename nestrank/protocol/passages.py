@@ -2,14 +2,18 @@
 first-level cache, and the `.npz` files clients keep all use.
 
 A passage is its MEP states [G, H] and per-group token counts [G] at a compression ratio. States are float16
-wherever they are held or sent (means are computed in float32 and rounded once per pooling), so every path to a
-passage (encoded now, read from a store, sent by a client) scores the same.
+wherever they are computed on or sent (means are computed in float32 and rounded once per pooling); a store (and
+the first level in front of it) may hold them as int8, which the server then scores as stored (`as_stored`) even
+when it has just encoded them. So every path to a passage (encoded now, read from a store, sent by a client)
+scores the same.
 
 - Wire: N passages travel zero-padded, states [N, G_max, H] float16 and counts [N, G_max] int32; a count of 0
   marks padding (`padded` / `from_padded`).
-- Store: one value is `to_bytes()`, a versioned header (magic, version, dtype, ratio, passages, groups, width,
-  tokens, a CRC-32 of the body, the model's passage fingerprint) and the arrays; `from_bytes` reads it back
-  without copying the arrays, and refuses anything that fails the header or the checksum (`CorruptStates`).
+- Store: one value is `to_bytes(states)`, a versioned header (magic, version, dtype, ratio, passages, groups,
+  width, tokens, a CRC-32 of the body, the model's passage fingerprint) and the arrays; `from_bytes` reads it back
+  and refuses anything that fails the header or the checksum (`CorruptStates`). A store holds states as float16
+  (dtype code 1: offsets, counts, states; decoded without copies) or int8 (code 2: offsets, counts, one float32
+  scale per group, int8 states; decoded to float16 in one pass, counts and offsets still views).
 - Files: `save` / `load` (.npz), fingerprint included.
 
 The passage fingerprint names the model that made the states (its encoder weights, tokenizer, passage template,
@@ -18,6 +22,7 @@ max passage length and pooling code): states of one model are never scored by an
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import struct
 import zlib
@@ -31,8 +36,13 @@ STATE_DTYPE = np.float16
 FINGERPRINT = re.compile(r"[0-9a-f]{32}")  # 128 bits, hex
 
 MAGIC = b"NRPS"
-VERSION = 1
-_DTYPES = {1: np.dtype("<f2")}  # codes in the header; version 1 stores float16 only
+VERSION = 1  # int8 came as a new dtype code, not a new version: readers of version 1 refuse codes they lack
+STATE_FORMATS = ("float16", "int8")  # how a store holds states: `?states=` of a store URL, `--passage-states`
+_CODES = {"float16": 1, "int8": 2}  # the header's dtype byte
+_FORMATS = {code: name for name, code in _CODES.items()}
+_STATE_ITEMSIZE = {1: 2, 2: 1}
+_SCALE_BYTES = {1: 0, 2: 4}  # per group: int8 rows carry a float32 scale
+INT8_MAX = 127  # symmetric: -127..127, so that -x quantizes to -q
 # magic, version, dtype, ratio, passages, groups, width, tokens, crc32 of the body, fingerprint, 4 reserved bytes
 _HEADER = struct.Struct("<4sBBHIIIII16s4x")
 HEADER_BYTES = _HEADER.size  # 48: the body's int64 offsets start 8-aligned
@@ -40,6 +50,30 @@ HEADER_BYTES = _HEADER.size  # 48: the body's int64 offsets start 8-aligned
 
 class CorruptStates(ValueError):
     """A stored value that is not whole, not ours, or not what its key promised: read it as a miss."""
+
+
+def check_states_format(states: str) -> str:
+    if states not in _CODES:
+        raise ValueError(f"passage states are held as one of {', '.join(STATE_FORMATS)}, got {states!r}")
+    return states
+
+
+def quantize_int8(states: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """[G, H] float → ([G, H] int8, [G] float32 scales): symmetric, one scale per group row (max |x| / 127), so
+    that a row's error is at most half its scale. Float32 scales, not float16: exact for any float16 row (no
+    underflow for tiny rows, no overflow past 65504 × 127), 4-byte aligned after the counts, and 0.6% of a row
+    at H = 640."""
+    x = np.asarray(states, dtype=np.float32)
+    if not np.isfinite(x).all():
+        raise ValueError("int8 passage states need finite values")
+    scales = (np.abs(x).max(axis=1, initial=0.0) / INT8_MAX).astype(np.float32)
+    divisors = np.where(scales > 0, scales, np.float32(1))[:, None]  # an all-zero row stays zeros
+    return np.clip(np.rint(x / divisors), -INT8_MAX, INT8_MAX).astype(np.int8), scales
+
+
+def dequantize_int8(quantized: np.ndarray, scales: np.ndarray) -> np.ndarray:
+    """The float16 states the scorer reads: q × scale in float32, rounded to float16 once."""
+    return np.multiply(quantized, scales[:, None], dtype=np.float32).astype(STATE_DTYPE)
 
 
 def check_fingerprint(fingerprint: str) -> str:
@@ -154,13 +188,25 @@ class PassageStates:
 
     # -- a store's value --------------------------------------------------------------------------------------
 
-    def to_bytes(self) -> bytes:
-        body = b"".join((self.offsets.astype("<i8").tobytes(), self.counts.astype("<i4").tobytes(),
-                         self.states.astype("<f2").tobytes()))  # fmt: skip
+    def as_stored(self, states: str) -> PassageStates:
+        """These passages as a store holding `states` gives them back (bit for bit what `from_bytes` of
+        `to_bytes(states)` decodes), so that a passage scores the same encoded now or read later."""
+        if check_states_format(states) == "float16":
+            return self
+        return dataclasses.replace(self, states=dequantize_int8(*quantize_int8(self.states)))
+
+    def to_bytes(self, states: str = "float16") -> bytes:
+        code = _CODES[check_states_format(states)]
+        if code == 1:
+            arrays = (self.states.astype("<f2").tobytes(),)
+        else:
+            quantized, scales = quantize_int8(self.states)
+            arrays = (scales.astype("<f4").tobytes(), quantized.tobytes())
+        body = b"".join((self.offsets.astype("<i8").tobytes(), self.counts.astype("<i4").tobytes(), *arrays))
         header = _HEADER.pack(
             MAGIC,
             VERSION,
-            1,
+            code,
             self.ratio,
             len(self),
             len(self.counts),
@@ -173,22 +219,26 @@ class PassageStates:
 
     @classmethod
     def from_bytes(cls, value: bytes | memoryview, fingerprint: str | None = None, ratio: int | None = None,
-                   verify: bool = True) -> PassageStates:  # fmt: skip
-        """A value written by `to_bytes`, its arrays views of `value` (no copies). Raises CorruptStates when the
-        header, the checksum, or the model (`fingerprint`) and `ratio` the caller expects do not match.
-        `verify=False` skips the checksum and the count checks, for values this process verified already."""
+                   verify: bool = True, states: str | None = None) -> PassageStates:  # fmt: skip
+        """A value written by `to_bytes`: counts, offsets and float16 states are views of `value` (no copies); int8
+        states are dequantized to float16 (one copy). Raises CorruptStates when the header, the checksum, or the
+        model (`fingerprint`), `ratio` and `states` format the caller expects do not match. `verify=False` skips
+        the checksum and the count checks, for values this process verified already."""
         if len(value) < HEADER_BYTES:
             raise CorruptStates(f"{len(value)} bytes: shorter than the header")
         magic, version, dtype, stored_ratio, n, groups, width, tokens, crc, raw_fingerprint = _HEADER.unpack_from(value)
-        if magic != MAGIC or version != VERSION or dtype not in _DTYPES:
-            raise CorruptStates(f"not a passage-state value of version {VERSION} (magic {magic!r}, version {version})")
+        if magic != MAGIC or version != VERSION or dtype not in _FORMATS:
+            raise CorruptStates(f"not a passage-state value of version {VERSION} (magic {magic!r}, version {version}, "
+                                f"dtype {dtype})")  # fmt: skip
         found = raw_fingerprint.hex() if any(raw_fingerprint) else ""
         if fingerprint is not None and found != fingerprint:
             raise CorruptStates(f"made by the model with passage fingerprint {found or 'none'}, not {fingerprint}")
         if ratio is not None and stored_ratio != ratio:
             raise CorruptStates(f"holds ratio {stored_ratio}, not {ratio}")
-        itemsize = _DTYPES[dtype].itemsize
-        expected = HEADER_BYTES + 8 * (n + 1) + 4 * groups + itemsize * groups * width
+        if states is not None and _FORMATS[dtype] != states:
+            raise CorruptStates(f"holds {_FORMATS[dtype]} states, not {states}")
+        expected = HEADER_BYTES + 8 * (n + 1) + (4 + _SCALE_BYTES[dtype]) * groups
+        expected += _STATE_ITEMSIZE[dtype] * groups * width
         if len(value) != expected:
             raise CorruptStates(f"{len(value)} bytes where the header promises {expected}")
         if verify and zlib.crc32(memoryview(value)[HEADER_BYTES:]) != crc:
@@ -198,7 +248,12 @@ class PassageStates:
         at += 8 * (n + 1)
         counts = np.frombuffer(value, "<i4", groups, at)
         at += 4 * groups
-        states = np.frombuffer(value, _DTYPES[dtype], groups * width, at).reshape(groups, width)
+        if dtype == 1:
+            states = np.frombuffer(value, "<f2", groups * width, at).reshape(groups, width)
+        else:
+            scales = np.frombuffer(value, "<f4", groups, at)
+            quantized = np.frombuffer(value, np.int8, groups * width, at + 4 * groups).reshape(groups, width)
+            states = dequantize_int8(quantized, scales)
         try:
             passages = cls(states, counts, offsets, stored_ratio, (), found)
         except ValueError as err:

@@ -9,7 +9,10 @@
   and never the pinned ones (`maxmemory-policy volatile-lru`: README).
 - `memory://`: this process only (tests).
 
-Keys and values are bytes; what they mean (passages.py's codec, the fingerprinted key layout) is the caller's.
+Every URL takes `states=float16|int8` (default float16): how the reranker holds passage states there, and in its
+first level (int8: half the bytes, one scale per group; its own key namespace, so the two never mix). The store
+only carries the choice (`PassageStore.states`); keys and values are bytes, and what they mean (passages.py's
+codec, the fingerprinted key layout) is the caller's.
 """
 
 from __future__ import annotations
@@ -20,15 +23,17 @@ import threading
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from urllib.parse import parse_qsl, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 # The store's errors are kinds of the one error table: StoreError (an outage) is UNAVAILABLE, StoreFullError is 507.
 from nestrank.protocol.errors import StoreError, StoreFullError
+from nestrank.protocol.passages import STATE_FORMATS
 from nestrank.protocol.reranking import STORE_PASSWORD_VARIABLE
 
 
 class PassageStore(ABC):
     url: str  # for messages and metric labels: never carries a password
+    states: str = "float16"  # how passage states are held here (the URL's `states` option; open_store sets it)
 
     @abstractmethod
     def get_many(self, keys: Sequence[bytes]) -> list[bytes | None]:
@@ -362,23 +367,53 @@ def configured_store(url: str) -> str:
     return urlunsplit(parts._replace(netloc=f"{user.rsplit(':', 1)[0]}:{password}@{host}"))
 
 
+def states_option(url: str) -> str:
+    """The URL's `states` option: float16 (the default) or int8."""
+    states = dict(parse_qsl(urlsplit(url).query)).get("states", "float16")
+    if states not in STATE_FORMATS:
+        raise ValueError(f"passage store {_without_password(url)!r}: states={states}; choose one of "
+                         f"{', '.join(STATE_FORMATS)}")  # fmt: skip
+    return states
+
+
+def with_states(url: str, states: str) -> str:
+    """`url` holding passage states as `states` (what `nestrank serve --passage-states` does); a URL that already
+    names another format is refused, rather than one of the two silently winning."""
+    if states not in STATE_FORMATS:
+        raise ValueError(f"--passage-states {states}: choose one of {', '.join(STATE_FORMATS)}")
+    base, _, query = url.partition("?")  # by hand: urlunsplit would turn lmdb:///path into lmdb:/path
+    options = dict(parse_qsl(query))
+    if options.get("states", states) != states:
+        raise ValueError(f"passage store {_without_password(url)!r} says states={options['states']}, and "
+                         f"--passage-states says {states}: give one")  # fmt: skip
+    return f"{base}?{urlencode({**options, 'states': states})}"
+
+
 def open_store(url: str) -> PassageStore:
     """`memory://`, `lmdb:///path?map_size=16GiB`, `redis://host:port/db?timeout_s=0.5&cache_ttl_s=604800` (also
-    `rediss://` and `redis+cluster://`; other query options are redis-py's own)."""
+    `rediss://` and `redis+cluster://`; other query options are redis-py's own); each with `states=float16|int8`."""
     parts = urlsplit(url)
+    states = states_option(url)
     query = dict(parse_qsl(parts.query))
+    query.pop("states", None)
     scheme = parts.scheme.lower()
     if scheme == "memory":
-        return MemoryStore()
-    if scheme == "lmdb":
+        if query:
+            raise ValueError(f"passage store {url!r}: unknown options {sorted(query)}; known: states")
+        store = MemoryStore()
+    elif scheme == "lmdb":
         if not parts.path.startswith("/") or parts.netloc:
             raise ValueError(f"passage store {url!r}: give an absolute path, lmdb:///path/to/dir")
         map_size = parse_bytes(query.pop("map_size", "16GiB"))
         if query:
-            raise ValueError(f"passage store {url!r}: unknown options {sorted(query)}; known: map_size")
-        return LmdbStore(parts.path, map_size)
-    if scheme in ("redis", "rediss", "redis+cluster"):
+            raise ValueError(f"passage store {url!r}: unknown options {sorted(query)}; known: map_size, states")
+        store = LmdbStore(parts.path, map_size)
+    elif scheme in ("redis", "rediss", "redis+cluster"):
         settings = {"timeout_s": float(query.pop("timeout_s", 0.5)),
                     "cache_ttl_s": int(query.pop("cache_ttl_s", 7 * 86400))}  # fmt: skip
-        return RedisStore(urlunsplit(parts._replace(query="&".join(f"{k}={v}" for k, v in query.items()))), **settings)
-    raise ValueError(f"passage store {url!r}: the scheme must be memory, lmdb, redis, rediss or redis+cluster")
+        store = RedisStore(urlunsplit(parts._replace(query="&".join(f"{k}={v}" for k, v in query.items()))),
+                           **settings)  # fmt: skip
+    else:
+        raise ValueError(f"passage store {url!r}: the scheme must be memory, lmdb, redis, rediss or redis+cluster")
+    store.states = states
+    return store

@@ -1,8 +1,12 @@
 """One reranker's pooled passage states, wherever they are: this process's first level (an LRU of values) in front of
 the passage store, under keys that cannot mix models.
 
-- States: `nrps:<passage fingerprint>:<ratio>:<content id>` → `PassageStates.to_bytes()` of one passage. Content
-  addressed, so a value never changes: concurrent writers are harmless and reruns are idempotent.
+- States: `nrps:<passage fingerprint>:<ratio>:<content id>` → `PassageStates.to_bytes()` of one passage; with int8
+  states (the store URL's `states=int8`), `nrps:<passage fingerprint>:<ratio>:i8:<content id>` → its int8 value.
+  Content addressed, so a value never changes: concurrent writers are harmless and reruns are idempotent. The two
+  formats never read each other's values (a server switched to int8 re-encodes or re-indexes).
+- The first level holds the values as stored (int8 ones at half the bytes) and decodes them on each read: the
+  scorer sees float16 states either way.
 - Aliases: `nrpa:<passage fingerprint>:<sha-256 of the user id>` → the content id that user id names (written by
   `nestrank index`; an id indexed again with other text points at the new text).
 
@@ -18,7 +22,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from nestrank.protocol.errors import STORE_FULL, STORE_UNAVAILABLE, StoreError, StoreFullError
-from nestrank.protocol.passages import FINGERPRINT, CorruptStates, PassageStates
+from nestrank.protocol.passages import FINGERPRINT, CorruptStates, PassageStates, check_states_format
 from nestrank.serving.pipeline.mep import at_ratio
 from nestrank.serving.pipeline.passage_cache import PassageCache
 from nestrank.serving.pipeline.passage_store import PassageStore
@@ -40,10 +44,13 @@ def is_content_id(passage_id: str) -> bool:
 
 class Passages:
     def __init__(self, fingerprint: str, ratios: Sequence[int], first_level: PassageCache, store: PassageStore,
-                 on_fetch: Callable[[float], None] | None = None):  # fmt: skip
+                 on_fetch: Callable[[float], None] | None = None, states: str | None = None):  # fmt: skip
+        """`states`: how passage states are held, float16 or int8 (default: the store's, from its URL)."""
         if not FINGERPRINT.fullmatch(fingerprint):
             raise ValueError(f"a passage fingerprint is 32 hex digits, got {fingerprint!r}")
         self.fingerprint = fingerprint
+        self.states = check_states_format(states or store.states)
+        self._namespace = {"float16": "", "int8": "i8:"}[self.states]  # content ids are hex: never "i8"
         self.ratios = tuple(sorted(ratios))
         self.first_level = first_level
         self.store = store
@@ -53,7 +60,7 @@ class Passages:
     # -- keys -------------------------------------------------------------------------------------------------
 
     def states_key(self, content_id: str, ratio: int) -> bytes:
-        return f"nrps:{self.fingerprint}:{ratio}:{content_id}".encode()
+        return f"nrps:{self.fingerprint}:{ratio}:{self._namespace}{content_id}".encode()
 
     def alias_key(self, user_id: str) -> bytes:
         digest = hashlib.sha256(user_id.encode("utf-8", "surrogatepass")).hexdigest()[:32]
@@ -92,7 +99,7 @@ class Passages:
         """The stored passage, or None for a corrupt value: counted, and removed so that the next write of the
         passage (the documents path, an index rerun) replaces it."""
         try:
-            passage = PassageStates.from_bytes(value, self.fingerprint, ratio)
+            passage = PassageStates.from_bytes(value, self.fingerprint, ratio, states=self.states)
             if len(passage) == 1:
                 return passage
         except CorruptStates:
@@ -151,6 +158,11 @@ class Passages:
 
     # -- writing ----------------------------------------------------------------------------------------------
 
+    def as_stored(self, passages: PassageStates) -> PassageStates:
+        """`passages` as this store gives them back: what the documents path scores right after encoding, so that
+        a passage's score does not change once it is stored (int8), and the same passages otherwise."""
+        return passages.as_stored(self.states)
+
     def put(self, content_ids: Sequence[str], passages: PassageStates, *, pinned: bool) -> list[int]:
         """Stores passage i under content_ids[i] at its ratio, in one batch; the bytes written per passage (0 for
         a repeat). On-demand writes (pinned False) that fail are counted and otherwise ignored: the caller has its
@@ -162,7 +174,7 @@ class Passages:
             if key in values:
                 written.append(0)
                 continue
-            values[key] = passages.subset([i]).to_bytes()
+            values[key] = passages.subset([i]).to_bytes(self.states)
             written.append(len(values[key]))
         try:
             self._store_call("writing passage states", lambda: self.store.put_many(values, pinned))

@@ -90,7 +90,8 @@ class RerankService:
             return {}, {}
         encoded = self.encode(list(texts.values()), ratio)
         written = self.passages.put(list(texts), encoded, pinned=pinned)
-        return {cid: encoded.subset([k]) for k, cid in enumerate(texts)}, dict(zip(texts, written))
+        scored = self.passages.as_stored(encoded)  # int8 states score now as they will once read back
+        return {cid: scored.subset([k]) for k, cid in enumerate(texts)}, dict(zip(texts, written))
 
     def _from_documents(self, documents: list[str], ratio: int) -> tuple[PassageStates, list[str]]:
         """Stored passages where the store has them; the rest encoded now and written through."""

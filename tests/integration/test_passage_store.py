@@ -1,6 +1,6 @@
 """Index once, rerank by id from any replica, across restarts: `nestrank serve` replicas sharing a real redis-server,
-`nestrank serve` on a real LMDB (restarted, two model instances), `nestrank index` killed and rerun, corrupt values,
-a store outage, and states of one model refused by another."""
+`nestrank serve` on a real LMDB (restarted, two model instances; int8 states), `nestrank index` killed and rerun,
+corrupt values, a store outage, and states of one model refused by another."""
 
 from __future__ import annotations
 
@@ -21,11 +21,12 @@ from nestrank.clients.rerank import RerankClient
 from nestrank.clients.tensors import array_input, requested, text_input
 from nestrank.clients.transport import NO_RETRIES
 from nestrank.export.reference import reference_scores
-from nestrank.export.reranker import export_reranker, load_checkpoint, load_tokenizer
+from nestrank.export.reranker import INT8_STATES_MAX_SCORE_DIFF, export_reranker, load_checkpoint, load_tokenizer
 from nestrank.export.tiny_checkpoints import tiny_t5_reranker
 from nestrank.export.triton_config import read_config, write_config
 from nestrank.protocol.errors import NotFoundError, UnavailableError, ValidationError
 from nestrank.protocol.reranking import PASSAGE_COUNTS, PASSAGE_STATES, QUERY, SCORES, passage_id
+from nestrank.serving.pipeline.passage_store import open_store
 from nestrank.texts import realistic_texts
 from tests.names import T5_MAX_PASSAGE_TOKENS, TINY_T5
 from tests.serve_process import ServeProcess, metric_values
@@ -291,3 +292,26 @@ def test_lmdb_serves_ids_across_restarts_from_either_instance(repository, tmp_pa
     with ServeProcess(repository, "--passage-store", store) as restarted:
         with RerankClient(restarted.grpc_url, TINY_T5) as client:
             np.testing.assert_allclose(served(client.rerank(QUERY_TEXT, passages=IDS)), before, atol=1e-6)
+
+
+def test_int8_states_through_nestrank_serve(repository, tmp_path):
+    """`nestrank serve --passage-states int8` on a real LMDB: indexed ids rerank as their texts do, within the
+    export's int8 gate of a float16 server's scores, from int8 values under their own keys at about half the bytes."""
+    texts, ids = TEXTS[:8], IDS[:8]
+    scores, value_bytes = {}, {}
+    for states in ("float16", "int8"):
+        path = tmp_path / states
+        with ServeProcess(repository, "--passage-store", f"lmdb://{path}", "--passage-states", states, "--no-api") as s:
+            with RerankClient(s.grpc_url, TINY_T5) as client:
+                written = int(client.index(texts, ids).stored_bytes.sum())
+                scores[states] = served(client.rerank(QUERY_TEXT, passages=ids))
+                np.testing.assert_allclose(served(client.rerank(QUERY_TEXT, texts)), scores[states], atol=1e-6)
+        store = open_store(f"lmdb://{path}")
+        with store.env.begin() as txn:
+            values = {k: v for k, v in txn.cursor(db=store.pinned) if k.startswith(b"nrps:")}
+        assert len(values) == len(texts) and all((b":i8:" in k) == (states == "int8") for k in values)
+        assert {v[5] for v in values.values()} == {1 if states == "float16" else 2}  # the header's dtype code
+        value_bytes[states] = sum(len(v) for v in values.values())
+        assert written > value_bytes[states]  # the values, and the aliases
+    assert 0 < np.abs(scores["int8"] - scores["float16"]).max() <= INT8_STATES_MAX_SCORE_DIFF
+    assert 0.5 < value_bytes["int8"] / value_bytes["float16"] < 0.6

@@ -27,3 +27,16 @@ def test_the_front_command_carries_tls_and_leaves_the_key_to_the_environment(tmp
     assert f"--tls-cert {certs.server_cert}" in command and f"--triton-ca {certs.server_cert}" in command
     assert KEY not in command and front.env["NESTRANK_API_KEY"] == KEY
     assert front.url == "https://0.0.0.0:9080" and front.address == ("127.0.0.1", 9080)
+
+
+def test_passage_states_go_into_the_store_url_the_models_get(monkeypatch, capsys):
+    monkeypatch.delenv("NESTRANK_PASSAGE_STATES", raising=False)
+    url = serve.passage_store_url(serve.parser().parse_args(["--passage-store", "lmdb:///srv/p?map_size=1GiB",
+                                                             "--passage-states", "int8"]))  # fmt: skip
+    assert url == "lmdb:///srv/p?map_size=1GiB&states=int8"
+    assert serve.passage_store_url(serve.parser().parse_args(["--passage-store", "memory://"])) == "memory://"
+    monkeypatch.setenv("NESTRANK_PASSAGE_STATES", "int8")
+    assert serve.parser().parse_args([]).passage_states == "int8"
+    # A URL and a flag that disagree: refused before anything is exported or started.
+    assert serve.main(["--passage-store", "memory://?states=float16", "--passage-states", "int8"]) == 2
+    assert "says states=float16, and --passage-states says int8" in capsys.readouterr().err

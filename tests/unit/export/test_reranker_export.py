@@ -13,6 +13,7 @@ from safetensors import safe_open
 
 from nestrank.export.checkpoint import resolve_checkpoint
 from nestrank.export.reranker import (
+    INT8_STATES_MAX_SCORE_DIFF,
     answer_token_ids,
     load_checkpoint,
     load_tokenizer,
@@ -40,7 +41,9 @@ def kalm(reranker_exports):
 def test_three_models_each_carrying_the_config_and_its_passage_fingerprint(reranker_exports, name, architecture):
     result = reranker_exports[name]
     assert result.config.architecture == architecture
-    assert set(result.parity.exact) == set(result.parity.served) == {1, 2, 4, 8, 16, 32}
+    assert set(result.parity.exact) == set(result.parity.served) == set(result.parity.int8) == {1, 2, 4, 8, 16, 32}
+    assert 0 < max(result.parity.int8.values()) <= INT8_STATES_MAX_SCORE_DIFF  # int8 states: measured, and gated
+    assert "int8 passage states against float16: r=1: " in str(result.parity)
     encode_dir = result.model_dirs[0] / "1"
     assert result.config.passage_fingerprint == passage_fingerprint(encode_dir, result.config)
     # The three models, each config parseable and carrying the same reranker config.

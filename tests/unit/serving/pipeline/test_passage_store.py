@@ -16,6 +16,7 @@ from nestrank.serving.pipeline.passage_store import (
     StoreFullError,
     open_store,
     parse_bytes,
+    with_states,
 )
 
 
@@ -103,11 +104,31 @@ def test_an_unreachable_redis_is_a_store_error_naming_it_without_its_password():
         ("lmdb:///tmp/x?size=1", "unknown options"),
         ("lmdb:///tmp/x?map_size=lots", "not a size"),
         ("postgres://db", "the scheme must be"),
+        ("memory://?size=1", "unknown options"),
+        ("lmdb:///tmp/x?states=int4", "states=int4; choose one of float16, int8"),
+        ("redis://:hunter2@127.0.0.1:1/0?states=bf16", "states=bf16; choose one of float16, int8"),
     ],
 )
 def test_bad_store_urls_say_what_is_wrong(url, message):
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(ValueError, match=message) as caught:
         open_store(url)
+    assert "hunter2" not in str(caught.value)
+
+
+def test_every_store_url_says_how_states_are_held(tmp_path, redis_server):
+    urls = ["memory://", f"lmdb://{tmp_path}/store?map_size=64MiB", redis_server.url + "?timeout_s=0.3"]
+    for url in urls:
+        assert open_store(url).states == "float16"  # the default
+        store = open_store(with_states(url, "int8"))
+        assert store.states == "int8"
+        store.put_many({b"probe": b"1"}, pinned=False)  # the option went nowhere else (redis-py never saw it)
+        assert store.get_many([b"probe"]) == [b"1"]
+    assert with_states(urls[1], "int8") == f"lmdb://{tmp_path}/store?map_size=64MiB&states=int8"
+    assert with_states("memory://?states=int8", "int8") == "memory://?states=int8"
+    with pytest.raises(ValueError, match="says states=int8, and --passage-states says float16"):
+        with_states("memory://?states=int8", "float16")
+    with pytest.raises(ValueError, match="choose one of float16, int8"):
+        with_states("memory://", "int4")
 
 
 def test_sizes():

@@ -1,5 +1,6 @@
 """A reranker's passages across the first level and the store: keys that cannot mix models, one batched fetch, exact
-re-pooling from a finer stored ratio, corrupt values read as misses, aliases, and outages that say which store."""
+re-pooling from a finer stored ratio, corrupt values read as misses, aliases, outages that say which store, and int8
+states in their own key namespace, held as int8 by the first level and served through real stores."""
 
 import numpy as np
 import pytest
@@ -9,7 +10,7 @@ from nestrank.protocol.errors import StoreError, StoreFullError, UnavailableErro
 from nestrank.protocol.passages import PassageStates
 from nestrank.protocol.reranking import passage_id
 from nestrank.serving.pipeline.mep import at_ratio
-from nestrank.serving.pipeline.passage_cache import PassageCache
+from nestrank.serving.pipeline.passage_cache import PassageCache, entry_bytes
 from nestrank.serving.pipeline.passage_store import MemoryStore, open_store
 from nestrank.serving.pipeline.passage_tiers import Passages
 
@@ -131,3 +132,67 @@ def test_a_full_store_refuses_pinned_writes_as_store_full_not_a_500(tmp_path):
     with pytest.raises(StoreFullError, match="^passage store full: writing passage states: .*larger map_size") as c:
         passages.put([passage_id(f"doc {i}") for i in range(200)], big, pinned=True)
     assert (c.value.http_status, c.value.retry) == (507, "no") and not isinstance(c.value, UnavailableError)
+
+
+# -- int8 states -------------------------------------------------------------------------------------------------
+
+
+def test_int8_and_float16_states_of_one_passage_never_collide():
+    store = MemoryStore()
+    ids = [passage_id(f"doc {i}") for i in range(3)]
+    passages = encoded(3, width=64)
+    halves, fulls = tiers(store), Passages(MODEL, RATIOS, PassageCache(1 << 24), store, states="int8")
+    assert fulls.states == "int8" and halves.states == "float16"
+    fulls.put(ids, passages, pinned=True)
+    assert tiers(store).get(ids, 4, strict=True) == {}  # a float16 reader does not see int8 values ...
+    halves.put(ids, passages, pinned=True)
+    keys = {halves.states_key(cid, 4) for cid in ids} | {fulls.states_key(cid, 4) for cid in ids}
+    assert len(keys) == 6 and set(store._values) == keys  # ... nor overwrite them: both are there
+    assert fulls.states_key(ids[0], 4) == f"nrps:{MODEL}:4:i8:{ids[0]}".encode()
+    for reader, states in ((tiers(store), "float16"), (Passages(MODEL, RATIOS, PassageCache(0), store, states="int8"),
+                                                        "int8")):  # fmt: skip
+        found = reader.get(ids, 4, strict=True)
+        for i, cid in enumerate(ids):
+            np.testing.assert_array_equal(found[cid].states, passages.subset([i]).as_stored(states).states)
+    # A value that is not what its key promises (int8 under a float16 key) is a counted miss, then removed.
+    store.put_many({halves.states_key(ids[0], 4): store.get_many([fulls.states_key(ids[0], 4)])[0]}, pinned=True)
+    reader = tiers(store)
+    assert list(reader.get(ids, 4, strict=True)) == ids[1:] and reader.stats.corrupt == 1
+
+
+def test_the_first_level_holds_int8_values_at_their_size():
+    ids = [passage_id(f"doc {i}") for i in range(20)]
+    passages = encoded(20, width=640)
+    held = {}
+    for states in ("float16", "int8"):
+        writer = Passages(MODEL, RATIOS, PassageCache(1 << 26), MemoryStore(), states=states)
+        writer.put(ids, passages, pinned=False)
+        cache = writer.first_level
+        values = [cache.get(writer.states_key(cid, 4)) for cid in ids]
+        assert cache.stats.bytes == sum(entry_bytes(writer.states_key(c, 4), v) for c, v in zip(ids, values))
+        assert all(PassageStates.from_bytes(v, MODEL, 4, states=states) for v in values)  # held as stored
+        held[states] = cache.stats.bytes
+        found = writer.get(ids, 8, strict=True)  # a first-level hit decodes (and re-pools) to float16
+        assert writer.first_level.stats.hits == 20 and found[ids[0]].states.dtype == np.float16
+    # H + 8 bytes a group (states, scale, count) against 2H + 4, plus the same key, header and slot per entry
+    assert 0.5 < held["int8"] / held["float16"] < 0.53
+
+
+@pytest.mark.parametrize("backend", ["memory", "lmdb", "redis"])
+def test_int8_states_are_served_through_real_stores(backend, tmp_path, request):
+    url = {"memory": "memory://", "lmdb": f"lmdb://{tmp_path}/store?map_size=64MiB"}.get(backend)
+    url = (url or request.getfixturevalue("redis_server").url) + ("&" if "?" in (url or "") else "?") + "states=int8"
+    store = open_store(url)
+    assert store.states == "int8"
+    ids = [passage_id(f"{backend} {tmp_path} {i}") for i in range(4)]  # the session's redis is shared
+    passages = encoded(4, ratio=2, width=64)
+    written = tiers(store).put(ids, passages, pinned=True)  # the store's choice, from its URL
+    assert written == [len(passages.subset([i]).to_bytes("int8")) for i in range(4)]
+    reader = tiers(store, first_level_bytes=0)
+    for ratio in (2, 8):  # as stored, and re-pooled exactly from the stored int8 states
+        found = reader.get(ids, ratio, strict=True)
+        for i, cid in enumerate(ids):
+            expected = at_ratio(passages.subset([i]).as_stored("int8"), ratio)
+            np.testing.assert_array_equal(found[cid].states, expected.states)
+    assert reader.stats.hits == 8 and reader.stats.corrupt == 0
+    assert reader.stats.bytes_read == 2 * sum(written)

@@ -5,10 +5,11 @@ import numpy as np
 import pytest
 import torch
 
+from nestrank.export.reranker import INT8_STATES_MAX_SCORE_DIFF, parity_documents
 from nestrank.protocol.errors import NotFoundError, ValidationError
 from nestrank.protocol.reranking import RerankOptions, parse_rerank_options, passage_id
 from nestrank.serving.pipeline.passage_cache import PassageCache
-from nestrank.serving.pipeline.passage_store import MemoryStore
+from nestrank.serving.pipeline.passage_store import MemoryStore, open_store
 from nestrank.serving.pipeline.passage_tiers import Passages
 from nestrank.serving.pipeline.rerank_service import Candidates, RerankService
 from nestrank.serving.pipeline.reranker import FBNLReranker
@@ -26,8 +27,7 @@ def reranker(reranker_exports):
     return FBNLReranker.from_repository(export.model_dirs[0].parent, KALM, export.config)
 
 
-@pytest.fixture
-def setup(reranker):
+def service_on(reranker, store):
     encoded = []
 
     def encode(documents, ratio):
@@ -35,8 +35,13 @@ def setup(reranker):
         return reranker.encoder.encode(documents, ratio)
 
     config = reranker.config
-    passages = Passages(config.passage_fingerprint, config.ratios, PassageCache(1 << 20), MemoryStore())
+    passages = Passages(config.passage_fingerprint, config.ratios, PassageCache(1 << 20), store)
     return RerankService(config, reranker.tokenizer, passages, encode, reranker.scorer.margins), encoded
+
+
+@pytest.fixture
+def setup(reranker):
+    return service_on(reranker, MemoryStore())
 
 
 def options(service, **params):
@@ -196,3 +201,25 @@ def test_requests_are_bounded_in_bytes_and_the_scorer_gets_bounded_calls(reranke
     result = service.rerank(QUERY, Candidates(documents=docs), options(service, compression_ratio=1))
     assert len(calls) > 1 and max(calls) <= 200_000
     np.testing.assert_allclose(np.sort(result.scores), np.sort(official(official_kalm, docs, 1)), atol=1e-4)
+
+
+@pytest.mark.parametrize("ratio", [1, 4, 32])
+def test_int8_states_score_within_the_gate_and_the_same_before_and_after_they_are_stored(reranker, tmp_path, ratio):
+    """On a real LMDB holding int8 states: the first rerank (encoded now) and the second (read back) agree exactly,
+    by ids too, and stay within the export's int8 gate of the float16 scores."""
+    documents = parity_documents(reranker.config.max_passage_tokens)
+    halves, _ = service_on(reranker, MemoryStore())
+    fulls, encoded = service_on(reranker, open_store(f"lmdb://{tmp_path}/store?map_size=256MiB&states=int8"))
+    reference = halves.rerank(QUERY, Candidates(documents=documents), options(halves, compression_ratio=ratio))
+    first = fulls.rerank(QUERY, Candidates(documents=documents), options(fulls, compression_ratio=ratio))
+    fulls.passages.first_level = PassageCache(0)  # the second from the store itself
+    second = fulls.rerank(QUERY, Candidates(documents=documents), options(fulls, compression_ratio=ratio))
+    assert len(encoded) == len(documents) and fulls.passages.stats.hits == len(set(documents))
+    np.testing.assert_array_equal(first.scores, second.scores)
+    np.testing.assert_array_equal(first.indices, second.indices)
+    fulls.store(documents[:3], ratio, ["a", "b", "c"])
+    by_id = fulls.rerank(QUERY, Candidates(passage_ids=["a", "b", "c"]), options(fulls, compression_ratio=ratio))
+    by_text = fulls.rerank(QUERY, Candidates(documents=documents[:3]), options(fulls, compression_ratio=ratio))
+    np.testing.assert_array_equal(by_id.scores, by_text.scores)
+    per_document = [r.scores[np.argsort(r.indices)] for r in (first, reference)]  # scores in document order
+    assert 0 < np.abs(per_document[0] - per_document[1]).max() <= INT8_STATES_MAX_SCORE_DIFF
