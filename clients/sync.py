@@ -18,6 +18,7 @@ import weakref
 from nestrank.protocol.errors import ClientClosedError
 
 CLOSE_TIMEOUT_S = 5.0  # for the async client's close() on the loop; the channels then go with the loop
+SIGNAL_CHECK_S = 0.1  # how often a waiting call looks for Ctrl-C
 
 
 class _LoopThread:
@@ -47,6 +48,9 @@ class _LoopThread:
             future = asyncio.run_coroutine_threadsafe(coroutine, self.loop)
             self.waiting.add(future)
         try:
+            while not future.done():
+                # A bounded wait: Ctrl-C gets through even when the signal lands on another thread.
+                concurrent.futures.wait((future,), timeout=SIGNAL_CHECK_S)
             return future.result()
         except BaseException:
             future.cancel()  # Ctrl-C in this thread: cancel the call on the loop (a no-op once it has finished)

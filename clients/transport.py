@@ -267,6 +267,8 @@ class AsyncEndpoints:
                     # old one closes when the calls still on it finish.
                     del state.clients[endpoint.url]
                 await asyncio.sleep(call.retry_after(endpoint, err))
+                if call.remaining() <= 0:
+                    raise err  # the pause overran the deadline (a loaded machine): the last answer says more
                 continue
             call.succeeded(endpoint)
             return result
