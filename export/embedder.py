@@ -45,7 +45,7 @@ def pool(states: torch.Tensor, mask: torch.Tensor, mode: str) -> torch.Tensor:
     if mode == "mean":
         weights = mask.unsqueeze(-1).to(states.dtype)
         # max(count, 1e-9), as clamp(min=1e-9), without the one-sided Clip that symbolic shape inference rejects
-        return (states * weights).sum(1) / torch.maximum(weights.sum(1), torch.tensor(1e-9, dtype=states.dtype))
+        return (states * weights).sum(1) / torch.maximum(weights.sum(1), torch.full_like(weights[:, 0], 1e-9))
     if mode == "lasttoken":
         # The last position whose mask is 1, for either padding side.
         positions = torch.arange(mask.shape[1], device=mask.device).unsqueeze(0)
@@ -122,7 +122,7 @@ def l2_normalize(x: torch.Tensor) -> torch.Tensor:
     """F.normalize's arithmetic (x / max(|x|, 1e-12)) in ops ONNX Runtime's symbolic shape inference follows (not
     its Expand, nor opset 18's ReduceL2): without that inference the optimizer fuses no skip-layer-norm."""
     norm = torch.sqrt((x * x).sum(dim=-1, keepdim=True))
-    return x / torch.maximum(norm, torch.tensor(1e-12, dtype=x.dtype))
+    return x / torch.maximum(norm, torch.full_like(norm, 1e-12))
 
 
 def bert_layer(layer: torch.nn.Module, x: torch.Tensor, additive_mask: torch.Tensor) -> torch.Tensor:
