@@ -53,6 +53,7 @@ def parser() -> argparse.ArgumentParser:
                     "--layers all to a temporary repository)")  # fmt: skip
     qu.add_argument("--limit", type=int, help="the first N pairs only")
     qu.add_argument("--out", type=Path, default=Path("bench/out/quality.json"))
+    qu.add_argument("--results", type=Path, help="also rewrite this RESULTS.md's quality section")
     r = workloads.add_parser("rerank", help="load-test reranking (candidates per request: --batch-size)")
     _load_arguments(r, "kalm-reranker", 100)
     r.add_argument("--passages", choices=("cached", "states", "fresh"), default="cached",
@@ -143,7 +144,7 @@ def main(argv: list[str]) -> int:
     if args.workload == "quality":
         from nestrank.bench.quality import QualityConfig, run
 
-        run(QualityConfig(model_dir=args.model_dir, limit=args.limit, out=args.out))
+        run(QualityConfig(model_dir=args.model_dir, limit=args.limit, out=args.out, results=args.results))
         return 0
     if args.workload == "compare":
         from nestrank.bench.compare import CompareConfig, run, run_http
