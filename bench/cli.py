@@ -48,6 +48,8 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--compare-models", type=lambda t: tuple(m for m in t.split(",") if m), default=(),
                    help="more models of the repository measured in the same run against --model, e.g. an "
                    "unfused export")  # fmt: skip
+    e.add_argument("--rounds", type=int, default=1, help="measure every level of every variant N times, "
+                   "alternately, and keep each one's best (a machine shared with other work)")  # fmt: skip
     qu = workloads.add_parser("quality", help="nDCG@10 per (layers, dims) on the stdlib docstring retrieval set")
     qu.add_argument("--model-dir", type=Path, help="an exported embedder (default: export all-MiniLM-L6-v2 with "
                     "--layers all to a temporary repository)")  # fmt: skip
@@ -178,5 +180,6 @@ def main(argv: list[str]) -> int:
         out_dir=args.out_dir,
         layers=getattr(args, "layers", ()),
         models=getattr(args, "compare_models", ()),
+        rounds=getattr(args, "rounds", 1),
     )
     return run(config)[1]
