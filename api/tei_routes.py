@@ -121,5 +121,6 @@ async def info(request: Request):
         "version": nestrank.__version__,
         "sha": None,
         "docker_label": None,
+        "layers": list(getattr(config, "served_layers", ())) or None,  # nestrank's: the depths `layers` may ask for
         "limits": dataclasses.asdict(config.limits),  # nestrank's: every limit the model enforces, as it is served
     })  # fmt: skip

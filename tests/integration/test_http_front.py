@@ -260,6 +260,7 @@ def test_layers_on_openai_and_tei_equal_grpc(http, grpc_url, grpc_embed):
     tei = http.post("/embed", json={"inputs": TEXTS, "layers": 6})  # the default embedder: its full depth only
     assert tei.status_code == 200
     assert cosines(np.array(tei.json()), grpc_embed.embed(TEXTS)).min() >= 0.99999
+    assert http.get("/info").json()["layers"] == [6]
     off = http.post("/embed", json={"inputs": TEXTS, "layers": 3})
     assert off.status_code == 400 and off.json()["error"] == "layers: 3 is not served; choose one of 6 (full depth 6)"
 
