@@ -320,8 +320,10 @@ def format_variants(rows: list[dict], config: LoadConfig) -> str:
         for model in config.models:
             other = at.get(f"embed {model}" + (f" layers={config.layers[-1]}" if config.layers else ""))
             if first and other and other["items_per_s"]:
-                lines.append(f"{label} {config.model}: {first['items_per_s']:.1f} texts/s, {model}: "
-                             f"{other['items_per_s']:.1f} texts/s ({first['items_per_s'] / other['items_per_s']:.2f}x)")
+                lines.append(
+                    f"{label} {config.model}: {first['items_per_s']:.1f} texts/s, {model}: "
+                    f"{other['items_per_s']:.1f} texts/s ({first['items_per_s'] / other['items_per_s']:.2f}x)"
+                )
     return "\n".join(lines)
 
 

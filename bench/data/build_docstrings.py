@@ -52,8 +52,11 @@ def pairs():
             tree = ast.parse(path.read_text(encoding="utf-8"))
         except (SyntaxError, UnicodeDecodeError):
             continue
-        nodes = [(module, tree)] + [(f"{module}.{n.name}", n) for n in tree.body
-                                    if isinstance(n, (ast.FunctionDef, ast.ClassDef)) and not n.name.startswith("_")]
+        nodes = [(module, tree)] + [
+            (f"{module}.{n.name}", n)
+            for n in tree.body
+            if isinstance(n, (ast.FunctionDef, ast.ClassDef)) and not n.name.startswith("_")
+        ]
         for name, node in nodes:
             doc = ast.get_docstring(node)
             parsed = split(doc) if doc else None

@@ -100,7 +100,7 @@ class Embedder:
             if i:  # later segments read the states before them: [batch, length, width]
                 (mask,) = ShapeProfile.token_batches((g.ATTENTION_MASK,), config.max_run_sequences,
                                                      config.max_length, config.max_run_tokens).shapes  # fmt: skip
-                states = (g.HIDDEN_STATES, (*mask[1], 1), (*mask[2], config.width), (*mask[3], config.width))
+                states = (g.HIDDEN_STATES, (*mask[1], config.width), (*mask[2], config.width), (*mask[3], config.width))
                 profile = ShapeProfile((states, mask))
             sessions.append(create_session(model_dir / name, intra_op_threads=config.intra_op_threads,
                                            providers=providers, profile=profile,

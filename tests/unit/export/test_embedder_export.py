@@ -63,8 +63,8 @@ def test_a_ladder_on_a_family_it_cannot_cut_is_refused(tiny_decoder_dir, tmp_pat
 @pytest.mark.slow
 def test_minilm_ladder_exports_segments_gated_at_every_depth(minilm_dir, tmp_path):
     from nestrank.export.embedder import embed_at
-    from nestrank.serving.pipeline.embedder import EmbedJob
     from nestrank.protocol.embedding import parse_options
+    from nestrank.serving.pipeline.embedder import EmbedJob
     from nestrank.texts import realistic_texts
 
     lines = []
