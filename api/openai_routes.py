@@ -4,7 +4,8 @@ Field for field as the `openai` SDK sends and reads them. The SDK asks for `enco
 otherwise and decodes it as little-endian float32 with numpy. Extensions (extra body fields, `extra_body=` in the
 SDK): `precision` (one of the model's; int8/uint8/binary/ubinary come back as base64 of their bytes, or as integer
 lists with `"float"`; float16 as its 2-byte little-endian values in base64), `input_type` (query | passage),
-`truncate` (false refuses over-long texts), `truncation_direction` (right | left).
+`truncate` (false refuses over-long texts), `truncation_direction` (right | left), `layers` (a depth on the
+model's ladder).
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ class EmbeddingsRequest(BaseModel):
     input_type: StrictStr | None = Field(None, description="extension: query or passage (the model's prompt)")
     truncate: StrictBool | None = Field(None, description="extension: false refuses texts over the max length")
     truncation_direction: Literal["right", "left"] | None = Field(None, description="extension")
+    layers: StrictInt | None = Field(None, description="extension: a depth on the model's ladder (default: full)")
 
 
 class EmbeddingItem(BaseModel):
@@ -91,7 +93,8 @@ async def create_embeddings(body: EmbeddingsRequest, request: Request):
     texts = calls.texts_of("input", body.input, settings.max_inputs)
     model = await calls.embed_model(request.app.state.catalogue, body.model)
     options = dict(dimensions=body.dimensions, precision=body.precision, input_type=body.input_type,
-                   truncate=body.truncate, truncation_direction=body.truncation_direction)  # fmt: skip
+                   truncate=body.truncate, truncation_direction=body.truncation_direction,
+                   layers=body.layers)  # fmt: skip
     vectors, tokens = await calls.embed(model, texts, options, settings.request_concurrency)
     rows = encoded_rows(vectors, body.encoding_format)
     return json_response({

@@ -35,6 +35,7 @@ class EmbedRequest(BaseModel):
     truncation_direction: Direction = "right"
     prompt_name: StrictStr | None = Field(None, description="a prompt of the model's, e.g. query")
     dimensions: StrictInt | None = None
+    layers: StrictInt | None = Field(None, description="nestrank: a depth on the model's ladder (default: full)")
 
 
 class RerankRequest(BaseModel):
@@ -60,7 +61,8 @@ async def embed(body: EmbedRequest, request: Request):
     texts = calls.texts_of("inputs", body.inputs, settings.max_inputs)
     model = await calls.embed_model(request.app.state.catalogue, None)
     options = dict(dimensions=body.dimensions, normalize=body.normalize, input_type=body.prompt_name,
-                   truncate=body.truncate, truncation_direction=body.truncation_direction.lower())  # fmt: skip
+                   truncate=body.truncate, truncation_direction=body.truncation_direction.lower(),
+                   layers=body.layers)  # fmt: skip
     vectors, _ = await calls.embed(model, texts, options, settings.request_concurrency)
     return json_response(vectors.tolist())
 
@@ -119,5 +121,6 @@ async def info(request: Request):
         "version": nestrank.__version__,
         "sha": None,
         "docker_label": None,
+        "layers": list(getattr(config, "served_layers", ())) or None,  # nestrank's: the depths `layers` may ask for
         "limits": dataclasses.asdict(config.limits),  # nestrank's: every limit the model enforces, as it is served
     })  # fmt: skip

@@ -1,5 +1,5 @@
 """`nestrank bench`: load tests (embed, rerank), FBNL rerank paths (fbnl), the passage store (store), a soak (soak),
-the peer comparison (compare) and the GPU paths (gpu)."""
+the peer comparison (compare), the GPU paths (gpu) and retrieval quality per depth and dims (quality)."""
 
 from __future__ import annotations
 
@@ -43,6 +43,19 @@ def parser() -> argparse.ArgumentParser:
     _load_arguments(e, "all-minilm-l6-v2", 32)
     e.add_argument("--dimensions", type=int)
     e.add_argument("--precision", default="float32")
+    e.add_argument("--layers", type=_ints, default=(),
+                   help="depths to measure in the same run, e.g. 3,6 (a model exported with --layers)")  # fmt: skip
+    e.add_argument("--compare-models", type=lambda t: tuple(m for m in t.split(",") if m), default=(),
+                   help="more models of the repository measured in the same run against --model, e.g. an "
+                   "unfused export")  # fmt: skip
+    e.add_argument("--rounds", type=int, default=1, help="measure every level of every variant N times, "
+                   "alternately, and keep each one's best (a machine shared with other work)")  # fmt: skip
+    qu = workloads.add_parser("quality", help="nDCG@10 per (layers, dims) on the stdlib docstring retrieval set")
+    qu.add_argument("--model-dir", type=Path, help="an exported embedder (default: export all-MiniLM-L6-v2 with "
+                    "--layers all to a temporary repository)")  # fmt: skip
+    qu.add_argument("--limit", type=int, help="the first N pairs only")
+    qu.add_argument("--out", type=Path, default=Path("bench/out/quality.json"))
+    qu.add_argument("--results", type=Path, help="also rewrite this RESULTS.md's quality section")
     r = workloads.add_parser("rerank", help="load-test reranking (candidates per request: --batch-size)")
     _load_arguments(r, "kalm-reranker", 100)
     r.add_argument("--passages", choices=("cached", "states", "fresh"), default="cached",
@@ -130,6 +143,11 @@ def main(argv: list[str]) -> int:
                             cache_bytes=args.cache_bytes, out=args.out)  # fmt: skip
         report = run(config)
         return 1 if report["errors"] else 0
+    if args.workload == "quality":
+        from nestrank.bench.quality import QualityConfig, run
+
+        run(QualityConfig(model_dir=args.model_dir, limit=args.limit, out=args.out, results=args.results))
+        return 0
     if args.workload == "compare":
         from nestrank.bench.compare import CompareConfig, run, run_http
 
@@ -160,5 +178,8 @@ def main(argv: list[str]) -> int:
         retries=args.retries,
         in_process=args.in_process,
         out_dir=args.out_dir,
+        layers=getattr(args, "layers", ()),
+        models=getattr(args, "compare_models", ()),
+        rounds=getattr(args, "rounds", 1),
     )
     return run(config)[1]

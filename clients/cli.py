@@ -21,6 +21,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--precision", default="float32")
     p.add_argument("--no-normalize", dest="normalize", action="store_false")
     p.add_argument("--input-type", help="query or passage (applies the model's prompt)")
+    p.add_argument("--layers", type=int, help="depth on the model's ladder (default: the full depth)")
     p.add_argument("--no-truncate", dest="truncate", action="store_false", help="refuse texts over the max length")
     return p
 
@@ -37,6 +38,7 @@ def main(argv: list[str]) -> int:
                 normalize=args.normalize,
                 input_type=args.input_type,
                 truncate=args.truncate,
+                layers=args.layers,
             )
     except NestrankError as err:
         print(f"nestrank embed: {type(err).__name__}: {err}", file=sys.stderr)

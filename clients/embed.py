@@ -49,20 +49,22 @@ class AsyncEmbedClient(AsyncModelClient[EmbedderConfig]):
         input_type: str | None = None,
         truncate: bool = True,
         truncation_direction: str = "right",
+        layers: int | None = None,
         batch_size: int | None = None,
         concurrency: int | None = None,
         progress: bool = False,
     ) -> np.ndarray:
         """[len(texts), dims] (packed precisions: dims/8 columns), dtype per `precision`, in input order.
         `batch_size` and `concurrency` can lower the model's batch limit and the client's concurrency for this
-        call."""
+        call. `layers`: a depth on the model's ladder (`info().served_layers`; None: the full depth)."""
         encoded = encode_texts("texts", texts)  # every bad text refused before anything is sent
         if batch_size is not None:
             check_count("batch_size", batch_size)
         if concurrency is not None:
             check_count("concurrency", concurrency)
         asked = dict(dimensions=dimensions, precision=precision, normalize=normalize, truncate=truncate,
-                     truncation_direction=truncation_direction, input_type=input_type)  # fmt: skip
+                     truncation_direction=truncation_direction, input_type=input_type,
+                     layers=layers)  # fmt: skip
 
         async def work(deadline: float) -> np.ndarray:
             info = await self._model_info(deadline)

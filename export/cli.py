@@ -36,6 +36,11 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--instances", type=int, default=1, help="model instances (each runs its own ORT session)")
     e.add_argument("--threads", type=int, default=0, help="ORT intra-op threads per instance (0: all cores)")
     e.add_argument("--tensorrt-fp16", action="store_true", help="GPU with TensorRT: build fp16 engines")
+    e.add_argument("--layers", help="depth ladder served per request (`layers` parameter), e.g. 2,3,4,6, or all "
+                   "(default: the full depth only); the full depth is always on it")  # fmt: skip
+    e.add_argument("--no-fuse", dest="fuse", action="store_false",
+                   help="keep the plain exporter graph (default: ONNX Runtime's transformer optimizer fuses "
+                   "attention, skip-layer-norm and GELU for BERT-family checkpoints)")  # fmt: skip
     r = kinds.add_parser("reranker", parents=[common],
                          help="an FBNL reranker (T5Gemma 2 / T5): passage encoder + scorer graphs")  # fmt: skip
     r.add_argument("--checkpoint", required=True,
@@ -88,6 +93,8 @@ def main(argv: list[str]) -> int:
             instance_count=args.instances,
             intra_op_threads=args.threads,
             tensorrt_fp16=args.tensorrt_fp16,
+            layers=args.layers,
+            fuse=args.fuse,
         )
     bar = StageBar(args.name, stages)
     try:

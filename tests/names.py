@@ -2,6 +2,8 @@
 
 MINILM = "all-minilm-l6-v2"
 MINILM_INT8 = "all-minilm-l6-v2-int8"
+MINILM_LAYERS = "all-minilm-l6-v2-layers"  # exported with the depth ladder 2,3,4,6
+MINILM_LADDER = (2, 3, 4, 6)
 TINY_DECODER = "tiny-decoder"
 KALM = "kalm-shaped"  # T5Gemma 2 with KaLM-Reranker-V1-Nano's widths and vocabulary, 2 + 2 layers, bf16 on disk
 KALM_LAYERS = 2

@@ -83,6 +83,11 @@ class EmbedderConfig(EmbedLimits):
     precisions: tuple[str, ...] = PRECISIONS
     weights: str = "fp32"
     tensorrt_fp16: bool = False  # on a GPU with TensorRT: build fp16 engines (the graph's weights stay as exported)
+    # Depth: the checkpoint's layers (0: not recorded, exports before the depth ladder) and the served ladder, the
+    # full depth last (empty: the full depth only, one graph). A ladder is a chain of segment graphs, one per step.
+    num_layers: int = 0
+    layers: tuple[int, ...] = ()
+    fused: bool = False  # the graphs went through ONNX Runtime's transformer optimizer at export
 
     def __post_init__(self):
         super().__post_init__()
@@ -101,12 +106,37 @@ class EmbedderConfig(EmbedLimits):
         unknown = set(self.precisions) - set(PRECISIONS)
         if unknown:
             raise ValueError(f"unknown precisions {sorted(unknown)}; known: {PRECISIONS}")
+        if self.num_layers < 0:
+            raise ValueError(f"num_layers must be >= 0, got {self.num_layers}")
+        if self.layers:
+            if not self.num_layers:
+                raise ValueError("a depth ladder (layers) needs num_layers, the checkpoint's depth")
+            bad = [k for k in self.layers if not 0 < k <= self.num_layers]
+            if bad:
+                raise ValueError(f"layers {bad} outside 1..{self.num_layers}")
+            object.__setattr__(self, "layers", tuple(sorted(set(self.layers) | {self.num_layers})))
         names = dict(self.prompts)
         if self.default_prompt is not None and self.default_prompt not in names:
             raise ValueError(f"default_prompt {self.default_prompt!r} is not among prompts {sorted(names)}")
         for name in ("max_run_tokens", "max_batch_tokens"):  # a text of max_length tokens must fit
             if getattr(self, name) < self.max_length:
                 raise ValueError(f"{name} must be >= max_length {self.max_length}, got {getattr(self, name)}")
+
+    @property
+    def served_layers(self) -> tuple[int, ...]:
+        """The depths a request may ask for, ascending (empty: an export that did not record its depth)."""
+        return self.layers or ((self.num_layers,) if self.num_layers else ())
+
+    def depth_for(self, layers: int | None) -> int | None:
+        """A request's `layers` → the served depth (None: the full depth); ValidationError naming the ladder."""
+        if layers is None or layers == self.num_layers and self.num_layers:
+            return None
+        served = self.served_layers
+        if layers not in served:
+            ladder = ", ".join(map(str, served)) if served else "the full depth only (exported before depth ladders)"
+            full = f" (full depth {self.num_layers})" if self.num_layers else ""
+            raise ValidationError("layers", f"{layers} is not served; choose one of {ladder}{full}")
+        return layers
 
     @property
     def limits(self) -> EmbedLimits:
@@ -146,6 +176,7 @@ class EmbedOptions:
     truncate: bool = True
     truncation_direction: str = "right"
     input_type: str | None = None
+    layers: int | None = None  # depth on the model's ladder; None: the full depth
 
 
 def parse_options(parameters: Mapping[str, Any], config: EmbedderConfig) -> EmbedOptions:
@@ -169,6 +200,7 @@ def parse_options(parameters: Mapping[str, Any], config: EmbedderConfig) -> Embe
         )
     input_type = as_str("input_type", p["input_type"]) if "input_type" in p else None
     config.prompt_for(input_type)  # validates the name
+    layers = config.depth_for(as_int("layers", p["layers"]) if p.get("layers") is not None else None)
     return EmbedOptions(
         dimensions=dims,
         normalize=normalize,
@@ -176,6 +208,7 @@ def parse_options(parameters: Mapping[str, Any], config: EmbedderConfig) -> Embe
         truncate=as_bool("truncate", p.get("truncate", True)),
         truncation_direction=direction,
         input_type=input_type,
+        layers=layers,
     )
 
 

@@ -11,6 +11,10 @@ TOKEN_INPUTS = (INPUT_IDS, ATTENTION_MASK)
 # The embedder: encoder + pooling (+ normalization) in one graph.
 EMBEDDINGS = "embeddings"  # pooled and L2-normalized
 POOLED_EMBEDDINGS = "pooled_embeddings"  # pooled, raw (normalize=false)
+# A depth ladder's segment graphs: the first reads token ids, each later one the states the one before it wrote;
+# every segment but the last also writes its token states for the next.
+HIDDEN_STATES = "hidden_states"
+NEXT_HIDDEN_STATES = "next_hidden_states"  # an output cannot share its graph's input's name
 
 # The reranker's passage encoder: token states, pooled (MEP) outside the graph.
 TOKEN_STATES = "token_states"

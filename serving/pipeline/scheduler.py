@@ -9,6 +9,11 @@ bound and one execution.
 Triton's own dynamic batcher can only count requests and texts, so 16 requests of 32 long texts merged into one
 27 s execution left the next ones to time out in its queue; here an execution stays within its token budget and
 the wait a request is told about is the work ahead of it.
+
+Depth (a model exported with a ladder): requests of every depth share one queue and one execution; the execution
+(Embedder.run) groups their texts by depth inside each length bucket, running the first segment for all of them and
+only the deeper texts through the later segments, so mixed-depth traffic keeps its batching. Token counts here are
+the texts' tokens at any depth (an upper bound on a shallow request's work).
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ import pytest
 from nestrank.export.embedder import export_embedder
 from nestrank.serving.launcher.server import ServerConfig, TritonServer
 from tests.legacy import as_exported_by_the_last_release
-from tests.names import MINILM, MINILM_INT8, TINY_DECODER, TINY_T5
+from tests.names import MINILM, MINILM_INT8, MINILM_LADDER, MINILM_LAYERS, TINY_DECODER, TINY_T5
 
 
 @pytest.fixture(scope="session")
@@ -22,6 +22,7 @@ def repository(tmp_path_factory, minilm_dir, tiny_decoder_dir, reranker_exports)
     quiet = lambda _: None  # noqa: E731
     export_embedder(minilm_dir, MINILM, repo, log=quiet)
     export_embedder(minilm_dir, MINILM_INT8, repo, precision="int8", log=quiet)
+    export_embedder(minilm_dir, MINILM_LAYERS, repo, layers=MINILM_LADDER, log=quiet)
     export_embedder(tiny_decoder_dir, TINY_DECODER, repo, max_batch_size=16, log=quiet)
     # The tiny T5 reranker and the tiny decoder serve with the stubs the last release exported: every test through
     # them also proves that an upgrade keeps serving a repository exported before the layout by concern.

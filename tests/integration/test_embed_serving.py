@@ -16,7 +16,7 @@ from nestrank.export.triton_config import read_config, string_parameters
 from nestrank.protocol.embedding import EmbedderConfig
 from nestrank.serving.pipeline.embedder import Embedder
 from nestrank.texts import PARITY_TEXTS, realistic_texts
-from tests.names import MINILM, MINILM_INT8, TINY_DECODER
+from tests.names import MINILM, MINILM_INT8, MINILM_LADDER, MINILM_LAYERS, TINY_DECODER
 
 pytestmark = pytest.mark.slow
 
@@ -147,3 +147,81 @@ def test_every_generated_config_parses(repository):
         kind.from_parameters(string_parameters(config))  # validated on construction
         kinds.add(kind)
     assert kinds == {EmbedderConfig, RerankerConfig}
+
+
+# -- depth (the ladder 2, 3, 4, 6) -----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def layered(grpc_url):
+    with EmbedClient(grpc_url, MINILM_LAYERS) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def cut_references(minilm_dir):
+    """sentence-transformers with its encoder cut to its first k layers, for each k on the ladder."""
+    model = SentenceTransformer(str(minilm_dir), device="cpu")
+    encoder, out = model[0].auto_model.encoder, {}
+    full = encoder.layer
+    for k in MINILM_LADDER:
+        encoder.layer = full[:k]
+        out[k] = model.encode(TEXTS, convert_to_numpy=True)
+    encoder.layer = full
+    return out
+
+
+def test_info_lists_the_served_depths(layered, client):
+    info = layered.info()
+    assert info.served_layers == MINILM_LADDER and info.num_layers == 6 and info.fused
+    assert client.info().served_layers == (6,)  # a one-graph export serves its full depth
+
+
+@pytest.mark.parametrize("layers", MINILM_LADDER)
+def test_served_depth_equals_sentence_transformers_cut_to_k_layers_at_every_dimension(layered, cut_references,
+                                                                                      layers):  # fmt: skip
+    for dims in layered.info().dimensions:
+        served = layered.embed(TEXTS, dimensions=dims, layers=layers)
+        assert rowwise_cosine(served, cut_references[layers][:, :dims]).min() >= 0.9999, dims
+
+
+def test_full_depth_equals_todays_output(layered, client):
+    today = client.embed(TEXTS)
+    np.testing.assert_array_equal(client.embed(TEXTS, layers=6), today)  # the same graph, asked by name
+    assert rowwise_cosine(layered.embed(TEXTS, layers=6), today).min() >= 0.99999
+    assert rowwise_cosine(layered.embed(TEXTS), today).min() >= 0.99999
+
+
+def test_mixed_depths_in_flight_together_each_get_their_own(grpc_url, layered):
+    expected = {k: layered.embed(TEXTS[:8], layers=k, dimensions=128, precision="int8") for k in MINILM_LADDER}
+
+    async def mixed():
+        async with AsyncEmbedClient(grpc_url, MINILM_LAYERS) as c:
+            calls = [c.embed(TEXTS[:8], layers=k, dimensions=128, precision="int8") for k in MINILM_LADDER * 3]
+            return await asyncio.gather(*calls)
+
+    for k, got in zip(MINILM_LADDER * 3, asyncio.run(mixed())):
+        np.testing.assert_array_equal(got, expected[k])  # int8 with the ranges calibrated at that depth
+
+
+def test_a_depth_off_the_ladder_is_invalid_argument_naming_it(grpc_url, layered, client):
+    from tritonclient.grpc import InferenceServerClient, InferInput
+
+    from nestrank.protocol.errors import ValidationError
+
+    with pytest.raises(ValidationError, match=r"layers: 5 is not served; choose one of 2, 3, 4, 6 \(full depth 6\)"):
+        layered.embed(["x"], layers=5)
+    with pytest.raises(ValidationError, match="layers: 3 is not served; choose one of 6"):
+        client.embed(["x"], layers=3)
+    raw = InferenceServerClient(grpc_url)  # past the client's own check: the server refuses it the same way
+    text = InferInput("text", [1, 1], "BYTES")
+    text.set_data_from_numpy(np.array([[b"x"]], dtype=object))
+    with pytest.raises(Exception) as err:
+        raw.infer(MINILM_LAYERS, [text], parameters={"layers": 5})
+    assert "INVALID_ARGUMENT" in str(err.value.status()) and "choose one of 2, 3, 4, 6" in str(err.value)
+
+
+def test_cli_embed_layers(grpc_url, capsys, layered):
+    assert embed_cli.main(["--url", grpc_url, "--model", MINILM_LAYERS, "--layers", "3", "hello"]) == 0
+    row = json.loads(capsys.readouterr().out.splitlines()[0])
+    np.testing.assert_allclose(row["embedding"], layered.embed(["hello"], layers=3)[0], rtol=1e-5, atol=1e-6)

@@ -17,7 +17,7 @@ from nestrank.api.cli import FrontThread
 from nestrank.api.settings import FrontSettings
 from nestrank.clients.embed import EmbedClient
 from nestrank.clients.rerank import RerankClient
-from tests.names import KALM, MINILM, MINILM_INT8, TINY_DECODER, TINY_T5
+from tests.names import KALM, MINILM, MINILM_INT8, MINILM_LAYERS, TINY_DECODER, TINY_T5
 
 pytestmark = pytest.mark.slow
 KEY = "front-test-key-0123456789"
@@ -246,6 +246,23 @@ def test_tei_embed_equals_grpc(http, grpc_embed):
     single = http.post("/embed", json={"inputs": "one text", "dimensions": 64, "normalize": False}).json()
     assert np.array(single).shape == (1, 64)
     assert cosines(single, grpc_embed.embed(["one text"], dimensions=64, normalize=False)).min() >= 0.99999
+
+
+def test_layers_on_openai_and_tei_equal_grpc(http, grpc_url, grpc_embed):
+    with EmbedClient(grpc_url, MINILM_LAYERS) as layered:
+        expected = layered.embed(TEXTS, layers=3, dimensions=128)
+    body = {"model": MINILM_LAYERS, "input": TEXTS, "layers": 3, "dimensions": 128, "encoding_format": "float"}
+    response = http.post("/v1/embeddings", json=body)
+    assert response.status_code == 200
+    assert cosines([d["embedding"] for d in response.json()["data"]], expected).min() >= 0.99999
+    bad = http.post("/v1/embeddings", json={**body, "layers": 5})
+    assert bad.status_code == 400 and "choose one of 2, 3, 4, 6" in bad.json()["error"]["message"]
+    tei = http.post("/embed", json={"inputs": TEXTS, "layers": 6})  # the default embedder: its full depth only
+    assert tei.status_code == 200
+    assert cosines(np.array(tei.json()), grpc_embed.embed(TEXTS)).min() >= 0.99999
+    assert http.get("/info").json()["layers"] == [6]
+    off = http.post("/embed", json={"inputs": TEXTS, "layers": 3})
+    assert off.status_code == 400 and off.json()["error"] == "layers: 3 is not served; choose one of 6 (full depth 6)"
 
 
 def test_tei_rerank_scores_raw_scores_and_text(http, grpc_rerank):

@@ -92,3 +92,29 @@ def test_texts_validation():
         validate_texts([])
     with pytest.raises(ValidationError, match=r"text\[1\]: empty string"):
         validate_texts(["a", ""])
+
+
+def test_depth_ladder_config_and_the_layers_option():
+    from nestrank.protocol.embedding import EmbedderConfig, parse_options
+    from nestrank.protocol.errors import ValidationError
+
+    config = EmbedderConfig(width=8, max_length=16, pooling="mean", num_layers=6, layers=(4, 2, 3))
+    assert config.layers == (2, 3, 4, 6) and config.served_layers == (2, 3, 4, 6)
+    assert EmbedderConfig.from_parameters(config.to_parameters()) == config
+    assert parse_options({"layers": 3}, config).layers == 3
+    assert parse_options({"layers": "2"}, config).layers == 2  # HTTP sends strings
+    assert parse_options({"layers": 6}, config).layers is None  # the full depth: the same as not asking
+    assert parse_options({}, config).layers is None
+    with pytest.raises(ValidationError, match=r"layers: 5 is not served; choose one of 2, 3, 4, 6 \(full depth 6\)"):
+        parse_options({"layers": 5}, config)
+    with pytest.raises(ValidationError, match="layers: must be an integer"):
+        parse_options({"layers": 2.5}, config)
+    one_graph = EmbedderConfig(width=8, max_length=16, pooling="mean", num_layers=6)
+    assert one_graph.served_layers == (6,) and parse_options({"layers": 6}, one_graph).layers is None
+    legacy = EmbedderConfig(width=8, max_length=16, pooling="mean")  # exported before depths were recorded
+    with pytest.raises(ValidationError, match="the full depth only"):
+        parse_options({"layers": 6}, legacy)
+    with pytest.raises(ValueError, match="outside 1..6"):
+        EmbedderConfig(width=8, max_length=16, pooling="mean", num_layers=6, layers=(7,))
+    with pytest.raises(ValueError, match="needs num_layers"):
+        EmbedderConfig(width=8, max_length=16, pooling="mean", layers=(2,))
