@@ -1,7 +1,7 @@
 """Triton glue for an embedder: texts → embeddings in the requested precision, each dtype in its own output.
 
 Requests are read as Triton hands them over (texts and options checked; their tokens estimated from their length),
-then queued in the token-budget scheduler (serving/embed_scheduler.py), which answers each through its response
+then queued in the token-budget scheduler (serving/pipeline/scheduler.py), which answers each through its response
 sender: at once when it cannot be read or would wait past the queue bound, else when its execution is done (where
 it is tokenized: a text refused there fails its own request only). `execute` itself returns nothing."""
 
