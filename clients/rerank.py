@@ -23,6 +23,7 @@ from nestrank.protocol.errors import BackendError, ValidationError
 from nestrank.protocol.passages import PassageStates
 from nestrank.protocol.reranking import (
     DOCUMENTS,
+    INDEX,
     INDICES,
     PASSAGE_COUNTS,
     PASSAGE_FINGERPRINT,
@@ -32,13 +33,13 @@ from nestrank.protocol.reranking import (
     QUERY,
     SCORES,
     STORED_BYTES,
+    WARM,
     RerankerConfig,
     parse_rerank_options,
     passage_id,
 )
 
 __all__ = ["AsyncRerankClient", "Indexed", "PassageStates", "RankedPassage", "RerankClient"]
-ENCODE_BATCH = 32  # documents per request to `<model>_encode`
 
 
 @dataclass(frozen=True)
@@ -167,7 +168,7 @@ class AsyncRerankClient(AsyncModelClient[RerankerConfig]):
             config = (await self._model_info(deadline)).config
             ratio = compression_ratio or config.default_ratio
             parse_rerank_options({"compression_ratio": ratio}, config)
-            chunks = split_by_length([len(d) for d in encoded], ENCODE_BATCH)
+            chunks = split_by_length([len(d) for d in encoded], config.max_encode_documents)  # the served limit
             with tqdm(total=len(encoded), disable=not progress, unit="doc") as bar:
 
                 async def send(chunk: np.ndarray) -> PassageStates:
@@ -195,7 +196,7 @@ class AsyncRerankClient(AsyncModelClient[RerankerConfig]):
     async def warm(self, documents: Sequence[str], *, compression_ratio: int | None = None) -> list[str]:
         """Encode into the server's passage store (on-demand entries, which a full store may evict); returns the
         content ids to rerank by."""
-        return (await self._store(encode_texts(DOCUMENTS, documents), None, compression_ratio)).content_ids
+        return (await self._store(WARM, encode_texts(DOCUMENTS, documents), None, compression_ratio)).content_ids
 
     async def index(self, documents: Sequence[str], ids: Sequence[str], *,
                     compression_ratio: int | None = None) -> Indexed:  # fmt: skip
@@ -205,15 +206,18 @@ class AsyncRerankClient(AsyncModelClient[RerankerConfig]):
         encoded, encoded_ids = encode_texts(DOCUMENTS, documents), encode_texts("ids", ids)
         if len(encoded_ids) != len(encoded):
             raise ValidationError("ids", f"one id per document: {len(encoded_ids)} ids for {len(encoded)} documents")
-        return await self._store(encoded, encoded_ids, compression_ratio)
+        return await self._store(INDEX, encoded, encoded_ids, compression_ratio)
 
-    async def _store(self, encoded: list[bytes], ids: list[bytes] | None, compression_ratio: int | None) -> Indexed:
-        params = {"warm": True, **({"compression_ratio": compression_ratio} if compression_ratio is not None else {})}
+    async def _store(self, kind: str, encoded: list[bytes], ids: list[bytes] | None,
+                     compression_ratio: int | None) -> Indexed:  # fmt: skip
+        params = {"kind": kind, **({"compression_ratio": compression_ratio} if compression_ratio is not None else {})}
 
         async def work(deadline: float) -> Indexed:
             config = (await self._model_info(deadline)).config
             parse_rerank_options(params, config)
-            size = min(ENCODE_BATCH, config.max_candidates)  # the served limit, which `nestrank serve` may lower
+            # the served limits (`nestrank serve --limit` may change them): a request is one `_encode` chunk
+            size = min(config.max_encode_documents, config.candidates_per_request(params.get(
+                "compression_ratio", config.default_ratio)))
             starts = range(0, len(encoded), size)
 
             async def send(start: int):

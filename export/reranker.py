@@ -107,8 +107,10 @@ class PassageEncoderGraph(torch.nn.Module):
 
 
 class ScorerGraph(torch.nn.Module):
-    """(decoder_input_ids, passage_states, passage_mask) → (scores, margins): the decoder reads the prompt and
-    cross-attends to the pooled passage states; the head yields logit(yes) and logit(no) at the last position.
+    """(decoder_input_ids, passage_states, passage_mask) → margins: the decoder reads the prompt and cross-attends
+    to the pooled passage states; the head yields logit(yes) and logit(no) at the last position, and the graph
+    their difference only (the rerank service takes its sigmoid, once; graphs exported before kept an unused
+    `scores` output, which the scorer never fetches).
     Wrap the export in `answer_rows_only` so that the head holds only those two rows."""
 
     def __init__(self, model: torch.nn.Module):
@@ -128,8 +130,7 @@ class ScorerGraph(torch.nn.Module):
             **extra,
         )
         answers = out.logits[:, -1].float()  # [B, 2]: the yes row, then the no row
-        margins = answers[:, 0] - answers[:, 1]
-        return torch.sigmoid(margins), margins
+        return answers[:, 0] - answers[:, 1]
 
 
 @contextlib.contextmanager
@@ -180,7 +181,7 @@ def export_graphs(model: torch.nn.Module, config: RerankerConfig, encoder_path: 
             (prompt, states, passage_mask),
             str(scorer_path),
             input_names=[g.DECODER_INPUT_IDS, g.PASSAGE_STATES, g.PASSAGE_MASK],
-            output_names=["scores", g.MARGINS],
+            output_names=[g.MARGINS],
             dynamic_shapes={
                 g.DECODER_INPUT_IDS: {0: batch, 1: prompt_len},
                 g.PASSAGE_STATES: {0: batch, 1: groups},

@@ -15,7 +15,15 @@ from typing import Any
 
 from nestrank.protocol.errors import ValidationError
 from nestrank.protocol.limits import RerankLimits, limits_of
-from nestrank.protocol.parameters import as_bool, as_int, as_str, check_names, from_parameters, to_parameters
+from nestrank.protocol.parameters import (
+    as_bool,
+    as_int,
+    as_str,
+    check_names,
+    from_parameters,
+    shown,
+    to_parameters,
+)
 from nestrank.protocol.tensors import Signature, Tensor
 
 RATIOS = (1, 2, 4, 8, 16, 32)  # MEP compression ratios
@@ -57,7 +65,7 @@ def score_signature(hidden: int) -> Signature:
     return Signature(
         inputs=(Tensor(DECODER_INPUT_IDS, "INT64", (-1,)), Tensor(PASSAGE_STATES, "FP16", (-1, -1, hidden)),
                 Tensor(PASSAGE_COUNTS, "INT32", (-1, -1))),
-        outputs=(Tensor(SCORES, "FP32", (-1,)), Tensor(MARGINS, "FP32", (-1,))),
+        outputs=(Tensor(MARGINS, "FP32", (-1,)),),  # logit(yes) - logit(no); the rerank model takes the sigmoid
         max_batch_size=1,
     )  # fmt: skip
 
@@ -118,7 +126,8 @@ class RerankerConfig(RerankLimits):
     # Where the passage states live (serving/pipeline/passage_store.py's URLs, passed through as they are); "": the
     # default store, LMDB in the serving user's cache directory. `nestrank serve --passage-store` sets it.
     passage_store: str = ""
-    passage_fingerprint: str = ""  # serving/reranker.py's passage_fingerprint; "" in exports from before it existed
+    # serving/pipeline/passage_encoder.py's passage_fingerprint; "" in exports from before it existed
+    passage_fingerprint: str = ""
 
     def __post_init__(self):
         super().__post_init__()
@@ -159,6 +168,21 @@ class RerankerConfig(RerankLimits):
         return from_parameters(cls, parameters)
 
 
+# What a request to `<name>` asks for (its `kind` parameter): a ranking (the default); `warm`: encode its documents
+# into the passage store (on-demand entries), score nothing; `index`: keep its documents for good under the user's
+# ids it sends in `passage_ids` (one per document). Each kind says what its tensors mean; no flag changes that.
+RERANK, WARM, INDEX = "rerank", "warm", "index"
+REQUEST_KINDS = (RERANK, WARM, INDEX)
+LEGACY_WARM = "warm"  # the last release's clients' boolean parameter: `warm=true` (+ passage_ids: an index request)
+
+
+def request_kind(options: RerankOptions, ids_sent: bool) -> str:
+    """The request's kind; a last-release client's `warm=true` is `index` when it sent ids, else `warm`."""
+    if options.legacy_warm:
+        return INDEX if ids_sent else WARM
+    return options.kind
+
+
 @dataclass(frozen=True)
 class RerankOptions:
     compression_ratio: int
@@ -166,13 +190,20 @@ class RerankOptions:
     top_n: int | None = None
     return_documents: bool = False
     truncate: bool = True
-    warm: bool = False  # encode and cache the documents, score nothing
+    kind: str = RERANK  # REQUEST_KINDS
+    legacy_warm: bool = False  # `warm=true` from a last-release client (request_kind reads it)
     states_ratio: int | None = None  # ratio of client-sent passage states (default: compression_ratio)
     passage_fingerprint: str | None = None  # of the model that made client-sent states (PassageStates.fingerprint)
 
 
 def parse_rerank_options(parameters: Mapping[str, Any], config: RerankerConfig) -> RerankOptions:
-    check_names(parameters, RerankOptions.__dataclass_fields__)
+    check_names(parameters, (*(f for f in RerankOptions.__dataclass_fields__ if f != "legacy_warm"), LEGACY_WARM))
+    kind = as_str("kind", parameters.get("kind", RERANK))
+    if kind not in REQUEST_KINDS:
+        raise ValidationError("kind", f"{shown(kind)} is not a request kind; one of {', '.join(REQUEST_KINDS)}")
+    legacy_warm = as_bool(LEGACY_WARM, parameters.get(LEGACY_WARM, False))
+    if legacy_warm and "kind" in parameters:
+        raise ValidationError(LEGACY_WARM, "send kind alone (warm=true is the last release's spelling of it)")
     ratio = as_int("compression_ratio", parameters.get("compression_ratio", config.default_ratio))
     if ratio not in config.ratios:
         exported = ", ".join(map(str, config.ratios))
@@ -196,7 +227,8 @@ def parse_rerank_options(parameters: Mapping[str, Any], config: RerankerConfig) 
     return RerankOptions(
         passage_fingerprint=fingerprint,
         compression_ratio=ratio,
-        warm=as_bool("warm", parameters.get("warm", False)),
+        kind=kind,
+        legacy_warm=legacy_warm,
         states_ratio=states_ratio,
         instruction=instruction,
         top_n=top_n,

@@ -14,7 +14,7 @@ import numpy as np
 from nestrank.protocol.errors import NotFoundError, ValidationError
 from nestrank.protocol.parameters import shown
 from nestrank.protocol.passages import PassageStates
-from nestrank.protocol.reranking import RerankerConfig, RerankOptions, passage_id
+from nestrank.protocol.reranking import INDEX, WARM, RerankerConfig, RerankOptions, passage_id
 from nestrank.serving.pipeline.mep import at_ratio
 from nestrank.serving.pipeline.passage_tiers import Passages
 from nestrank.serving.pipeline.scorer import rank, sigmoid
@@ -179,10 +179,18 @@ class RerankService:
 
     # -- requests ---------------------------------------------------------------------------------------------
 
-    def store(self, documents: list[str], ratio: int, user_ids: list[str] | None = None) -> Stored:
-        """Encodes what is not stored yet and writes it through. Without `user_ids` (warm), as the documents path
-        does: on-demand entries. With them (index), each document is kept for good under its user id; a document
-        whose id already names its text and whose states are stored is skipped, so reruns are idempotent."""
+    def store(self, kind: str, documents: list[str], ratio: int, user_ids: list[str] | None = None) -> Stored:
+        """A warm or index request: encodes what is not stored yet and writes it through. `warm` (documents only),
+        as the documents path does: on-demand entries. `index` (one user id per document), each document kept for
+        good under its user id; a document whose id already names its text and whose states are stored is skipped,
+        so reruns are idempotent."""
+        if kind == WARM and user_ids is not None:
+            raise ValidationError("passage_ids", "a warm request takes documents only; send kind=index to keep "
+                                  "them under your ids")  # fmt: skip
+        if kind == INDEX and user_ids is None:
+            raise ValidationError("passage_ids", "an index request sends one id per document")
+        if kind not in (WARM, INDEX):
+            raise ValidationError("kind", f"{kind!r} stores nothing; send kind=warm or kind=index")
         if not documents:
             raise ValidationError("documents", "nothing to store; send at least one document")
         self._check_documents(documents)

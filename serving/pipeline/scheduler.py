@@ -1,14 +1,21 @@
-"""Admission and token-budgeted batches for the embed model, as TEI schedules: requests join one queue the moment
-Triton hands them over; a worker takes them in arrival order into executions of at most `max_batch_tokens` tokens
-(whole requests; a request larger than the budget runs alone); a request that would wait longer than
-`max_wait_s` is refused at once, from the queued tokens and the measured tokens/s, instead of timing out later.
-The estimate can be wrong (the machine slows down, texts are longer than their length suggests): a request that
-reaches the worker after waiting past the bound anyway is refused then, not run, so no answer comes later than the
-bound and one execution.
+"""Admission and token-budgeted executions, as TEI schedules, for every model that does work of its own: the embed
+model, and the reranker's `_encode` and `_score`. Requests join one queue the moment Triton hands them over; a
+worker takes them in arrival order into executions of at most `max_batch_tokens` tokens (whole requests; a request
+larger than the budget runs alone); a request that would wait longer than `max_wait_s` is refused at once, from the
+queued tokens and the measured tokens/s, instead of timing out later. The estimate can be wrong (the machine slows
+down, texts are longer than their length suggests): a request that reaches the worker after waiting past the bound
+anyway is refused then, not run, so no answer comes later than the bound and one execution. A request whose caller
+gave up (cancelled, its deadline passed) is skipped.
+
+"Tokens" are each model's own unit of work: text tokens (embed), passage tokens (`_encode`), candidates × pooled
+length (`_score`); the speed is measured in the same unit at load and updated after every execution.
 
 Triton's own dynamic batcher can only count requests and texts, so 16 requests of 32 long texts merged into one
 27 s execution left the next ones to time out in its queue; here an execution stays within its token budget and
 the wait a request is told about is the work ahead of it.
+
+`InFlightLimit` is the other admission: the rerank model (BLS) works on at most so many requests at once and
+refuses the next at once, since its own work is waiting on `_encode` and `_score`, which admit as above.
 """
 
 from __future__ import annotations
@@ -26,7 +33,7 @@ from nestrank.protocol.errors import OverloadedError, UnavailableError
 class Admitted:
     """One request in the queue: its work, how to answer it, and how to tell whether its caller gave up."""
 
-    work: object  # what `run` takes, one per request (an EmbedJob)
+    work: object  # what `run` takes, one per request (an EmbedJob, EncodeJob, ScoreJob)
     tokens: int
     answer: Callable[[object], None]  # called once, with the request's result or its error
     cancelled: Callable[[], bool] = lambda: False
@@ -49,7 +56,8 @@ class TokenBudgetScheduler:
     SMOOTHING = 0.3  # weight of the newest execution in the tokens/s estimate
 
     def __init__(self, run: Callable[[Sequence[object]], Sequence[object]], max_batch_tokens: int, max_wait_s: float,
-                 tokens_per_s: float, result: Callable[[object], object] = lambda work: work):  # fmt: skip
+                 tokens_per_s: float, result: Callable[[object], object] = lambda work: work,
+                 name: str = "embed"):  # fmt: skip
         """`run` executes a list of works and returns them with results; `result(work)` reads one work's answer;
         `tokens_per_s` is the first estimate of the speed (measured at load), updated after every execution."""
         if max_batch_tokens < 1 or max_wait_s <= 0 or tokens_per_s <= 0:
@@ -65,7 +73,7 @@ class TokenBudgetScheduler:
         self._running_tokens = 0
         self._stopping = False
         self._wake = threading.Condition()
-        self._worker = threading.Thread(target=self._loop, name="nestrank-embed-scheduler", daemon=True)
+        self._worker = threading.Thread(target=self._loop, name=f"nestrank-{name}-scheduler", daemon=True)
         self._worker.start()
 
     def wait_s(self, tokens: int = 0) -> float:
@@ -152,3 +160,27 @@ class TokenBudgetScheduler:
         for request in pending:
             request.answer(UnavailableError("the model is shutting down; retry on another replica"))
         self._worker.join(timeout=60)
+
+
+class InFlightLimit:
+    """At most `limit` requests at once; `enter` refuses the next one at once (OverloadedError) instead of queuing."""
+
+    def __init__(self, limit: int, what: str = "requests"):
+        if limit < 1:
+            raise ValueError("limit >= 1")
+        self.limit, self.what = limit, what
+        self.active = 0
+        self.refused = 0
+        self._lock = threading.Lock()
+
+    def enter(self) -> None:
+        with self._lock:
+            if self.active >= self.limit:
+                self.refused += 1
+                raise OverloadedError(f"{self.active} {self.what} in flight, the limit (max_requests_in_flight "
+                                      f"{self.limit}); retry later")  # fmt: skip
+            self.active += 1
+
+    def leave(self) -> None:
+        with self._lock:
+            self.active -= 1

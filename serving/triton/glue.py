@@ -105,6 +105,23 @@ def error_response(pb_utils, err: Exception):
     return pb_utils.InferenceResponse(error=pb_utils.TritonError(_bounded(message), code))
 
 
+def answerer(pb_utils, request, tensors):
+    """The request's one answer, sent through its response sender (from any thread, once): `tensors(result)` (the
+    output tensors) for a result, its error for an exception (or when building the tensors fails)."""
+    sender = request.get_response_sender()
+
+    def answer(result):
+        try:
+            if isinstance(result, Exception):
+                raise result
+            response = pb_utils.InferenceResponse(tensors(result))
+        except Exception as err:
+            response = error_response(pb_utils, err)
+        sender.send(response, flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+
+    return answer
+
+
 def bls_call(pb_utils, model: str, inputs, outputs: list[str], parameters: dict | None = None) -> list[np.ndarray]:
     """A request to another model of this server (BLS); its error keeps its kind, so a full queue below is still
     overload for the caller, and a dead sub-model is UNAVAILABLE, not the caller's bug."""

@@ -156,7 +156,7 @@ GOOD = {
     ENCODE: [texts("documents", ["a passage to encode", "and another one"])],
     SCORE: score_inputs(ids=(2, 105, 1000, 2000), n=2, groups=3, value=0.1),
 }
-OUTPUT = {MINILM: "embeddings", KALM: "scores", ENCODE: "passage_states", SCORE: "scores"}
+OUTPUT = {MINILM: "embeddings", KALM: "scores", ENCODE: "passage_states", SCORE: "margins"}
 
 
 @pytest.fixture(scope="module")

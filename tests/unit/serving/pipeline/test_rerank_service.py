@@ -7,7 +7,7 @@ import torch
 
 from nestrank.export.reranker import INT8_STATES_MAX_SCORE_DIFF, parity_documents
 from nestrank.protocol.errors import NotFoundError, ValidationError
-from nestrank.protocol.reranking import RerankOptions, parse_rerank_options, passage_id
+from nestrank.protocol.reranking import INDEX, RerankOptions, parse_rerank_options, passage_id
 from nestrank.serving.pipeline.passage_cache import PassageCache
 from nestrank.serving.pipeline.passage_store import MemoryStore, open_store
 from nestrank.serving.pipeline.passage_tiers import Passages
@@ -72,7 +72,7 @@ def test_a_second_rerank_encodes_nothing_and_a_coarser_ratio_is_re_pooled(setup,
 
 def test_index_under_user_ids_then_rerank_by_them(setup):
     service, encoded = setup
-    stored = service.store(DOCS, 4, [f"doc-{i}" for i in range(len(DOCS))])
+    stored = service.store(INDEX, DOCS, 4, [f"doc-{i}" for i in range(len(DOCS))])
     assert stored.content_ids == [passage_id(d) for d in DOCS] and (stored.tokens > 0).all()
     assert (stored.stored_bytes > 0).all()
     by_id = service.rerank(QUERY, Candidates(passage_ids=["doc-3", "doc-0"]), options(service))
@@ -81,9 +81,9 @@ def test_index_under_user_ids_then_rerank_by_them(setup):
     np.testing.assert_array_equal(by_id.scores, by_text.scores)
     assert by_id.passage_ids == [["doc-3", "doc-0"][i] for i in by_id.indices]
     assert len(encoded) == len(DOCS)
-    again = service.store(DOCS, 4, [f"doc-{i}" for i in range(len(DOCS))])
+    again = service.store(INDEX, DOCS, 4, [f"doc-{i}" for i in range(len(DOCS))])
     assert (again.stored_bytes == 0).all() and (again.tokens == 0).all() and len(encoded) == len(DOCS)  # skipped
-    service.store([DOCS[2]], 4, ["doc-0"])  # doc-0 now names other text
+    service.store(INDEX, [DOCS[2]], 4, ["doc-0"])  # doc-0 now names other text
     moved = service.rerank(QUERY, Candidates(passage_ids=["doc-0"]), options(service))
     np.testing.assert_array_equal(moved.scores, service.rerank(QUERY, Candidates(documents=[DOCS[2]]),
                                                                options(service)).scores)  # fmt: skip
@@ -91,7 +91,7 @@ def test_index_under_user_ids_then_rerank_by_them(setup):
 
 def test_unknown_ids_are_not_found_naming_how_many_and_the_first(setup):
     service, _ = setup
-    service.store(DOCS[:1], 4, ["known"])
+    service.store(INDEX, DOCS[:1], 4, ["known"])
     with pytest.raises(NotFoundError, match=r"passage_ids: 7 of 8 ids are not stored .*first: 'x0', 'x1', 'x2'"):
         service.rerank(QUERY, Candidates(passage_ids=["known"] + [f"x{i}" for i in range(7)]), options(service))
     with pytest.raises(NotFoundError, match="1 of 1 ids are not stored for this model at ratio 2"):
@@ -101,9 +101,9 @@ def test_unknown_ids_are_not_found_naming_how_many_and_the_first(setup):
 def test_a_user_id_twice_with_different_documents_is_refused(setup):
     service, _ = setup
     with pytest.raises(ValidationError, match=r"passage_ids\[1\]: 'a' appears twice with different documents"):
-        service.store(DOCS[:2], 4, ["a", "a"])
+        service.store(INDEX, DOCS[:2], 4, ["a", "a"])
     with pytest.raises(ValidationError, match="2 ids for 1 documents"):
-        service.store(DOCS[:1], 4, ["a", "b"])
+        service.store(INDEX, DOCS[:1], 4, ["a", "b"])
 
 
 def test_client_states_score_like_documents_and_repool(setup, reranker, official_kalm):
@@ -217,7 +217,7 @@ def test_int8_states_score_within_the_gate_and_the_same_before_and_after_they_ar
     assert len(encoded) == len(documents) and fulls.passages.stats.hits == len(set(documents))
     np.testing.assert_array_equal(first.scores, second.scores)
     np.testing.assert_array_equal(first.indices, second.indices)
-    fulls.store(documents[:3], ratio, ["a", "b", "c"])
+    fulls.store(INDEX, documents[:3], ratio, ["a", "b", "c"])
     by_id = fulls.rerank(QUERY, Candidates(passage_ids=["a", "b", "c"]), options(fulls, compression_ratio=ratio))
     by_text = fulls.rerank(QUERY, Candidates(documents=documents[:3]), options(fulls, compression_ratio=ratio))
     np.testing.assert_array_equal(by_id.scores, by_text.scores)
