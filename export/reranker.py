@@ -31,6 +31,7 @@ from nestrank.protocol.passages import STATE_DTYPE
 from nestrank.protocol.reranking import (
     DOCUMENTS,
     PLAIN_PROMPT_TEMPLATE,
+    RAGGED,
     RerankerConfig,
     encode_signature,
     rerank_signature,
@@ -343,7 +344,7 @@ def reranker_config(model, tokenizer, architecture: str, **fields) -> RerankerCo
         fields.update(prompt_template=PLAIN_PROMPT_TEMPLATE, passage_special_tokens=True,
                       decoder_start_token_id=int(model.config.decoder_start_token_id))  # fmt: skip
     return RerankerConfig(architecture=architecture, hidden_size=int(hidden), yes_token_id=yes_id, no_token_id=no_id,
-                          vocab_size=vocabulary_size(model), **fields)  # fmt: skip
+                          vocab_size=vocabulary_size(model), passage_layout=RAGGED, **fields)  # fmt: skip
 
 
 RERANKER_STAGES = ("loading the checkpoint", "exporting the graphs", "checking parity", "writing the models")

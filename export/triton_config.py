@@ -64,7 +64,7 @@ def python_model_config(
         for tensor_name, file_name in warmup.items():
             spec = sample.inputs[tensor_name]
             spec.data_type = by_name[tensor_name].data_type
-            spec.dims.extend(by_name[tensor_name].dims)
+            spec.dims.extend(max(1, d) for d in by_name[tensor_name].dims)  # a variable dimension: one value
             spec.input_data_file = file_name
     return config
 

@@ -96,8 +96,9 @@ class PassageEncoder:
         ratios = [ratios] * len(sequences) if isinstance(ratios, int) else list(ratios)
         out: list[PassageStates | None] = [None] * len(sequences)
         lengths = [len(s) for s in sequences]
-        for idx in length_buckets(lengths, ENCODE_RUN_SEQUENCES,
-                                  ENCODE_RUN_PASSAGES_OF_TOKENS * self.config.max_passage_tokens):
+        for idx in length_buckets(
+            lengths, ENCODE_RUN_SEQUENCES, ENCODE_RUN_PASSAGES_OF_TOKENS * self.config.max_passage_tokens
+        ):
             input_ids, attention_mask = pad([sequences[i] for i in idx], self.tokenizer.pad_id)
             (states,) = self.session.run([g.TOKEN_STATES], {g.INPUT_IDS: input_ids, g.ATTENTION_MASK: attention_mask})
             for ratio in sorted({ratios[i] for i in idx}):

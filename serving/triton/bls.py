@@ -1,5 +1,6 @@
 """The rerank model's calls to its `_encode` and `_score` (BLS), as the `encode` and `score` that RerankService
-takes. A request's documents go to `_encode` in chunks of the served `max_encode_documents`, all sent at once from
+takes, in the wire's passage layout (the config's `passage_layout`: RAGGED, or PADDED for exports from before it). A
+request's documents go to `_encode` in chunks of the served `max_encode_documents`, all sent at once from
 a small thread pool, so that Triton's dynamic batcher merges them (with other requests' chunks) into executions of
 its scheduler; the first chunk that fails fails the request, with its kind (an overloaded `_encode` is overload)."""
 
@@ -23,11 +24,13 @@ class SubModels:
         self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="nestrank-bls-encode")
 
     def _encode_chunk(self, documents: list[str], ratio: int) -> PassageStates:
-        pb_utils = self.pb_utils
-        texts = np.array([[d.encode()] for d in documents], dtype=object)
-        states, counts = bls_call(pb_utils, f"{self.name}_encode", [pb_utils.Tensor(r.DOCUMENTS, texts)],
-                                  [r.PASSAGE_STATES, r.PASSAGE_COUNTS], {"compression_ratio": ratio})  # fmt: skip
-        return PassageStates.from_padded(states, counts, ratio, fingerprint=self.config.passage_fingerprint)
+        pb_utils, layout = self.pb_utils, self.config.passage_layout
+        texts = np.array([[d.encode() for d in documents]], dtype=object)  # RAGGED: one chunk, [1, n]
+        names = [r.PASSAGE_STATES, r.PASSAGE_COUNTS] + ([r.PASSAGE_GROUPS] if layout == r.RAGGED else [])
+        inputs = [pb_utils.Tensor(r.DOCUMENTS, texts if layout == r.RAGGED else texts.T)]  # PADDED: [n, 1]
+        answer = bls_call(pb_utils, f"{self.name}_encode", inputs, names, {"compression_ratio": ratio})
+        rows = answer if layout == r.PADDED else [a[0] for a in answer]
+        return r.from_wire(layout, *rows, *([None] * (3 - len(rows))), ratio, self.config.passage_fingerprint)
 
     def encode(self, documents: list[str], ratio: int) -> PassageStates:
         size = self.config.max_encode_documents
@@ -41,8 +44,7 @@ class SubModels:
 
     def score(self, prompt: np.ndarray, passages: PassageStates) -> np.ndarray:
         """Margins logit(yes) - logit(no), in the passages' order."""
-        states, counts = passages.padded()
-        tensors = {r.DECODER_INPUT_IDS: prompt, r.PASSAGE_STATES: states, r.PASSAGE_COUNTS: counts}
+        tensors = {r.DECODER_INPUT_IDS: prompt, **r.wire_tensors(passages, self.config.passage_layout)}
         inputs = [self.pb_utils.Tensor(key, value[None]) for key, value in tensors.items()]
         return bls_call(self.pb_utils, f"{self.name}_score", inputs, [r.MARGINS])[0][0]
 

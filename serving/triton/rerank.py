@@ -22,8 +22,14 @@ from nestrank.serving.pipeline.rerank_service import Candidates, RerankService
 from nestrank.serving.pipeline.scheduler import InFlightLimit
 from nestrank.serving.pipeline.tokenization import TOKENIZER_FILE, RerankTokenizer
 from nestrank.serving.triton.bls import SubModels
-from nestrank.serving.triton.glue import answerer, decode_texts, input_array, one_row, read_model_args
-from nestrank.serving.triton.glue import request_parameters
+from nestrank.serving.triton.glue import (
+    answerer,
+    decode_texts,
+    input_array,
+    one_row,
+    read_model_args,
+    request_parameters,
+)
 from nestrank.serving.triton.metrics import PassageMetrics
 
 
@@ -64,9 +70,11 @@ class TritonPythonModel:
         query = _texts(request, r.QUERY, 1)
         if not query:
             raise ValidationError(r.QUERY, "send exactly one query")
-        states = one_row(input_array(pb_utils, request, r.PASSAGE_STATES, required=False), r.PASSAGE_STATES)
-        counts = one_row(input_array(pb_utils, request, r.PASSAGE_COUNTS, required=False), r.PASSAGE_COUNTS)
-        return kind, query[0], Candidates(documents, ids, states, counts), options
+        wire = [one_row(input_array(pb_utils, request, n, required=False), n)
+                for n in (r.PASSAGE_STATES, r.PASSAGE_COUNTS, r.PASSAGE_GROUPS)]  # fmt: skip
+        ratio = options.states_ratio or options.compression_ratio  # their fingerprint: checked by the service
+        states = None if wire[0] is None else r.from_wire(config.passage_layout, *wire, ratio)
+        return kind, query[0], Candidates(documents, ids, states), options
 
     def _respond(self, kind, query, candidates, options):
         if kind != r.RERANK:  # warm: documents only; index: documents and the user's ids for them

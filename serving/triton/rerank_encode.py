@@ -1,5 +1,6 @@
-"""Triton glue for `<name>_encode`: documents → MEP passage states at a ratio (query-independent): float16 states,
-per-group token counts, and the passage fingerprint of this model for each document.
+"""Triton glue for `<name>_encode`: documents → MEP passage states at a ratio (query-independent): ragged float16
+states, per-group token counts and groups per passage, and the passage fingerprint of this model (the wire's
+layout: nestrank/protocol/reranking.py).
 
 Requests are read and tokenized as Triton hands them over, then queued in the token-budget scheduler
 (serving/pipeline/scheduler.py: executions within `encode_batch_tokens`, whole requests, arrival order; refused at
@@ -12,7 +13,7 @@ import triton_python_backend_utils as pb_utils
 from nestrank.protocol.errors import ValidationError
 from nestrank.protocol.parameters import as_int, check_names
 from nestrank.protocol.passages import PassageStates
-from nestrank.protocol.reranking import DOCUMENTS, PASSAGE_COUNTS, PASSAGE_FINGERPRINT, PASSAGE_STATES, RerankerConfig
+from nestrank.protocol.reranking import DOCUMENTS, PADDED, PASSAGE_FINGERPRINT, RAGGED, RerankerConfig, wire_tensors
 from nestrank.serving.pipeline.passage_encoder import ENCODER_FILE, EncodeJob, PassageEncoder, with_passage_fingerprint
 from nestrank.serving.pipeline.scheduler import Admitted, TokenBudgetScheduler
 from nestrank.serving.pipeline.tokenization import TOKENIZER_FILE, RerankTokenizer
@@ -28,11 +29,17 @@ def read_ratio(params, config):
     return ratio
 
 
-def tensors(passages: PassageStates):
-    states, counts = passages.padded()
-    fingerprint = np.array([[passages.fingerprint.encode()]] * len(passages), dtype=object)
-    return [pb_utils.Tensor(PASSAGE_STATES, states), pb_utils.Tensor(PASSAGE_COUNTS, counts),
-            pb_utils.Tensor(PASSAGE_FINGERPRINT, fingerprint)]  # fmt: skip
+def answer_tensors(layout):
+    """The answer's tensors: RAGGED [1, ΣG, H], [1, ΣG], [1, N] and one fingerprint [1, 1]; PADDED (exports from
+    before it, which batch documents): [N, G, H], [N, G] and a fingerprint per document."""
+
+    def tensors(passages: PassageStates):
+        wire, rows = wire_tensors(passages, layout), len(passages) if layout == PADDED else 1
+        out = [pb_utils.Tensor(k, v if layout == PADDED else v[None]) for k, v in wire.items()]
+        return out + [pb_utils.Tensor(PASSAGE_FINGERPRINT, np.array([[passages.fingerprint.encode()]] * rows,
+                                                                    dtype=object))]  # fmt: skip
+
+    return tensors
 
 
 class TritonPythonModel:
@@ -45,12 +52,15 @@ class TritonPythonModel:
                                               self.encoder.measure_tokens_per_s(), result=lambda job: job.result,
                                               name="rerank-encode")  # fmt: skip
         self.metrics = SchedulerMetrics(pb_utils, model_config["name"], args["model_instance_name"], "rerank_encode")
+        self.tensors = answer_tensors(config.passage_layout)
+        # RAGGED: one chunk of documents a request, within max_encode_documents; PADDED: Triton's batch bounds it
+        self.most = config.max_encode_documents if config.passage_layout == RAGGED else None
 
     def execute(self, requests):
         for request in requests:  # each on its own: a bad one is answered alone, at once
-            answer = answerer(pb_utils, request, tensors)
+            answer = answerer(pb_utils, request, self.tensors)
             try:
-                documents = decode_texts(input_array(pb_utils, request, DOCUMENTS), DOCUMENTS)
+                documents = decode_texts(input_array(pb_utils, request, DOCUMENTS), DOCUMENTS, self.most)
                 ratio = read_ratio(request_parameters(request), self.encoder.config)
                 job = EncodeJob(self.encoder.tokenizer.encode_documents(documents), ratio)
             except Exception as err:

@@ -1,6 +1,6 @@
-"""Triton glue for `<name>_score`: one decoder prompt + pooled passage states (float16) → margins logit(yes) -
-logit(no) (the rerank model takes their sigmoid, once). One prompt per request (max_batch_size 1, so the leading
-dimension is 1).
+"""Triton glue for `<name>_score`: one decoder prompt + pooled passage states (ragged, float16) → margins
+logit(yes) - logit(no) (the rerank model takes their sigmoid, once). One prompt per request (max_batch_size 1, so
+the leading dimension is 1).
 
 Requests are read as Triton hands them over, then queued in the token-budget scheduler
 (serving/pipeline/scheduler.py: executions within `score_batch_tokens` of candidates × pooled length, whole
@@ -9,10 +9,17 @@ each through its response sender. `execute` itself returns nothing."""
 
 import triton_python_backend_utils as pb_utils
 
-from nestrank.protocol.passages import PassageStates
-from nestrank.protocol.reranking import DECODER_INPUT_IDS, MARGINS, PASSAGE_COUNTS, PASSAGE_STATES, RerankerConfig
+from nestrank.protocol.reranking import (
+    DECODER_INPUT_IDS,
+    MARGINS,
+    PASSAGE_COUNTS,
+    PASSAGE_STATES,
+    RerankerConfig,
+    from_wire,
+)
+from nestrank.protocol.reranking import PASSAGE_GROUPS as GROUPS
 from nestrank.serving.pipeline.scheduler import Admitted, TokenBudgetScheduler
-from nestrank.serving.pipeline.scorer import SCORER_FILE, Scorer, ScoreJob, check_score_inputs
+from nestrank.serving.pipeline.scorer import SCORER_FILE, ScoreJob, Scorer, check_score_inputs
 from nestrank.serving.triton.glue import answerer, input_array, one_row, read_model_args
 from nestrank.serving.triton.metrics import SchedulerMetrics
 
@@ -34,11 +41,14 @@ class TritonPythonModel:
         for request in requests:  # each on its own: a bad one is answered alone, at once
             answer = answerer(pb_utils, request, tensors)
             try:
-                names = (DECODER_INPUT_IDS, PASSAGE_STATES, PASSAGE_COUNTS)
-                prompt, states, counts = (one_row(input_array(pb_utils, request, n), n) for n in names)
-                check_score_inputs(self.scorer.config, prompt, states, counts)
+                prompt, states, counts, groups = (
+                    one_row(input_array(pb_utils, request, n, required=n != GROUPS), n)
+                    for n in (DECODER_INPUT_IDS, PASSAGE_STATES, PASSAGE_COUNTS, GROUPS)
+                )
                 # ratio 0: the scorer needs none (counts only mark valid groups)
-                job = ScoreJob(prompt, PassageStates.from_padded(states, counts, ratio=0))
+                passages = from_wire(self.scorer.config.passage_layout, states, counts, groups, ratio=0)
+                check_score_inputs(self.scorer.config, prompt, passages)
+                job = ScoreJob(prompt, passages)
             except Exception as err:
                 answer(err)
                 continue
