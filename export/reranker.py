@@ -44,6 +44,7 @@ from nestrank.serving.pipeline.tokenization import TOKENIZER_FILE
 from nestrank.texts import realistic_texts
 
 WARMUP_FILE = "documents"  # under <name>_encode/warmup/
+RERANK_INSTANCES = 2  # processes of the rerank entry point (each with its own first level): reranks worked on at once
 PARITY_MAX_SCORE_DIFF = {"fp32": 1e-4, "fp16": 2e-2, "int8": 1e-1}  # fp16/int8: measured drift bounds (README)
 FLOAT16_STATES_MAX_SCORE_DIFF = 1e-3  # what holding passage states in float16 may add (measured: ≤ 1.0e-4, README)
 # int8 stored states against float16 ones; measured on the random test checkpoints: ≤ 1.7e-3 at the KaLM Nano shape,
@@ -322,7 +323,16 @@ def model_configs(name: str, config: RerankerConfig, max_batch_size: int) -> dic
             warmup={DOCUMENTS: WARMUP_FILE},
         ),  # fmt: skip
         f"{name}_score": python_model_config(f"{name}_score", score_signature(hidden), parameters=params),
-        name: python_model_config(name, rerank_signature(hidden), parameters=params),
+        # The entry point runs a request at a time per instance (BLS calls from several threads of one stub crash
+        # tritonserver 2.51); RERANK_INSTANCES of them, and Triton's queue holds max_requests_in_flight more: past
+        # that, refused at once as overloaded instead of waiting out max_queue_wait_s.
+        name: python_model_config(
+            name,
+            rerank_signature(hidden),
+            parameters=params,
+            instance_count=RERANK_INSTANCES,
+            max_queue_size=config.max_requests_in_flight,
+        ),  # fmt: skip
     }
 
 

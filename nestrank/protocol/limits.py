@@ -64,8 +64,9 @@ class RerankLimits:
                                            "warm, index and encode_passages send requests of it)")  # fmt: skip
     encode_batch_tokens: int = _limit(16384, "tokens per execution of the `_encode` scheduler (whole requests, "
                                              "arrival order)")  # fmt: skip
-    max_requests_in_flight: int = _limit(16, "rerank, warm and index requests the rerank model works on at once: "
-                                             "past it, refused at once as overloaded")  # fmt: skip
+    max_requests_in_flight: int = _limit(16, "rerank, warm and index requests the rerank model holds waiting for "
+                                             "one of its instances (Triton's queue size for it): past it, refused "
+                                             "at once as overloaded")  # fmt: skip
     score_batch_tokens: int = _limit(16384, "candidates x pooled length per scorer run, and per execution of the "
                                             "`_score` scheduler")  # fmt: skip
     score_chunk_bytes: int = _limit(64 * MiB, "passage states per call from the rerank model to `_score` "

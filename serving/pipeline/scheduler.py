@@ -13,9 +13,6 @@ length (`_score`); the speed is measured in the same unit at load and updated af
 Triton's own dynamic batcher can only count requests and texts, so 16 requests of 32 long texts merged into one
 27 s execution left the next ones to time out in its queue; here an execution stays within its token budget and
 the wait a request is told about is the work ahead of it.
-
-`InFlightLimit` is the other admission: the rerank model (BLS) works on at most so many requests at once and
-refuses the next at once, since its own work is waiting on `_encode` and `_score`, which admit as above.
 """
 
 from __future__ import annotations
@@ -118,37 +115,40 @@ class TokenBudgetScheduler:
 
     def _loop(self) -> None:
         while (batch := self._next_batch()) is not None:
-            live = []
-            for request in batch:
-                waited = time.monotonic() - request.arrived
-                if request.cancelled():  # its caller gave up (gRPC cancellation): not worth the compute
-                    self.stats.cancelled += 1
-                    request.answer(UnavailableError("cancelled by the caller before it ran"))
-                elif waited > self.max_wait_s:  # the speed estimate was too hopeful: keep the bound all the same
-                    self.stats.expired += 1
-                    request.answer(OverloadedError(f"waited {waited:.1f} s in the queue, past the "
-                                                   f"{self.max_wait_s:g} s bound; retry later"))  # fmt: skip
-                else:
-                    live.append(request)
-            started = time.monotonic()
-            try:
-                done = self.run([r.work for r in live]) if live else []
-                answers = [self.result(work) for work in done]
-            except Exception as err:  # the shared execution failed: every request in it learns (INTERNAL)
-                answers = [err] * len(live)
-            elapsed = time.monotonic() - started
-            tokens = sum(r.tokens for r in live)
-            if tokens and elapsed > 0:
-                rate = tokens / elapsed
-                self.tokens_per_s += self.SMOOTHING * (rate - self.tokens_per_s)
-            for request, answer in zip(live, answers):
-                self.stats.queue_seconds.append(started - request.arrived)
-                request.answer(answer)
-            with self._wake:
-                self._running_tokens = 0
-                self.stats.batches += 1
-                self.stats.tokens += tokens
-                self.stats.batch_seconds.append(elapsed)
+            self._execute(batch)
+
+    def _execute(self, batch: list[Admitted]) -> None:
+        live = []
+        for request in batch:
+            waited = time.monotonic() - request.arrived
+            if request.cancelled():  # its caller gave up (gRPC cancellation): not worth the compute
+                self.stats.cancelled += 1
+                request.answer(UnavailableError("cancelled by the caller before it ran"))
+            elif waited > self.max_wait_s:  # the speed estimate was too hopeful: keep the bound all the same
+                self.stats.expired += 1
+                request.answer(OverloadedError(f"waited {waited:.1f} s in the queue, past the "
+                                               f"{self.max_wait_s:g} s bound; retry later"))  # fmt: skip
+            else:
+                live.append(request)
+        started = time.monotonic()
+        try:
+            done = self.run([r.work for r in live]) if live else []
+            answers = [self.result(work) for work in done]
+        except Exception as err:  # the shared execution failed: every request in it learns (INTERNAL)
+            answers = [err] * len(live)
+        elapsed = time.monotonic() - started
+        tokens = sum(r.tokens for r in live)
+        if tokens and elapsed > 0:
+            rate = tokens / elapsed
+            self.tokens_per_s += self.SMOOTHING * (rate - self.tokens_per_s)
+        for request, answer in zip(live, answers):
+            self.stats.queue_seconds.append(started - request.arrived)
+            request.answer(answer)
+        with self._wake:
+            self._running_tokens = 0
+            self.stats.batches += 1
+            self.stats.tokens += tokens
+            self.stats.batch_seconds.append(elapsed)
 
     def stop(self) -> None:
         """Refuses what is still queued (UNAVAILABLE: another replica can take it) and ends the worker."""
@@ -160,27 +160,3 @@ class TokenBudgetScheduler:
         for request in pending:
             request.answer(UnavailableError("the model is shutting down; retry on another replica"))
         self._worker.join(timeout=60)
-
-
-class InFlightLimit:
-    """At most `limit` requests at once; `enter` refuses the next one at once (OverloadedError) instead of queuing."""
-
-    def __init__(self, limit: int, what: str = "requests"):
-        if limit < 1:
-            raise ValueError("limit >= 1")
-        self.limit, self.what = limit, what
-        self.active = 0
-        self.refused = 0
-        self._lock = threading.Lock()
-
-    def enter(self) -> None:
-        with self._lock:
-            if self.active >= self.limit:
-                self.refused += 1
-                raise OverloadedError(f"{self.active} {self.what} in flight, the limit (max_requests_in_flight "
-                                      f"{self.limit}); retry later")  # fmt: skip
-            self.active += 1
-
-    def leave(self) -> None:
-        with self._lock:
-            self.active -= 1

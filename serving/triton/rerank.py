@@ -1,12 +1,15 @@
 """Triton glue for `<name>` (BLS): the rerank entry point. Reads passages through the first level and the passage
 store (the config's `passage_store`; default: LMDB in the serving user's cache), encodes only the misses through
-`<name>_encode` (chunks sent at once: serving/triton/bls.py), scores through `<name>_score`, and stores what warm /
-index requests send. Requests are read as Triton hands them over (max_batch_size 1: every tensor has a leading
-dimension of 1) and worked on in a thread pool, at most `max_requests_in_flight` at once: past it, refused at once
-as overloaded; `_encode` and `_score` admit the work itself (their schedulers). `execute` returns nothing; each
-request is answered through its response sender."""
+`<name>_encode` (a request's chunks sent at once: serving/triton/bls.py), scores through `<name>_score`, and stores
+what warm / index requests send. One request at a time per instance (max_batch_size 1: every tensor has a leading
+dimension of 1); the export runs two instances, and Triton's queue for them holds `max_requests_in_flight` requests:
+past it, refused at once as overloaded. `_encode` and `_score` admit the work itself (their schedulers).
 
-import threading
+`execute` is a coroutine: the request's work runs on a worker thread (pure Python and numpy), and every Triton call
+(reading, BLS, answering) on the event loop's thread. Triton objects made and BLS calls sent from several threads of
+one stub at once crashed tritonserver 2.51 (SIGSEGV in the Python backend; measured with 16 reranks at once)."""
+
+import asyncio
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -19,12 +22,11 @@ from nestrank.serving.pipeline.passage_encoder import with_passage_fingerprint
 from nestrank.serving.pipeline.passage_store import configured_store, open_store
 from nestrank.serving.pipeline.passage_tiers import Passages
 from nestrank.serving.pipeline.rerank_service import Candidates, RerankService
-from nestrank.serving.pipeline.scheduler import InFlightLimit
 from nestrank.serving.pipeline.tokenization import TOKENIZER_FILE, RerankTokenizer
 from nestrank.serving.triton.bls import SubModels
 from nestrank.serving.triton.glue import (
-    answerer,
     decode_texts,
+    error_response,
     input_array,
     one_row,
     read_model_args,
@@ -54,9 +56,7 @@ class TritonPythonModel:
         self.sub_models = SubModels(pb_utils, name, config)
         tokenizer = RerankTokenizer(version_dir / TOKENIZER_FILE, config)
         self.service = RerankService(config, tokenizer, passages, self.sub_models.encode, self.sub_models.score)
-        self.in_flight = InFlightLimit(config.max_requests_in_flight, "rerank requests")
-        self.workers = ThreadPoolExecutor(config.max_requests_in_flight, thread_name_prefix="nestrank-rerank")
-        self.metrics_lock = threading.Lock()
+        self.workers = ThreadPoolExecutor(4, thread_name_prefix="nestrank-rerank")
 
     def _read(self, request):
         """(kind, query, candidates, options), every limit checked before any work."""
@@ -76,43 +76,42 @@ class TritonPythonModel:
         states = None if wire[0] is None else r.from_wire(config.passage_layout, *wire, ratio)
         return kind, query[0], Candidates(documents, ids, states), options
 
-    def _respond(self, kind, query, candidates, options):
+    def _work(self, kind, query, candidates, options):
+        """The request's work, on a worker thread: pure Python and numpy (the BLS calls go through the loop)."""
         if kind != r.RERANK:  # warm: documents only; index: documents and the user's ids for them
-            stored = self.service.store(kind, candidates.documents, options.compression_ratio, candidates.passage_ids)
-            return [_bytes_tensor(r.PASSAGE_IDS, stored.content_ids),
-                    pb_utils.Tensor(r.PASSAGE_TOKENS, stored.tokens[None]),
-                    pb_utils.Tensor(r.STORED_BYTES, stored.stored_bytes[None])]  # fmt: skip
-        result = self.service.rerank(query, candidates, options)
-        out = [pb_utils.Tensor(r.SCORES, result.scores[None]), pb_utils.Tensor(r.INDICES, result.indices[None]),
-               _bytes_tensor(r.PASSAGE_IDS, result.passage_ids)]  # fmt: skip
+            return self.service.store(kind, candidates.documents, options.compression_ratio, candidates.passage_ids)
+        return self.service.rerank(query, candidates, options)
+
+    def _tensors(self, kind, candidates, options, done):
+        if kind != r.RERANK:
+            return [_bytes_tensor(r.PASSAGE_IDS, done.content_ids),
+                    pb_utils.Tensor(r.PASSAGE_TOKENS, done.tokens[None]),
+                    pb_utils.Tensor(r.STORED_BYTES, done.stored_bytes[None])]  # fmt: skip
+        out = [pb_utils.Tensor(r.SCORES, done.scores[None]), pb_utils.Tensor(r.INDICES, done.indices[None]),
+               _bytes_tensor(r.PASSAGE_IDS, done.passage_ids)]  # fmt: skip
         if options.return_documents and candidates.documents is not None:
-            out.append(_bytes_tensor(r.DOCUMENTS, [candidates.documents[i] for i in result.indices]))
+            out.append(_bytes_tensor(r.DOCUMENTS, [candidates.documents[i] for i in done.indices]))
         return out
 
-    def _work(self, request, read, answer):
+    async def _answer(self, request):
+        try:
+            kind, query, candidates, options = self._read(request)
+        except Exception as err:
+            return error_response(pb_utils, err)
         try:
             if request.is_cancelled():  # its caller gave up while it was handed over: not worth the compute
                 raise UnavailableError("cancelled by the caller before it ran")
-            answer(self._respond(*read))
+            loop = asyncio.get_running_loop()
+            done = await loop.run_in_executor(self.workers, self._work, kind, query, candidates, options)
+            return pb_utils.InferenceResponse(self._tensors(kind, candidates, options, done))
         except Exception as err:
-            answer(err)
+            return error_response(pb_utils, err)
         finally:
-            self.in_flight.leave()
-            with self.metrics_lock:
-                self.metrics.report(self.service.passages.first_level.stats, self.service.passages.stats)
+            self.metrics.report(self.service.passages.first_level.stats, self.service.passages.stats)
 
-    def execute(self, requests):
-        for request in requests:  # each on its own: a bad one is answered alone, at once
-            answer = answerer(pb_utils, request, lambda tensors: tensors)
-            try:
-                read = self._read(request)
-                self.in_flight.enter()  # past max_requests_in_flight: refused at once, as overloaded
-            except Exception as err:
-                answer(err)
-                continue
-            self.workers.submit(self._work, request, read, answer)
-        return None
+    async def execute(self, requests):
+        self.sub_models.bls.attach(asyncio.get_running_loop())
+        return list(await asyncio.gather(*(self._answer(request) for request in requests)))
 
     def finalize(self):
         self.workers.shutdown(wait=True, cancel_futures=False)
-        self.sub_models.close()

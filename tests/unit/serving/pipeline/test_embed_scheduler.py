@@ -165,16 +165,3 @@ def test_the_speed_estimate_follows_what_executions_take():
         done.wait(5)
     assert scheduler.tokens_per_s < 1e9 * 0.5  # 100 tokens in 0.2 s pulls the estimate far down from 1e9
     scheduler.stop()
-
-
-def test_past_its_limit_in_flight_a_request_is_refused_at_once():
-    from nestrank.serving.pipeline.scheduler import InFlightLimit
-
-    limit = InFlightLimit(2, "rerank requests")
-    limit.enter()
-    limit.enter()
-    with pytest.raises(OverloadedError, match="2 rerank requests in flight, the limit"):
-        limit.enter()
-    limit.leave()
-    limit.enter()
-    assert (limit.active, limit.refused) == (2, 1)
