@@ -46,7 +46,7 @@ def python_model_config(
     config = mc.ModelConfig(name=name, backend="python", max_batch_size=signature.max_batch_size)
     for tensor in signature.inputs:
         config.input.add(name=tensor.name, data_type=data_type(tensor.datatype), dims=list(tensor.dims),
-                         optional=tensor.optional)  # fmt: skip
+                         optional=tensor.optional, allow_ragged_batch=tensor.ragged_batch)  # fmt: skip
     for tensor in signature.outputs:
         config.output.add(name=tensor.name, data_type=data_type(tensor.datatype), dims=list(tensor.dims))
     if signature.max_batch_size > 0:  # the dynamic batcher needs a batch dimension

@@ -69,9 +69,10 @@ PASSAGE_LAYOUTS = (RAGGED, PADDED)
 
 
 def encode_signature(hidden: int, max_batch_size: int) -> Signature:
-    """One request is one chunk of documents ([1, n]); the dynamic batcher merges up to `max_batch_size` of them."""
+    """One request is one chunk of documents ([1, n]); the dynamic batcher merges up to `max_batch_size` of them,
+    whatever their n (ragged batching: the model reads each request on its own)."""
     return Signature(
-        inputs=(Tensor(DOCUMENTS, "BYTES", (-1,)),),
+        inputs=(Tensor(DOCUMENTS, "BYTES", (-1,), ragged_batch=True),),
         outputs=(Tensor(PASSAGE_STATES, "FP16", (-1, hidden)), Tensor(PASSAGE_COUNTS, "INT32", (-1,)),
                  Tensor(PASSAGE_GROUPS, "INT32", (-1,)), Tensor(PASSAGE_FINGERPRINT, "BYTES", (1,))),
         max_batch_size=max_batch_size,
