@@ -144,7 +144,7 @@ CASES = {
     "score: states of the wrong width": Case(SCORE, score_inputs(width=64), "unexpected shape for input 'passage_states'", by_triton=True),
     "score: counts of the wrong shape": Case(SCORE, [*score_inputs()[:2], ints("passage_counts", np.ones((1, 3))), ints("passage_groups", [[2]])], "passage_counts: shape [3]; expected [2]"),
     "score: groups that do not add up": Case(SCORE, [*score_inputs()[:3], ints("passage_groups", [[3]])], "passage_groups: shape [1]; expected [N] groups per passage"),
-    "score: no groups": Case(SCORE, score_inputs()[:3], "passage_groups: shape None"),
+    "score: no groups": Case(SCORE, score_inputs()[:3], "passage_groups", by_triton=True),  # a required input
     "score: no valid group": Case(SCORE, score_inputs(counts=0), "passage_counts[0]: no valid group"),
     "score: NaN states": Case(SCORE, score_inputs(value=np.nan), "passage_states: at most 1024 groups, all values finite"),
     "score: 2,000 groups": Case(SCORE, score_inputs(groups=2000), "passage_states: at most 1024 groups"),

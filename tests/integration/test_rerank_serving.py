@@ -89,26 +89,31 @@ def cache_counters(server, model=KALM, prefix="nestrank_passage_cache_") -> dict
     return counters
 
 
+STORE = "nestrank_passage_store_"
+
+
 def test_a_second_rerank_over_the_same_documents_encodes_nothing(client, server):
+    """The rerank model runs two instances, each with its own first level: the second rerank reads each passage from
+    its first level or from the store, and encodes none (no store miss)."""
     docs = [f"cache probe {i}: " + d for i, d in enumerate(DOCS[:6])]
-    before = cache_counters(server)
+    before, before_store = cache_counters(server), cache_counters(server, prefix=STORE)
     client.rerank(QUERY, docs)
-    middle = cache_counters(server)
+    middle, middle_store = cache_counters(server), cache_counters(server, prefix=STORE)
     client.rerank("a different query", docs)
-    after = cache_counters(server)
-    assert middle["misses"] - before["misses"] == len(docs)
-    assert after["misses"] == middle["misses"]
-    assert after["hits"] - middle["hits"] == len(docs)
+    after, after_store = cache_counters(server), cache_counters(server, prefix=STORE)
+    assert middle_store["misses"] - before_store["misses"] == len(docs)
+    assert after_store["misses"] == middle_store["misses"]
+    assert (after["hits"] - middle["hits"]) + (after_store["hits"] - middle_store["hits"]) == len(docs)
     assert after["bytes"] > before["bytes"] and after["entries"] >= len(docs)
 
 
 def test_warm_then_rerank_by_passage_id(client, server):
     docs = [f"warm probe {i}: " + d for i, d in enumerate(DOCS[:5])]
     ids = client.warm(docs)
-    misses = cache_counters(server)["misses"]
+    misses = cache_counters(server, prefix=STORE)["misses"]
     by_id = client.rerank(QUERY, passages=ids)
     by_text = client.rerank(QUERY, docs)
-    assert cache_counters(server)["misses"] == misses
+    assert cache_counters(server, prefix=STORE)["misses"] == misses  # nothing encoded again
     assert [r.index for r in by_id] == [r.index for r in by_text]
     assert [r.passage_id for r in by_id] == [ids[r.index] for r in by_id]
 
