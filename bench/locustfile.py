@@ -97,7 +97,7 @@ class RerankUser(_NestrankUser):
         self.ids = []
         for s in range(0, len(documents), BATCH):  # warm the server's passage cache; rerank by id after
             chunk = documents[s : s + BATCH]
-            ids = self.infer([text_input(DOCUMENTS, chunk, [1, len(chunk)])], PASSAGE_IDS, {"warm": True})
+            ids = self.infer([text_input(DOCUMENTS, chunk, [1, len(chunk)])], PASSAGE_IDS, {"kind": "warm"})
             self.ids += [i.decode() for i in ids[0]]
         self.turn = 0
 

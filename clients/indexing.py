@@ -25,11 +25,11 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from nestrank.clients.rerank import ENCODE_BATCH, AsyncRerankClient
+from nestrank.clients.rerank import AsyncRerankClient
 from nestrank.clients.transport import DEFAULT_URL
 from nestrank.protocol.errors import NestrankError
 
-MAX_ID_CHARS = 512  # the server's limit too (serving/rerank_service.py)
+MAX_ID_CHARS = 512  # the server's limit too (serving/pipeline/rerank_service.py)
 STATES_NOTE = """\
 The server decides how passage states are stored: float16, or int8 with `nestrank serve --passage-states int8`
 (or a store URL with ?states=int8), at half the bytes. The two are kept apart, so index through a server set up
@@ -203,7 +203,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--url", action="append", help=f"gRPC endpoint, repeatable for failover (default {DEFAULT_URL})")
     p.add_argument("--compression-ratio", type=int, help="store at this ratio; it serves its multiples exactly "
                    "(default: the model's)")  # fmt: skip
-    p.add_argument("--batch-size", type=int, default=ENCODE_BATCH, help="rows per request (default %(default)s)")
+    p.add_argument("--batch-size", type=int, help="rows per index call (default: the served max_encode_documents; "
+                   "the client sends them in requests of it)")  # fmt: skip
     p.add_argument("--concurrency", type=int, default=4, help="requests in flight (default %(default)s)")
     p.add_argument("--shard", type=parse_shard, default=(0, 1), metavar="I/N", help="this worker's share: rows whose "
                    "id hashes to I mod N (default 0/1, the whole corpus)")  # fmt: skip
@@ -225,7 +226,7 @@ def rejects_path(args) -> Path:
 
 def main(argv: list[str]) -> int:
     args = parser().parse_args(argv)
-    if args.batch_size < 1 or args.concurrency < 1:
+    if (args.batch_size is not None and args.batch_size < 1) or args.concurrency < 1:
         print("nestrank index: --batch-size and --concurrency must be >= 1", file=sys.stderr)
         return 2
     if args.corpus != "-" and not Path(args.corpus).is_file():
@@ -237,7 +238,8 @@ def main(argv: list[str]) -> int:
     async def run() -> None:
         async with AsyncRerankClient(args.url or DEFAULT_URL, args.model, concurrency=args.concurrency,
                                      timeout_s=args.timeout_s) as client:  # fmt: skip
-            await client.info()  # an unknown model or a missing server fails here, before any reading
+            info = await client.info()  # an unknown model or a missing server fails here, before any reading
+            args.batch_size = args.batch_size or info.config.max_encode_documents
             with path.open("w", encoding="utf-8", errors="surrogateescape") as rejects:
                 await index_corpus(client, args, summary, rejects)
 

@@ -8,6 +8,7 @@ Three ways to name candidates: `documents` (texts; the server encodes only what 
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -23,22 +24,27 @@ from nestrank.protocol.errors import BackendError, ValidationError
 from nestrank.protocol.passages import PassageStates
 from nestrank.protocol.reranking import (
     DOCUMENTS,
+    INDEX,
     INDICES,
     PASSAGE_COUNTS,
     PASSAGE_FINGERPRINT,
+    PASSAGE_GROUPS,
     PASSAGE_IDS,
     PASSAGE_STATES,
     PASSAGE_TOKENS,
     QUERY,
+    RAGGED,
     SCORES,
     STORED_BYTES,
+    WARM,
     RerankerConfig,
+    from_wire,
     parse_rerank_options,
     passage_id,
+    wire_tensors,
 )
 
 __all__ = ["AsyncRerankClient", "Indexed", "PassageStates", "RankedPassage", "RerankClient"]
-ENCODE_BATCH = 32  # documents per request to `<model>_encode`
 
 
 @dataclass(frozen=True)
@@ -74,17 +80,17 @@ def _candidates(documents, passages) -> tuple[list[bytes] | None, PassageStates 
     return None, passages, len(passages)
 
 
-def _request(query: bytes, chunk: np.ndarray, documents, passages) -> list:
-    """One rerank request's tensors, each with the leading batch dimension of 1 the rerank model takes."""
+def _request(query: bytes, chunk: np.ndarray, documents, passages, layout: str) -> list:
+    """One rerank request's tensors, each with the leading batch dimension of 1 the rerank model takes; states in
+    the served passage layout."""
     inputs = [text_input(QUERY, [query], [1, 1])]
     if documents is not None:
         return inputs + [text_input(DOCUMENTS, [documents[i] for i in chunk], [1, len(chunk)])]
     if isinstance(passages, PassageStates):
-        states, counts = passages.padded(chunk)
-        return inputs + [
-            array_input(PASSAGE_STATES, states[None], "FP16"),
-            array_input(PASSAGE_COUNTS, counts[None], "INT32"),
-        ]
+        part = passages.slice(int(chunk[0]), int(chunk[-1]) + 1)  # chunks are consecutive
+        datatypes = {PASSAGE_STATES: "FP16", PASSAGE_COUNTS: "INT32", PASSAGE_GROUPS: "INT32"}
+        return inputs + [array_input(name, value[None], datatypes[name])
+                         for name, value in wire_tensors(part, layout).items()]  # fmt: skip
     return inputs + [text_input(PASSAGE_IDS, [passages[i] for i in chunk], [1, len(chunk)])]
 
 
@@ -143,7 +149,7 @@ class AsyncRerankClient(AsyncModelClient[RerankerConfig]):
             outputs = requested(SCORES, INDICES, PASSAGE_IDS)
 
             async def send(chunk: np.ndarray):
-                inputs = _request(encoded_query, chunk, wire_documents, passages)
+                inputs = _request(encoded_query, chunk, wire_documents, passages, config.passage_layout)
                 return await self._infer(self.model, inputs, outputs, params, deadline)
 
             results = await gather_all(send(chunk) for chunk in chunks)
@@ -167,24 +173,31 @@ class AsyncRerankClient(AsyncModelClient[RerankerConfig]):
             config = (await self._model_info(deadline)).config
             ratio = compression_ratio or config.default_ratio
             parse_rerank_options({"compression_ratio": ratio}, config)
-            chunks = split_by_length([len(d) for d in encoded], ENCODE_BATCH)
+            chunks = split_by_length([len(d) for d in encoded], config.max_encode_documents)  # the served limit
             with tqdm(total=len(encoded), disable=not progress, unit="doc") as bar:
 
                 async def send(chunk: np.ndarray) -> PassageStates:
                     texts = [encoded[i] for i in chunk]
-                    inputs = [text_input(DOCUMENTS, texts, [len(texts), 1])]
-                    outputs = requested(PASSAGE_STATES, PASSAGE_COUNTS, PASSAGE_FINGERPRINT)
+                    ragged = config.passage_layout == RAGGED  # one chunk a request; else a document a row
+                    inputs = [text_input(DOCUMENTS, texts, [1, len(texts)] if ragged else [len(texts), 1])]
+                    names = (PASSAGE_STATES, PASSAGE_COUNTS, *((PASSAGE_GROUPS,) if ragged else ()))
+                    outputs = requested(*names, PASSAGE_FINGERPRINT)
                     parameters = {"compression_ratio": ratio}
                     result = await self._infer(f"{self.model}_encode", inputs, outputs, parameters, deadline)
-                    states = output(result, PASSAGE_STATES)
-                    counts = output(result, PASSAGE_COUNTS, states.shape[:2])
-                    fingerprints = {f.decode() for f in output(result, PASSAGE_FINGERPRINT, (len(states), 1)).ravel()}
-                    if len(states) != len(texts) or len(fingerprints) != 1:
-                        raise BackendError(f"the server encoded {len(states)} passages for {len(texts)} documents, "
-                                           f"with passage fingerprints {sorted(fingerprints)}")  # fmt: skip
-                    bar.update(len(texts))
+                    wire = [output(result, name) for name in names]
+                    rows = [w[0] for w in wire] if ragged else [*wire, None]
+                    fingerprints = {f.decode() for f in output(result, PASSAGE_FINGERPRINT).ravel()}
                     ids = [passage_id(t.decode()) for t in texts]
-                    return PassageStates.from_padded(states, counts, ratio, ids, fingerprints.pop())
+                    try:
+                        if len(fingerprints) != 1:
+                            raise ValidationError(PASSAGE_FINGERPRINT, f"{sorted(fingerprints)}; expected one")
+                        passages = from_wire(config.passage_layout, *rows, ratio, fingerprints.pop())
+                    except ValidationError as err:
+                        raise BackendError(f"the server's passage states do not fit: {err}") from None
+                    if len(passages) != len(texts):
+                        raise BackendError(f"the server encoded {len(passages)} passages for {len(texts)} documents")
+                    bar.update(len(texts))
+                    return dataclasses.replace(passages, ids=tuple(ids))
 
                 parts = await gather_all(send(chunk) for chunk in chunks)
             order = np.argsort(np.concatenate(chunks), kind="stable")  # back to input order
@@ -195,7 +208,7 @@ class AsyncRerankClient(AsyncModelClient[RerankerConfig]):
     async def warm(self, documents: Sequence[str], *, compression_ratio: int | None = None) -> list[str]:
         """Encode into the server's passage store (on-demand entries, which a full store may evict); returns the
         content ids to rerank by."""
-        return (await self._store(encode_texts(DOCUMENTS, documents), None, compression_ratio)).content_ids
+        return (await self._store(WARM, encode_texts(DOCUMENTS, documents), None, compression_ratio)).content_ids
 
     async def index(self, documents: Sequence[str], ids: Sequence[str], *,
                     compression_ratio: int | None = None) -> Indexed:  # fmt: skip
@@ -205,15 +218,20 @@ class AsyncRerankClient(AsyncModelClient[RerankerConfig]):
         encoded, encoded_ids = encode_texts(DOCUMENTS, documents), encode_texts("ids", ids)
         if len(encoded_ids) != len(encoded):
             raise ValidationError("ids", f"one id per document: {len(encoded_ids)} ids for {len(encoded)} documents")
-        return await self._store(encoded, encoded_ids, compression_ratio)
+        return await self._store(INDEX, encoded, encoded_ids, compression_ratio)
 
-    async def _store(self, encoded: list[bytes], ids: list[bytes] | None, compression_ratio: int | None) -> Indexed:
-        params = {"warm": True, **({"compression_ratio": compression_ratio} if compression_ratio is not None else {})}
+    async def _store(self, kind: str, encoded: list[bytes], ids: list[bytes] | None,
+                     compression_ratio: int | None) -> Indexed:  # fmt: skip
+        params = {"kind": kind, **({"compression_ratio": compression_ratio} if compression_ratio is not None else {})}
 
         async def work(deadline: float) -> Indexed:
             config = (await self._model_info(deadline)).config
             parse_rerank_options(params, config)
-            size = min(ENCODE_BATCH, config.max_candidates)  # the served limit, which `nestrank serve` may lower
+            # the served limits (`nestrank serve --limit` may change them): a request is one `_encode` chunk
+            size = min(
+                config.max_encode_documents,
+                config.candidates_per_request(params.get("compression_ratio", config.default_ratio)),
+            )
             starts = range(0, len(encoded), size)
 
             async def send(start: int):

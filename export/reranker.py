@@ -31,6 +31,7 @@ from nestrank.protocol.passages import STATE_DTYPE
 from nestrank.protocol.reranking import (
     DOCUMENTS,
     PLAIN_PROMPT_TEMPLATE,
+    RAGGED,
     RerankerConfig,
     encode_signature,
     rerank_signature,
@@ -43,6 +44,7 @@ from nestrank.serving.pipeline.tokenization import TOKENIZER_FILE
 from nestrank.texts import realistic_texts
 
 WARMUP_FILE = "documents"  # under <name>_encode/warmup/
+RERANK_INSTANCES = 2  # processes of the rerank entry point (each with its own first level): reranks worked on at once
 PARITY_MAX_SCORE_DIFF = {"fp32": 1e-4, "fp16": 2e-2, "int8": 1e-1}  # fp16/int8: measured drift bounds (README)
 FLOAT16_STATES_MAX_SCORE_DIFF = 1e-3  # what holding passage states in float16 may add (measured: ≤ 1.0e-4, README)
 # int8 stored states against float16 ones; measured on the random test checkpoints: ≤ 1.7e-3 at the KaLM Nano shape,
@@ -107,8 +109,10 @@ class PassageEncoderGraph(torch.nn.Module):
 
 
 class ScorerGraph(torch.nn.Module):
-    """(decoder_input_ids, passage_states, passage_mask) → (scores, margins): the decoder reads the prompt and
-    cross-attends to the pooled passage states; the head yields logit(yes) and logit(no) at the last position.
+    """(decoder_input_ids, passage_states, passage_mask) → margins: the decoder reads the prompt and cross-attends
+    to the pooled passage states; the head yields logit(yes) and logit(no) at the last position, and the graph
+    their difference only (the rerank service takes its sigmoid, once; graphs exported before kept an unused
+    `scores` output, which the scorer never fetches).
     Wrap the export in `answer_rows_only` so that the head holds only those two rows."""
 
     def __init__(self, model: torch.nn.Module):
@@ -128,8 +132,7 @@ class ScorerGraph(torch.nn.Module):
             **extra,
         )
         answers = out.logits[:, -1].float()  # [B, 2]: the yes row, then the no row
-        margins = answers[:, 0] - answers[:, 1]
-        return torch.sigmoid(margins), margins
+        return answers[:, 0] - answers[:, 1]
 
 
 @contextlib.contextmanager
@@ -180,7 +183,7 @@ def export_graphs(model: torch.nn.Module, config: RerankerConfig, encoder_path: 
             (prompt, states, passage_mask),
             str(scorer_path),
             input_names=[g.DECODER_INPUT_IDS, g.PASSAGE_STATES, g.PASSAGE_MASK],
-            output_names=["scores", g.MARGINS],
+            output_names=[g.MARGINS],
             dynamic_shapes={
                 g.DECODER_INPUT_IDS: {0: batch, 1: prompt_len},
                 g.PASSAGE_STATES: {0: batch, 1: groups},
@@ -320,7 +323,16 @@ def model_configs(name: str, config: RerankerConfig, max_batch_size: int) -> dic
             warmup={DOCUMENTS: WARMUP_FILE},
         ),  # fmt: skip
         f"{name}_score": python_model_config(f"{name}_score", score_signature(hidden), parameters=params),
-        name: python_model_config(name, rerank_signature(hidden), parameters=params),
+        # The entry point runs a request at a time per instance (BLS calls from several threads of one stub crash
+        # tritonserver 2.51); RERANK_INSTANCES of them, and Triton's queue holds max_requests_in_flight more: past
+        # that, refused at once as overloaded instead of waiting out max_queue_wait_s.
+        name: python_model_config(
+            name,
+            rerank_signature(hidden),
+            parameters=params,
+            instance_count=RERANK_INSTANCES,
+            max_queue_size=config.max_requests_in_flight,
+        ),  # fmt: skip
     }
 
 
@@ -342,7 +354,7 @@ def reranker_config(model, tokenizer, architecture: str, **fields) -> RerankerCo
         fields.update(prompt_template=PLAIN_PROMPT_TEMPLATE, passage_special_tokens=True,
                       decoder_start_token_id=int(model.config.decoder_start_token_id))  # fmt: skip
     return RerankerConfig(architecture=architecture, hidden_size=int(hidden), yes_token_id=yes_id, no_token_id=no_id,
-                          vocab_size=vocabulary_size(model), **fields)  # fmt: skip
+                          vocab_size=vocabulary_size(model), passage_layout=RAGGED, **fields)  # fmt: skip
 
 
 RERANKER_STAGES = ("loading the checkpoint", "exporting the graphs", "checking parity", "writing the models")

@@ -46,7 +46,7 @@ def python_model_config(
     config = mc.ModelConfig(name=name, backend="python", max_batch_size=signature.max_batch_size)
     for tensor in signature.inputs:
         config.input.add(name=tensor.name, data_type=data_type(tensor.datatype), dims=list(tensor.dims),
-                         optional=tensor.optional)  # fmt: skip
+                         optional=tensor.optional, allow_ragged_batch=tensor.ragged_batch)  # fmt: skip
     for tensor in signature.outputs:
         config.output.add(name=tensor.name, data_type=data_type(tensor.datatype), dims=list(tensor.dims))
     if signature.max_batch_size > 0:  # the dynamic batcher needs a batch dimension
@@ -64,7 +64,7 @@ def python_model_config(
         for tensor_name, file_name in warmup.items():
             spec = sample.inputs[tensor_name]
             spec.data_type = by_name[tensor_name].data_type
-            spec.dims.extend(by_name[tensor_name].dims)
+            spec.dims.extend(max(1, d) for d in by_name[tensor_name].dims)  # a variable dimension: one value
             spec.input_data_file = file_name
     return config
 

@@ -59,12 +59,21 @@ class RerankLimits:
     max_request_state_bytes: int = _limit(512 * MiB, "passage states one rerank request may hold: its candidates "
                                                      "at the request's ratio, counted at their longest; "
                                                      "client-sent states as sent")  # fmt: skip
-    score_batch_tokens: int = _limit(16384, "candidates x pooled length per scorer run")
+    max_encode_documents: int = _limit(32, "documents per request to `_encode` (the rerank model sends a request's "
+                                           "chunks of it at once, the dynamic batcher merges them; the clients' "
+                                           "warm, index and encode_passages send requests of it)")  # fmt: skip
+    encode_batch_tokens: int = _limit(16384, "tokens per execution of the `_encode` scheduler (whole requests, "
+                                             "arrival order)")  # fmt: skip
+    max_requests_in_flight: int = _limit(16, "rerank, warm and index requests the rerank model holds waiting for "
+                                             "one of its instances (Triton's queue size for it): past it, refused "
+                                             "at once as overloaded")  # fmt: skip
+    score_batch_tokens: int = _limit(16384, "candidates x pooled length per scorer run, and per execution of the "
+                                            "`_score` scheduler")  # fmt: skip
     score_chunk_bytes: int = _limit(64 * MiB, "passage states per call from the rerank model to `_score` "
                                               "(through /dev/shm)")  # fmt: skip
     passage_cache_bytes: int = _limit(512 * MiB, "the rerank model's first level, an in-process LRU in front of "
                                                  "the passage store (0: none)", low=0)  # fmt: skip
-    max_queue_wait_s: float = _limit(30.0, "as the embedder's (the rerank models have only Triton's queue)", low=0.0)
+    max_queue_wait_s: float = _limit(30.0, "as the embedder's: the `_encode` and `_score` schedulers' bound", low=0.0)
     intra_op_threads: int = _limit(0, "as the embedder's", low=0)
 
     def __post_init__(self):

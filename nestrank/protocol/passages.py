@@ -7,8 +7,10 @@ the first level in front of it) may hold them as int8, which the server then sco
 when it has just encoded them. So every path to a passage (encoded now, read from a store, sent by a client)
 scores the same.
 
-- Wire: N passages travel zero-padded, states [N, G_max, H] float16 and counts [N, G_max] int32; a count of 0
-  marks padding (`padded` / `from_padded`).
+- Wire: N passages travel ragged, as they are held: states [ΣG, H] float16, counts [ΣG] int32 and groups per
+  passage [N] (`reranking.wire_tensors` / `from_wire`). `padded` / `from_padded` ([N, G_max, H], [N, G_max], a
+  count of 0 marking padding) are the scorer's one padding, right before ONNX Runtime, MEP's re-pooling, and the
+  wire of exports from before the ragged layout.
 - Store: one value is `to_bytes(states)`, a versioned header (magic, version, dtype, ratio, passages, groups,
   width, tokens, a CRC-32 of the body, the model's passage fingerprint) and the arrays; `from_bytes` reads it back
   and refuses anything that fails the header or the checksum (`CorruptStates`). A store holds states as float16
@@ -166,6 +168,12 @@ class PassageStates:
         return cls(np.concatenate([p.states for p in parts]), np.concatenate([p.counts for p in parts]), offsets,
                    parts[0].ratio, tuple(ids), parts[0].fingerprint)  # fmt: skip
 
+    def slice(self, start: int, end: int) -> PassageStates:
+        """Passages start..end-1, views (no copies)."""
+        first, last = int(self.offsets[start]), int(self.offsets[end])
+        return PassageStates(self.states[first:last], self.counts[first:last], self.offsets[start : end + 1] - first,
+                             self.ratio, self.ids[start:end], self.fingerprint)  # fmt: skip
+
     def subset(self, indices: Sequence[int]) -> PassageStates:
         ids = [self.ids[i] for i in indices] if self.ids else ()
         return PassageStates.from_passages([self.passage(i) for i in indices], self.ratio, ids, self.fingerprint,
@@ -173,12 +181,13 @@ class PassageStates:
 
     # -- the wire ---------------------------------------------------------------------------------------------
 
-    def padded(self, indices: Sequence[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """[n, G_max, H] float16 states and [n, G_max] int32 counts (all passages, or those at `indices`)."""
+    def padded(self, indices: Sequence[int] | None = None, dtype=STATE_DTYPE) -> tuple[np.ndarray, np.ndarray]:
+        """[n, G_max, H] states (float16, or `dtype`: the scorer's float32 graph input) and [n, G_max] int32 counts
+        (all passages, or those at `indices`), zeros past each passage's groups: the one padding."""
         indices = range(len(self)) if indices is None else indices
         lengths = self.lengths
         longest = max((int(lengths[i]) for i in indices), default=0)
-        states = np.zeros((len(indices), longest, self.width), dtype=STATE_DTYPE)
+        states = np.zeros((len(indices), longest, self.width), dtype=dtype)
         counts = np.zeros((len(indices), longest), dtype=np.int32)
         for row, i in enumerate(indices):
             s, c = self.passage(i)

@@ -1,21 +1,35 @@
 """The reranking contract: what an exported FBNL reranker serves (its Triton `parameters`), one rerank request's
 options, passage ids, and the tensors of its three models. The server and the client validate with the same rules.
 
-`<name>_encode` returns passage states in float16 with their per-group token counts, and the passage fingerprint of
-the model that made them (states are float16 everywhere: `passages.py`). `<name>_score` and `<name>` take one
-request at a time (max_batch_size 1: a leading dimension of 1).
+Passage states travel in one layout across every hop (RAGGED below: states [ΣG, H] float16, counts [ΣG], groups
+per passage [N]), padded once, right before ONNX Runtime, in the scorer. `<name>_encode` answers them with the
+passage fingerprint of the model that made them (states are float16 everywhere: `passages.py`). Every request to
+the three models has a leading dimension of 1 (`<name>` and `<name>_score`: max_batch_size 1; `<name>_encode`: one
+chunk of documents per request, which its dynamic batcher merges). A request to `<name>` is of one kind
+(REQUEST_KINDS: rerank, warm, index).
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from nestrank.protocol.errors import ValidationError
 from nestrank.protocol.limits import RerankLimits, limits_of
-from nestrank.protocol.parameters import as_bool, as_int, as_str, check_names, from_parameters, to_parameters
+from nestrank.protocol.parameters import (
+    as_bool,
+    as_int,
+    as_str,
+    check_names,
+    from_parameters,
+    shown,
+    to_parameters,
+)
+from nestrank.protocol.passages import STATE_DTYPE, PassageStates
 from nestrank.protocol.tensors import Signature, Tensor
 
 RATIOS = (1, 2, 4, 8, 16, 32)  # MEP compression ratios
@@ -35,7 +49,8 @@ DOCUMENTS = "documents"
 PASSAGE_IDS = "passage_ids"
 PASSAGE_STATES = "passage_states"
 PASSAGE_COUNTS = "passage_counts"
-PASSAGE_FINGERPRINT = "passage_fingerprint"  # an `_encode` output per document, and a rerank request parameter
+PASSAGE_GROUPS = "passage_groups"  # groups per passage of the ragged states (RAGGED)
+PASSAGE_FINGERPRINT = "passage_fingerprint"  # an `_encode` output, and a rerank request parameter
 PASSAGE_TOKENS = "passage_tokens"  # tokens per passage, answered to a warm / index request
 STORED_BYTES = "stored_bytes"  # bytes a warm / index request wrote to the store per passage (0: already there)
 DECODER_INPUT_IDS = "decoder_input_ids"
@@ -43,31 +58,77 @@ SCORES = "scores"
 MARGINS = "margins"
 INDICES = "indices"
 
+# How passage states travel between the clients, `<name>`, `<name>_encode` and `<name>_score` (the config's
+# `passage_layout`, written at export). RAGGED: states [ΣG, H] float16, per-group token counts [ΣG] int32 and
+# groups per passage [N] int32 (`passage_groups`), each request's and answer's tensors with a leading dimension of
+# 1; padded once, right before ONNX Runtime, in the scorer. PADDED: what exports before it have (states
+# [N, G_max, H], counts [N, G_max], a count of 0 marking padding; `_encode` batching documents); the models and
+# clients still speak it to such an export.
+RAGGED, PADDED = "ragged", "padded"
+PASSAGE_LAYOUTS = (RAGGED, PADDED)
+
 
 def encode_signature(hidden: int, max_batch_size: int) -> Signature:
+    """One request is one chunk of documents ([1, n]); the dynamic batcher merges up to `max_batch_size` of them,
+    whatever their n (ragged batching: the model reads each request on its own)."""
     return Signature(
-        inputs=(Tensor(DOCUMENTS, "BYTES", (1,)),),
+        inputs=(Tensor(DOCUMENTS, "BYTES", (-1,), ragged_batch=True),),
         outputs=(Tensor(PASSAGE_STATES, "FP16", (-1, hidden)), Tensor(PASSAGE_COUNTS, "INT32", (-1,)),
-                 Tensor(PASSAGE_FINGERPRINT, "BYTES", (1,))),
+                 Tensor(PASSAGE_GROUPS, "INT32", (-1,)), Tensor(PASSAGE_FINGERPRINT, "BYTES", (1,))),
         max_batch_size=max_batch_size,
     )  # fmt: skip
 
 
 def score_signature(hidden: int) -> Signature:
     return Signature(
-        inputs=(Tensor(DECODER_INPUT_IDS, "INT64", (-1,)), Tensor(PASSAGE_STATES, "FP16", (-1, -1, hidden)),
-                Tensor(PASSAGE_COUNTS, "INT32", (-1, -1))),
-        outputs=(Tensor(SCORES, "FP32", (-1,)), Tensor(MARGINS, "FP32", (-1,))),
+        inputs=(Tensor(DECODER_INPUT_IDS, "INT64", (-1,)), Tensor(PASSAGE_STATES, "FP16", (-1, hidden)),
+                Tensor(PASSAGE_COUNTS, "INT32", (-1,)), Tensor(PASSAGE_GROUPS, "INT32", (-1,))),
+        outputs=(Tensor(MARGINS, "FP32", (-1,)),),  # logit(yes) - logit(no); the rerank model takes the sigmoid
         max_batch_size=1,
     )  # fmt: skip
+
+
+def wire_tensors(passages: PassageStates, layout: str) -> dict[str, np.ndarray]:
+    """The passages' tensors as `layout` carries them, without a leading batch dimension (the caller adds the 1 its
+    model takes): RAGGED states [ΣG, H], counts [ΣG], groups [N] (views, no copies); PADDED [N, G, H], [N, G]."""
+    if layout == PADDED:
+        states, counts = passages.padded()
+        return {PASSAGE_STATES: states, PASSAGE_COUNTS: counts}
+    return {PASSAGE_STATES: passages.states.astype(STATE_DTYPE, copy=False), PASSAGE_COUNTS: passages.counts,
+            PASSAGE_GROUPS: passages.lengths.astype(np.int32)}  # fmt: skip
+
+
+def from_wire(layout: str, states: np.ndarray | None, counts: np.ndarray | None, groups: np.ndarray | None,
+              ratio: int, fingerprint: str = "", ids: Sequence[str] = ()) -> PassageStates:  # fmt: skip
+    """Passages from their tensors as `layout` carries them (no leading batch dimension); ValidationError naming the
+    tensor whose shape does not fit. What the values may be (counts, groups, finite) is the receiver's check."""
+    if states is None:
+        raise ValidationError(PASSAGE_STATES, "missing input tensor")
+    if layout == PADDED:
+        if states.ndim != 3 or counts is None or counts.shape != states.shape[:2]:
+            got = None if counts is None else list(counts.shape)
+            raise ValidationError(PASSAGE_COUNTS, f"shape {got}; expected {list(states.shape[:2])} like the states")
+        return PassageStates.from_padded(states, counts, ratio, ids, fingerprint)
+    if states.ndim != 2 or counts is None or counts.shape != states.shape[:1]:
+        got = None if counts is None else list(counts.shape)
+        raise ValidationError(PASSAGE_COUNTS, f"shape {got}; expected [{len(states)}], one count per state row")
+    if groups is None or groups.ndim != 1 or (groups < 0).any() or int(groups.sum(dtype=np.int64)) != len(states):
+        got = None if groups is None else list(groups.shape)
+        raise ValidationError(PASSAGE_GROUPS, f"shape {got}; expected [N] groups per passage, >= 0, adding up to "
+                              f"the {len(states)} state rows")  # fmt: skip
+    offsets = np.zeros(len(groups) + 1, dtype=np.int64)
+    np.cumsum(groups, out=offsets[1:])
+    return PassageStates(states.astype(STATE_DTYPE, copy=False), counts.astype(np.int32, copy=False), offsets,
+                         ratio, tuple(ids), fingerprint)  # fmt: skip
 
 
 def rerank_signature(hidden: int) -> Signature:
     return Signature(
         inputs=(Tensor(QUERY, "BYTES", (1,), optional=True), Tensor(DOCUMENTS, "BYTES", (-1,), optional=True),
                 Tensor(PASSAGE_IDS, "BYTES", (-1,), optional=True),
-                Tensor(PASSAGE_STATES, "FP16", (-1, -1, hidden), optional=True),
-                Tensor(PASSAGE_COUNTS, "INT32", (-1, -1), optional=True)),
+                Tensor(PASSAGE_STATES, "FP16", (-1, hidden), optional=True),
+                Tensor(PASSAGE_COUNTS, "INT32", (-1,), optional=True),
+                Tensor(PASSAGE_GROUPS, "INT32", (-1,), optional=True)),
         outputs=(Tensor(SCORES, "FP32", (-1,)), Tensor(INDICES, "INT32", (-1,)),
                  Tensor(DOCUMENTS, "BYTES", (-1,)), Tensor(PASSAGE_IDS, "BYTES", (-1,)),
                  Tensor(PASSAGE_TOKENS, "INT32", (-1,)), Tensor(STORED_BYTES, "INT64", (-1,))),
@@ -118,7 +179,11 @@ class RerankerConfig(RerankLimits):
     # Where the passage states live (serving/pipeline/passage_store.py's URLs, passed through as they are); "": the
     # default store, LMDB in the serving user's cache directory. `nestrank serve --passage-store` sets it.
     passage_store: str = ""
-    passage_fingerprint: str = ""  # serving/reranker.py's passage_fingerprint; "" in exports from before it existed
+    # How passage states travel between the models (RAGGED, PADDED); exports before the ragged layout say nothing:
+    # PADDED, which the models and clients still speak to them.
+    passage_layout: str = PADDED
+    # serving/pipeline/passage_encoder.py's passage_fingerprint; "" in exports from before it existed
+    passage_fingerprint: str = ""
 
     def __post_init__(self):
         super().__post_init__()
@@ -134,6 +199,8 @@ class RerankerConfig(RerankLimits):
                 raise ValueError(f"prompt_template lacks {name}")
         if "{document}" not in self.document_template:
             raise ValueError("document_template lacks {document}")
+        if self.passage_layout not in PASSAGE_LAYOUTS:
+            raise ValueError(f"passage_layout must be one of {PASSAGE_LAYOUTS}, got {self.passage_layout!r}")
         if self.max_query_tokens < 1 or self.max_passage_tokens < 2:
             raise ValueError("max_query_tokens >= 1 and max_passage_tokens >= 2")
 
@@ -159,6 +226,21 @@ class RerankerConfig(RerankLimits):
         return from_parameters(cls, parameters)
 
 
+# What a request to `<name>` asks for (its `kind` parameter): a ranking (the default); `warm`: encode its documents
+# into the passage store (on-demand entries), score nothing; `index`: keep its documents for good under the user's
+# ids it sends in `passage_ids` (one per document). Each kind says what its tensors mean; no flag changes that.
+RERANK, WARM, INDEX = "rerank", "warm", "index"
+REQUEST_KINDS = (RERANK, WARM, INDEX)
+LEGACY_WARM = "warm"  # the last release's clients' boolean parameter: `warm=true` (+ passage_ids: an index request)
+
+
+def request_kind(options: RerankOptions, ids_sent: bool) -> str:
+    """The request's kind; a last-release client's `warm=true` is `index` when it sent ids, else `warm`."""
+    if options.legacy_warm:
+        return INDEX if ids_sent else WARM
+    return options.kind
+
+
 @dataclass(frozen=True)
 class RerankOptions:
     compression_ratio: int
@@ -166,13 +248,20 @@ class RerankOptions:
     top_n: int | None = None
     return_documents: bool = False
     truncate: bool = True
-    warm: bool = False  # encode and cache the documents, score nothing
+    kind: str = RERANK  # REQUEST_KINDS
+    legacy_warm: bool = False  # `warm=true` from a last-release client (request_kind reads it)
     states_ratio: int | None = None  # ratio of client-sent passage states (default: compression_ratio)
     passage_fingerprint: str | None = None  # of the model that made client-sent states (PassageStates.fingerprint)
 
 
 def parse_rerank_options(parameters: Mapping[str, Any], config: RerankerConfig) -> RerankOptions:
-    check_names(parameters, RerankOptions.__dataclass_fields__)
+    check_names(parameters, (*(f for f in RerankOptions.__dataclass_fields__ if f != "legacy_warm"), LEGACY_WARM))
+    kind = as_str("kind", parameters.get("kind", RERANK))
+    if kind not in REQUEST_KINDS:
+        raise ValidationError("kind", f"{shown(kind)} is not a request kind; one of {', '.join(REQUEST_KINDS)}")
+    legacy_warm = as_bool(LEGACY_WARM, parameters.get(LEGACY_WARM, False))
+    if legacy_warm and "kind" in parameters:
+        raise ValidationError(LEGACY_WARM, "send kind alone (warm=true is the last release's spelling of it)")
     ratio = as_int("compression_ratio", parameters.get("compression_ratio", config.default_ratio))
     if ratio not in config.ratios:
         exported = ", ".join(map(str, config.ratios))
@@ -196,7 +285,8 @@ def parse_rerank_options(parameters: Mapping[str, Any], config: RerankerConfig) 
     return RerankOptions(
         passage_fingerprint=fingerprint,
         compression_ratio=ratio,
-        warm=as_bool("warm", parameters.get("warm", False)),
+        kind=kind,
+        legacy_warm=legacy_warm,
         states_ratio=states_ratio,
         instruction=instruction,
         top_n=top_n,

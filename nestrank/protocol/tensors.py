@@ -17,6 +17,7 @@ class Tensor:
     datatype: str  # Triton's name for it: BYTES, FP32, FP16, INT8, UINT8, INT32, INT64
     dims: tuple[int, ...]
     optional: bool = False
+    ragged_batch: bool = False  # requests of different sizes batch together (Triton's allow_ragged_batch)
 
     def __post_init__(self):
         if self.datatype not in NUMPY:

@@ -31,7 +31,7 @@ from tritonclient.grpc import model_config_pb2 as mc
 from nestrank.protocol.embedding import EmbedderConfig
 from nestrank.protocol.limits import LIMIT_NAMES, parse_limit
 from nestrank.protocol.parameters import string_parameters
-from nestrank.protocol.reranking import RerankerConfig
+from nestrank.protocol.reranking import QUERY, RerankerConfig
 
 CONFIG_FILE = "config.pbtxt"
 KINDS = (EmbedderConfig, RerankerConfig)
@@ -121,6 +121,9 @@ def changed_configs(repository: Path, overrides: Sequence[Override]) -> dict[str
         if config.HasField("dynamic_batching"):  # the queue's bound is the model's max_queue_wait_s
             queue = config.dynamic_batching.default_queue_policy
             queue.default_timeout_microseconds = int(served.max_queue_wait_s * 1e6)
+        if "max_requests_in_flight" in {o.name for o in mine} and any(t.name == QUERY for t in config.input):
+            # the rerank entry point: requests it holds at once, in work and in Triton's queue (written at export)
+            config.dynamic_batching.default_queue_policy.max_queue_size = served.max_requests_in_flight
         changed[model_dir.name] = config
     for override in overrides:
         if override.required and override not in used:

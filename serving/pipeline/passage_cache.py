@@ -8,6 +8,7 @@ measures.
 from __future__ import annotations
 
 import sys
+import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 
@@ -34,27 +35,30 @@ class PassageCache:
         self.max_bytes = max_bytes
         self._entries: OrderedDict[bytes, tuple[bytes, int]] = OrderedDict()
         self.stats = CacheStats()
+        self._lock = threading.Lock()  # the rerank model works on several requests at once
 
     def get(self, key: bytes) -> bytes | None:
         """The value, or None; hits and misses are counted per passage by the caller, which may try several keys
         (ratios) for one passage."""
-        entry = self._entries.get(key)
-        if entry is None:
-            return None
-        self._entries.move_to_end(key)
-        return entry[0]
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is None:
+                return None
+            self._entries.move_to_end(key)
+            return entry[0]
 
     def put(self, key: bytes, value: bytes) -> None:
-        if key in self._entries:
-            self._entries.move_to_end(key)
-            return
-        size = entry_bytes(key, value)
-        if size > self.max_bytes:
-            return  # larger than the whole cache: serve it, don't keep it
-        self._entries[key] = (value, size)
-        self.stats.bytes += size
-        while self.stats.bytes > self.max_bytes:
-            _, (_, evicted) = self._entries.popitem(last=False)
-            self.stats.bytes -= evicted
-            self.stats.evictions += 1
-        self.stats.entries = len(self._entries)
+        with self._lock:
+            if key in self._entries:
+                self._entries.move_to_end(key)
+                return
+            size = entry_bytes(key, value)
+            if size > self.max_bytes:
+                return  # larger than the whole cache: serve it, don't keep it
+            self._entries[key] = (value, size)
+            self.stats.bytes += size
+            while self.stats.bytes > self.max_bytes:
+                _, (_, evicted) = self._entries.popitem(last=False)
+                self.stats.bytes -= evicted
+                self.stats.evictions += 1
+            self.stats.entries = len(self._entries)

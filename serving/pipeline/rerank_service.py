@@ -6,6 +6,7 @@ stored passage ids, or client-sent states), score them against one prompt, rank;
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -14,10 +15,10 @@ import numpy as np
 from nestrank.protocol.errors import NotFoundError, ValidationError
 from nestrank.protocol.parameters import shown
 from nestrank.protocol.passages import PassageStates
-from nestrank.protocol.reranking import RerankerConfig, RerankOptions, passage_id
+from nestrank.protocol.reranking import INDEX, WARM, RerankerConfig, RerankOptions, passage_id
 from nestrank.serving.pipeline.mep import at_ratio
 from nestrank.serving.pipeline.passage_tiers import Passages
-from nestrank.serving.pipeline.scorer import rank, sigmoid
+from nestrank.serving.pipeline.scorer import rank, sigmoid, valid_groups
 from nestrank.serving.pipeline.tokenization import RerankTokenizer
 
 EncodeFn = Callable[[list[str], int], PassageStates]
@@ -28,12 +29,12 @@ SHOWN_IDS = 5  # missing ids a NOT_FOUND names
 
 @dataclass(frozen=True)
 class Candidates:
-    """Exactly one of: documents, passage ids, or states (+ counts) sent by the client."""
+    """Exactly one of: documents, passage ids, or passage states sent by the client (read from the wire's layout,
+    `from_wire`: their values are checked here)."""
 
     documents: list[str] | None = None
     passage_ids: list[str] | None = None
-    states: np.ndarray | None = None
-    counts: np.ndarray | None = None
+    states: PassageStates | None = None
 
     def count(self) -> int:
         for given in (self.documents, self.passage_ids, self.states):
@@ -113,23 +114,20 @@ class RerankService:
             raise _missing("passage_ids", missing, len(passage_ids), ratio)
         return PassageStates.concat([found[cid] for cid in content_ids])
 
-    def _from_states(self, states: np.ndarray, counts: np.ndarray, options: RerankOptions) -> PassageStates:
+    def _from_states(self, sent: PassageStates, options: RerankOptions) -> PassageStates:
         stored, hidden = options.states_ratio or options.compression_ratio, self.config.hidden_size
-        if states.ndim != 3 or states.shape[2] != hidden:
-            raise ValidationError("passage_states", f"shape {list(states.shape)}; expected [N, groups, {hidden}]")
-        most = -(-self.config.max_passage_tokens // stored)
-        if states.shape[1] > most:
-            raise ValidationError("passage_states", f"{states.shape[1]} groups exceed {most}: max_passage_tokens "
+        if sent.width != hidden:
+            raise ValidationError("passage_states", f"width {sent.width}; expected [groups, {hidden}]")
+        most, lengths = -(-self.config.max_passage_tokens // stored), sent.lengths
+        if lengths.max(initial=0) > most:
+            raise ValidationError("passage_states", f"{int(lengths.max())} groups exceed {most}: max_passage_tokens "
                                   f"{self.config.max_passage_tokens} at ratio {stored}")  # fmt: skip
-        if counts is None or counts.shape != states.shape[:2]:
-            got = None if counts is None else list(counts.shape)
-            raise ValidationError("passage_counts", f"shape {got}; expected {list(states.shape[:2])} like the states")
-        if (counts < 0).any() or (counts > stored).any():
+        if (sent.counts < 0).any() or (sent.counts > stored).any():
             raise ValidationError("passage_counts", f"each group holds 0..{stored} tokens at ratio {stored}")
-        empty = np.flatnonzero(counts.sum(axis=1) == 0)
+        empty = np.flatnonzero(valid_groups(sent) == 0)
         if empty.size:
             raise ValidationError(f"passage_counts[{int(empty[0])}]", "no valid group; a passage needs tokens")
-        if not np.isfinite(states).all():
+        if not np.isfinite(sent.states).all():
             raise ValidationError("passage_states", "holds NaN or infinity")
         mine = self.config.passage_fingerprint
         if not options.passage_fingerprint:
@@ -140,13 +138,14 @@ class RerankService:
             raise ValidationError("passage_fingerprint", f"the states were made by the model with passage "
                                   f"fingerprint {shown(options.passage_fingerprint)}, and this model's is {mine}: "
                                   "re-encode the documents with encode_passages against this model")  # fmt: skip
-        return at_ratio(PassageStates.from_padded(states, counts, stored, fingerprint=mine), options.compression_ratio)
+        passages = dataclasses.replace(sent, ratio=stored, fingerprint=mine)
+        return at_ratio(passages, options.compression_ratio)
 
     def _check_state_bytes(self, field: str, candidates: Candidates, options: RerankOptions) -> None:
         """Before any work: the passage states this request would hold stay within max_request_state_bytes."""
         limit, ratio = self.config.max_request_state_bytes, options.compression_ratio
         if candidates.states is not None:  # as sent
-            held = candidates.states.nbytes + (0 if candidates.counts is None else candidates.counts.nbytes)
+            held = candidates.states.states.nbytes + candidates.states.counts.nbytes
             if held > limit:
                 raise ValidationError("passage_states", f"{held / 2**20:.1f} MiB of states exceed "
                                       f"max_request_state_bytes {limit / 2**20:.0f} MiB; send fewer per request (the "
@@ -161,28 +160,34 @@ class RerankService:
                                   "at this ratio (the clients split for you), or use a coarser ratio")  # fmt: skip
 
     def _score_in_chunks(self, prompt: np.ndarray, passages: PassageStates) -> np.ndarray:
-        """Margins, the candidates sent to the scorer in length-sorted calls of at most score_chunk_bytes (padded)."""
+        """Margins, the candidates sent to the scorer in calls of at most score_chunk_bytes of ragged states (the
+        one chunker between here and the scorer, which sorts and pads its own runs)."""
         margins = np.empty(len(passages), dtype=np.float32)
-        lengths = passages.lengths
-        order = np.argsort(lengths, kind="stable")
+        sizes = passages.lengths * (2 * passages.width + 4)  # float16 rows and int32 counts, as they travel
         start = 0
-        while start < len(order):
-            end = start + 1  # sorted: the chunk's last passage is its longest, so its padded size is count × that
-            while end < len(order) and (end + 1 - start) * self.config.state_bytes(int(lengths[order[end]])) <= (
-                self.config.score_chunk_bytes
-            ):
+        while start < len(passages):
+            end, held = start + 1, int(sizes[start])
+            while end < len(passages) and held + int(sizes[end]) <= self.config.score_chunk_bytes:
+                held += int(sizes[end])
                 end += 1
-            chunk = order[start:end]
-            margins[chunk] = self.score(prompt, passages.subset(chunk))
+            margins[start:end] = self.score(prompt, passages.slice(start, end))
             start = end
         return margins
 
     # -- requests ---------------------------------------------------------------------------------------------
 
-    def store(self, documents: list[str], ratio: int, user_ids: list[str] | None = None) -> Stored:
-        """Encodes what is not stored yet and writes it through. Without `user_ids` (warm), as the documents path
-        does: on-demand entries. With them (index), each document is kept for good under its user id; a document
-        whose id already names its text and whose states are stored is skipped, so reruns are idempotent."""
+    def store(self, kind: str, documents: list[str], ratio: int, user_ids: list[str] | None = None) -> Stored:
+        """A warm or index request: encodes what is not stored yet and writes it through. `warm` (documents only),
+        as the documents path does: on-demand entries. `index` (one user id per document), each document kept for
+        good under its user id; a document whose id already names its text and whose states are stored is skipped,
+        so reruns are idempotent."""
+        if kind == WARM and user_ids is not None:
+            raise ValidationError("passage_ids", "a warm request takes documents only; send kind=index to keep "
+                                  "them under your ids")  # fmt: skip
+        if kind == INDEX and user_ids is None:
+            raise ValidationError("passage_ids", "an index request sends one id per document")
+        if kind not in (WARM, INDEX):
+            raise ValidationError("kind", f"{kind!r} stores nothing; send kind=warm or kind=index")
         if not documents:
             raise ValidationError("documents", "nothing to store; send at least one document")
         self._check_documents(documents)
@@ -242,7 +247,7 @@ class RerankService:
         elif candidates.passage_ids is not None:
             passages, ids = self._from_ids(candidates.passage_ids, ratio), list(candidates.passage_ids)
         else:
-            passages = self._from_states(candidates.states, candidates.counts, options)
-        scores = sigmoid(self._score_in_chunks(prompt, passages))
+            passages = self._from_states(candidates.states, options)
+        scores = sigmoid(self._score_in_chunks(prompt, passages))  # the one sigmoid: every model answers margins
         order = rank(scores, options.top_n)
         return RerankResult(order.astype(np.int32), scores[order].astype(np.float32), [ids[i] for i in order])

@@ -1,10 +1,14 @@
-"""Admission and token-budgeted batches for the embed model, as TEI schedules: requests join one queue the moment
-Triton hands them over; a worker takes them in arrival order into executions of at most `max_batch_tokens` tokens
-(whole requests; a request larger than the budget runs alone); a request that would wait longer than
-`max_wait_s` is refused at once, from the queued tokens and the measured tokens/s, instead of timing out later.
-The estimate can be wrong (the machine slows down, texts are longer than their length suggests): a request that
-reaches the worker after waiting past the bound anyway is refused then, not run, so no answer comes later than the
-bound and one execution.
+"""Admission and token-budgeted executions, as TEI schedules, for every model that does work of its own: the embed
+model, and the reranker's `_encode` and `_score`. Requests join one queue the moment Triton hands them over; a
+worker takes them in arrival order into executions of at most `max_batch_tokens` tokens (whole requests; a request
+larger than the budget runs alone); a request that would wait longer than `max_wait_s` is refused at once, from the
+queued tokens and the measured tokens/s, instead of timing out later. The estimate can be wrong (the machine slows
+down, texts are longer than their length suggests): a request that reaches the worker after waiting past the bound
+anyway is refused then, not run, so no answer comes later than the bound and one execution. A request whose caller
+gave up (cancelled, its deadline passed) is skipped.
+
+"Tokens" are each model's own unit of work: text tokens (embed), passage tokens (`_encode`), candidates × pooled
+length (`_score`); the speed is measured in the same unit at load and updated after every execution.
 
 Triton's own dynamic batcher can only count requests and texts, so 16 requests of 32 long texts merged into one
 27 s execution left the next ones to time out in its queue; here an execution stays within its token budget and
@@ -31,7 +35,7 @@ from nestrank.protocol.errors import OverloadedError, UnavailableError
 class Admitted:
     """One request in the queue: its work, how to answer it, and how to tell whether its caller gave up."""
 
-    work: object  # what `run` takes, one per request (an EmbedJob)
+    work: object  # what `run` takes, one per request (an EmbedJob, EncodeJob, ScoreJob)
     tokens: int
     answer: Callable[[object], None]  # called once, with the request's result or its error
     cancelled: Callable[[], bool] = lambda: False
@@ -54,7 +58,8 @@ class TokenBudgetScheduler:
     SMOOTHING = 0.3  # weight of the newest execution in the tokens/s estimate
 
     def __init__(self, run: Callable[[Sequence[object]], Sequence[object]], max_batch_tokens: int, max_wait_s: float,
-                 tokens_per_s: float, result: Callable[[object], object] = lambda work: work):  # fmt: skip
+                 tokens_per_s: float, result: Callable[[object], object] = lambda work: work,
+                 name: str = "embed"):  # fmt: skip
         """`run` executes a list of works and returns them with results; `result(work)` reads one work's answer;
         `tokens_per_s` is the first estimate of the speed (measured at load), updated after every execution."""
         if max_batch_tokens < 1 or max_wait_s <= 0 or tokens_per_s <= 0:
@@ -70,7 +75,7 @@ class TokenBudgetScheduler:
         self._running_tokens = 0
         self._stopping = False
         self._wake = threading.Condition()
-        self._worker = threading.Thread(target=self._loop, name="nestrank-embed-scheduler", daemon=True)
+        self._worker = threading.Thread(target=self._loop, name=f"nestrank-{name}-scheduler", daemon=True)
         self._worker.start()
 
     def wait_s(self, tokens: int = 0) -> float:
@@ -115,37 +120,40 @@ class TokenBudgetScheduler:
 
     def _loop(self) -> None:
         while (batch := self._next_batch()) is not None:
-            live = []
-            for request in batch:
-                waited = time.monotonic() - request.arrived
-                if request.cancelled():  # its caller gave up (gRPC cancellation): not worth the compute
-                    self.stats.cancelled += 1
-                    request.answer(UnavailableError("cancelled by the caller before it ran"))
-                elif waited > self.max_wait_s:  # the speed estimate was too hopeful: keep the bound all the same
-                    self.stats.expired += 1
-                    request.answer(OverloadedError(f"waited {waited:.1f} s in the queue, past the "
-                                                   f"{self.max_wait_s:g} s bound; retry later"))  # fmt: skip
-                else:
-                    live.append(request)
-            started = time.monotonic()
-            try:
-                done = self.run([r.work for r in live]) if live else []
-                answers = [self.result(work) for work in done]
-            except Exception as err:  # the shared execution failed: every request in it learns (INTERNAL)
-                answers = [err] * len(live)
-            elapsed = time.monotonic() - started
-            tokens = sum(r.tokens for r in live)
-            if tokens and elapsed > 0:
-                rate = tokens / elapsed
-                self.tokens_per_s += self.SMOOTHING * (rate - self.tokens_per_s)
-            for request, answer in zip(live, answers):
-                self.stats.queue_seconds.append(started - request.arrived)
-                request.answer(answer)
-            with self._wake:
-                self._running_tokens = 0
-                self.stats.batches += 1
-                self.stats.tokens += tokens
-                self.stats.batch_seconds.append(elapsed)
+            self._execute(batch)
+
+    def _execute(self, batch: list[Admitted]) -> None:
+        live = []
+        for request in batch:
+            waited = time.monotonic() - request.arrived
+            if request.cancelled():  # its caller gave up (gRPC cancellation): not worth the compute
+                self.stats.cancelled += 1
+                request.answer(UnavailableError("cancelled by the caller before it ran"))
+            elif waited > self.max_wait_s:  # the speed estimate was too hopeful: keep the bound all the same
+                self.stats.expired += 1
+                request.answer(OverloadedError(f"waited {waited:.1f} s in the queue, past the "
+                                               f"{self.max_wait_s:g} s bound; retry later"))  # fmt: skip
+            else:
+                live.append(request)
+        started = time.monotonic()
+        try:
+            done = self.run([r.work for r in live]) if live else []
+            answers = [self.result(work) for work in done]
+        except Exception as err:  # the shared execution failed: every request in it learns (INTERNAL)
+            answers = [err] * len(live)
+        elapsed = time.monotonic() - started
+        tokens = sum(r.tokens for r in live)
+        if tokens and elapsed > 0:
+            rate = tokens / elapsed
+            self.tokens_per_s += self.SMOOTHING * (rate - self.tokens_per_s)
+        for request, answer in zip(live, answers):
+            self.stats.queue_seconds.append(started - request.arrived)
+            request.answer(answer)
+        with self._wake:
+            self._running_tokens = 0
+            self.stats.batches += 1
+            self.stats.tokens += tokens
+            self.stats.batch_seconds.append(elapsed)
 
     def stop(self) -> None:
         """Refuses what is still queued (UNAVAILABLE: another replica can take it) and ends the worker."""

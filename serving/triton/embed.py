@@ -11,9 +11,9 @@ from nestrank.protocol.embedding import EMBEDDING_OUTPUTS, TEXT, EmbedderConfig,
 from nestrank.protocol.errors import ValidationError
 from nestrank.serving.pipeline.embedder import Embedder, EmbedJob
 from nestrank.serving.pipeline.scheduler import Admitted, TokenBudgetScheduler
+from nestrank.serving.triton.glue import answerer as glue_answerer
 from nestrank.serving.triton.glue import (
     decode_texts,
-    error_response,
     input_array,
     read_model_args,  # fmt: skip
     request_parameters,
@@ -35,18 +35,7 @@ def read(request, config):
 
 def answerer(request, output):
     """Sends the request's one response: its embeddings, or its error."""
-    sender = request.get_response_sender()
-
-    def answer(result):
-        try:
-            if isinstance(result, Exception):
-                raise result
-            response = pb_utils.InferenceResponse([pb_utils.Tensor(output, result)])
-        except Exception as err:
-            response = error_response(pb_utils, err)
-        sender.send(response, flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
-
-    return answer
+    return glue_answerer(pb_utils, request, lambda result: [pb_utils.Tensor(output, result)])
 
 
 class TritonPythonModel:

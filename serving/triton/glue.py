@@ -11,8 +11,10 @@ shared model run fails the batch.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import traceback
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
@@ -105,15 +107,66 @@ def error_response(pb_utils, err: Exception):
     return pb_utils.InferenceResponse(error=pb_utils.TritonError(_bounded(message), code))
 
 
-def bls_call(pb_utils, model: str, inputs, outputs: list[str], parameters: dict | None = None) -> list[np.ndarray]:
-    """A request to another model of this server (BLS); its error keeps its kind, so a full queue below is still
-    overload for the caller, and a dead sub-model is UNAVAILABLE, not the caller's bug."""
-    request = pb_utils.InferenceRequest(model_name=model, inputs=inputs, requested_output_names=outputs,
-                                        parameters=parameters or {})  # fmt: skip
-    response = request.exec()
+def answerer(pb_utils, request, tensors):
+    """The request's one answer, sent through its response sender (from any thread, once): `tensors(result)` (the
+    output tensors) for a result, its error for an exception (or when building the tensors fails)."""
+    sender = request.get_response_sender()
+
+    def answer(result):
+        try:
+            if isinstance(result, Exception):
+                raise result
+            response = pb_utils.InferenceResponse(tensors(result))
+        except Exception as err:
+            response = error_response(pb_utils, err)
+        sender.send(response, flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+
+    return answer
+
+
+def _bls_request(pb_utils, model: str, inputs, outputs: list[str], parameters: dict | None):
+    return pb_utils.InferenceRequest(model_name=model, inputs=inputs, requested_output_names=outputs,
+                                     parameters=parameters or {})  # fmt: skip
+
+
+def _bls_outputs(pb_utils, model: str, response, outputs: list[str]) -> list[np.ndarray]:
+    """The response's outputs; its error keeps its kind, so a full queue below is still overload for the caller,
+    and a dead sub-model is UNAVAILABLE, not the caller's bug."""
     if response.has_error():
         codes = {getattr(pb_utils.TritonError, name): name for name in TRITON_TO_GRPC
                  if hasattr(pb_utils.TritonError, name)}  # fmt: skip
         error = response.error()
         raise from_triton_error(codes.get(error.code(), "INTERNAL"), f"{model}: {error.message()}")
     return [pb_utils.get_output_tensor_by_name(response, name).as_numpy() for name in outputs]
+
+
+def bls_call(pb_utils, model: str, inputs, outputs: list[str], parameters: dict | None = None) -> list[np.ndarray]:
+    """A request to another model of this server (BLS), from the thread running `execute` (one at a time: for
+    several in flight, `BlsLoop`)."""
+    response = _bls_request(pb_utils, model, inputs, outputs, parameters).exec()
+    return _bls_outputs(pb_utils, model, response, outputs)
+
+
+class BlsLoop:
+    """BLS requests in flight at once, asked for from any thread, each made and sent (`async_exec`) on the event
+    loop the model's `async def execute` runs on, its outputs copied there: every Triton object of the process is
+    touched by that one thread. (Triton objects made and BLS calls sent from several threads at once crashed
+    tritonserver 2.51: SIGSEGV and `boost::interprocess::lock_exception` in the Python backend, measured with 16
+    reranks at once.)"""
+
+    def __init__(self, pb_utils):
+        self.pb_utils = pb_utils
+        self.loop: asyncio.AbstractEventLoop | None = None
+
+    def attach(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+
+    async def _call(self, model, inputs: dict, outputs, parameters):
+        tensors = [self.pb_utils.Tensor(name, value) for name, value in inputs.items()]
+        response = await _bls_request(self.pb_utils, model, tensors, outputs, parameters).async_exec()
+        return [np.array(a, copy=True) for a in _bls_outputs(self.pb_utils, model, response, outputs)]
+
+    def submit(self, model: str, inputs: dict[str, np.ndarray], outputs: list[str],
+               parameters: dict | None = None) -> Future:  # fmt: skip
+        """From a worker thread: a future of the outputs (or of the error, typed as `bls_call`'s)."""
+        return asyncio.run_coroutine_threadsafe(self._call(model, inputs, outputs, parameters), self.loop)

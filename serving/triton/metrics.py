@@ -51,24 +51,25 @@ class PassageMetrics:
 
 
 class SchedulerMetrics:
-    """The embed scheduler on Triton's Prometheus endpoint, labelled by model and instance: counters
-    nestrank_embed_{admitted, shed, expired, cancelled, batches, tokens}, the gauge nestrank_embed_tokens_per_s (its
-    estimate), and histograms nestrank_embed_queue_seconds (per request) and nestrank_embed_batch_seconds."""
+    """A token-budget scheduler on Triton's Prometheus endpoint, labelled by model and instance, its families named
+    by kind (`embed`, `rerank_encode`, `rerank_score`): counters nestrank_<kind>_{admitted, shed, expired, cancelled,
+    batches, tokens}, the gauge nestrank_<kind>_tokens_per_s (its estimate), and histograms
+    nestrank_<kind>_queue_seconds (per request) and nestrank_<kind>_batch_seconds."""
 
     COUNTERS = {"admitted": "requests queued", "shed": "requests refused at once: they would wait past the bound",
                 "expired": "requests admitted but refused when they reached the worker past the bound",
                 "cancelled": "requests their callers gave up before they ran", "batches": "executions",
-                "tokens": "tokens embedded"}  # fmt: skip
+                "tokens": "tokens of work done (the kind's unit)"}  # fmt: skip
     BUCKETS = [0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0]
 
-    def __init__(self, pb_utils, model: str, instance: str):
+    def __init__(self, pb_utils, model: str, instance: str, kind: str = "embed"):
         family, labels = pb_utils.MetricFamily, {"model": model, "instance": instance}
-        self.families = {key: family(name=f"nestrank_embed_{key}", description=help_, kind=family.COUNTER)
+        self.families = {key: family(name=f"nestrank_{kind}_{key}", description=help_, kind=family.COUNTER)
                          for key, help_ in self.COUNTERS.items()}  # fmt: skip
-        self.families["tokens_per_s"] = family(name="nestrank_embed_tokens_per_s", kind=family.GAUGE,
+        self.families["tokens_per_s"] = family(name=f"nestrank_{kind}_tokens_per_s", kind=family.GAUGE,
                                                description="the scheduler's estimate of its speed")  # fmt: skip
         for key in ("queue_seconds", "batch_seconds"):
-            self.families[key] = family(name=f"nestrank_embed_{key}", kind=family.HISTOGRAM,
+            self.families[key] = family(name=f"nestrank_{kind}_{key}", kind=family.HISTOGRAM,
                                         description=f"{key.split('_')[0]} time in seconds")  # fmt: skip
         self.metrics = {key: f.Metric(labels=labels, **({"buckets": self.BUCKETS} if "seconds" in key else {}))
                         for key, f in self.families.items()}  # fmt: skip

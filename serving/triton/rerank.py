@@ -1,32 +1,38 @@
 """Triton glue for `<name>` (BLS): the rerank entry point. Reads passages through the first level and the passage
 store (the config's `passage_store`; default: LMDB in the serving user's cache), encodes only the misses through
-`<name>_encode`, scores through `<name>_score`, and stores what warm / index requests send. One request at a time
-(max_batch_size 1: every tensor has a leading dimension of 1)."""
+`<name>_encode` (a request's chunks sent at once: serving/triton/bls.py), scores through `<name>_score`, and stores
+what warm / index requests send. One request at a time per instance (max_batch_size 1: every tensor has a leading
+dimension of 1); the export runs two instances, and Triton's queue for them holds `max_requests_in_flight` requests:
+past it, refused at once as overloaded. `_encode` and `_score` admit the work itself (their schedulers).
+
+`execute` is a coroutine: the request's work runs on a worker thread (pure Python and numpy), and every Triton call
+(reading, BLS, answering) on the event loop's thread. Triton objects made and BLS calls sent from several threads of
+one stub at once crashed tritonserver 2.51 (SIGSEGV in the Python backend; measured with 16 reranks at once)."""
+
+import asyncio
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from nestrank.protocol import reranking as r
-from nestrank.protocol.errors import ValidationError
-from nestrank.protocol.passages import PassageStates
+from nestrank.protocol.errors import UnavailableError, ValidationError
 from nestrank.serving.pipeline.passage_cache import PassageCache
 from nestrank.serving.pipeline.passage_encoder import with_passage_fingerprint
 from nestrank.serving.pipeline.passage_store import configured_store, open_store
 from nestrank.serving.pipeline.passage_tiers import Passages
 from nestrank.serving.pipeline.rerank_service import Candidates, RerankService
 from nestrank.serving.pipeline.tokenization import TOKENIZER_FILE, RerankTokenizer
+from nestrank.serving.triton.bls import SubModels
 from nestrank.serving.triton.glue import (
-    bls_call,
     decode_texts,
     error_response,
     input_array,
-    one_row,  # fmt: skip
+    one_row,
     read_model_args,
     request_parameters,
 )
 from nestrank.serving.triton.metrics import PassageMetrics
-
-ENCODE_CHUNK = 32  # documents per BLS request to `<name>_encode` (within its max batch size)
 
 
 def _texts(request, name, limit):
@@ -47,65 +53,65 @@ class TritonPythonModel:
         first_level = PassageCache(config.passage_cache_bytes)
         self.metrics = PassageMetrics(pb_utils, name, args["model_instance_name"], store.url)
         passages = Passages(config.passage_fingerprint, config.ratios, first_level, store, self.metrics.fetch.observe)
-
-        def encode(documents, ratio):
-            parts = []
-            for start in range(0, len(documents), ENCODE_CHUNK):
-                chunk = np.array([d.encode() for d in documents[start : start + ENCODE_CHUNK]], dtype=object)
-                inputs = [pb_utils.Tensor(r.DOCUMENTS, chunk[:, None])]
-                states, counts = bls_call(pb_utils, f"{name}_encode", inputs, [r.PASSAGE_STATES, r.PASSAGE_COUNTS],
-                                          {"compression_ratio": ratio})  # fmt: skip
-                parts.append(PassageStates.from_padded(states, counts, ratio, fingerprint=config.passage_fingerprint))
-            return PassageStates.concat(parts)
-
-        def score(prompt, passages):
-            states, counts = passages.padded()
-            tensors = {r.DECODER_INPUT_IDS: prompt, r.PASSAGE_STATES: states, r.PASSAGE_COUNTS: counts}
-            inputs = [pb_utils.Tensor(key, value[None]) for key, value in tensors.items()]
-            return bls_call(pb_utils, f"{name}_score", inputs, [r.MARGINS])[0][0]
-
+        self.sub_models = SubModels(pb_utils, name, config)
         tokenizer = RerankTokenizer(version_dir / TOKENIZER_FILE, config)
-        self.service = RerankService(config, tokenizer, passages, encode, score)
+        self.service = RerankService(config, tokenizer, passages, self.sub_models.encode, self.sub_models.score)
+        self.workers = ThreadPoolExecutor(4, thread_name_prefix="nestrank-rerank")
 
     def _read(self, request):
-        """(query, candidates, options), every limit checked before any work."""
+        """(kind, query, candidates, options), every limit checked before any work."""
         config = self.service.config
         options = r.parse_rerank_options(request_parameters(request), config)
         documents = _texts(request, r.DOCUMENTS, config.max_candidates)
         ids = _texts(request, r.PASSAGE_IDS, config.max_candidates)
-        if options.warm:
-            return None, Candidates(documents or [], ids), options
+        kind = r.request_kind(options, ids is not None)
+        if kind != r.RERANK:
+            return kind, None, Candidates(documents or [], ids), options
         query = _texts(request, r.QUERY, 1)
         if not query:
             raise ValidationError(r.QUERY, "send exactly one query")
-        states = one_row(input_array(pb_utils, request, r.PASSAGE_STATES, required=False), r.PASSAGE_STATES)
-        counts = one_row(input_array(pb_utils, request, r.PASSAGE_COUNTS, required=False), r.PASSAGE_COUNTS)
-        return query[0], Candidates(documents, ids, states, counts), options
+        wire = [one_row(input_array(pb_utils, request, n, required=False), n)
+                for n in (r.PASSAGE_STATES, r.PASSAGE_COUNTS, r.PASSAGE_GROUPS)]  # fmt: skip
+        ratio = options.states_ratio or options.compression_ratio  # their fingerprint: checked by the service
+        states = None if wire[0] is None else r.from_wire(config.passage_layout, *wire, ratio)
+        return kind, query[0], Candidates(documents, ids, states), options
 
-    def _respond(self, query, candidates, options):
-        if options.warm:  # passage_ids, if sent, are the user's ids for the documents: index them
-            stored = self.service.store(candidates.documents, options.compression_ratio, candidates.passage_ids)
-            return [_bytes_tensor(r.PASSAGE_IDS, stored.content_ids),
-                    pb_utils.Tensor(r.PASSAGE_TOKENS, stored.tokens[None]),
-                    pb_utils.Tensor(r.STORED_BYTES, stored.stored_bytes[None])]  # fmt: skip
-        result = self.service.rerank(query, candidates, options)
-        out = [pb_utils.Tensor(r.SCORES, result.scores[None]), pb_utils.Tensor(r.INDICES, result.indices[None]),
-               _bytes_tensor(r.PASSAGE_IDS, result.passage_ids)]  # fmt: skip
+    def _work(self, kind, query, candidates, options):
+        """The request's work, on a worker thread: pure Python and numpy (the BLS calls go through the loop)."""
+        if kind != r.RERANK:  # warm: documents only; index: documents and the user's ids for them
+            return self.service.store(kind, candidates.documents, options.compression_ratio, candidates.passage_ids)
+        return self.service.rerank(query, candidates, options)
+
+    def _tensors(self, kind, candidates, options, done):
+        if kind != r.RERANK:
+            return [_bytes_tensor(r.PASSAGE_IDS, done.content_ids),
+                    pb_utils.Tensor(r.PASSAGE_TOKENS, done.tokens[None]),
+                    pb_utils.Tensor(r.STORED_BYTES, done.stored_bytes[None])]  # fmt: skip
+        out = [pb_utils.Tensor(r.SCORES, done.scores[None]), pb_utils.Tensor(r.INDICES, done.indices[None]),
+               _bytes_tensor(r.PASSAGE_IDS, done.passage_ids)]  # fmt: skip
         if options.return_documents and candidates.documents is not None:
-            out.append(_bytes_tensor(r.DOCUMENTS, [candidates.documents[i] for i in result.indices]))
+            out.append(_bytes_tensor(r.DOCUMENTS, [candidates.documents[i] for i in done.indices]))
         return out
 
-    def execute(self, requests):
-        responses = []
-        for request in requests:
-            try:
-                read = self._read(request)
-            except Exception as err:
-                responses.append(error_response(pb_utils, err))
-                continue
-            try:
-                responses.append(pb_utils.InferenceResponse(self._respond(*read)))
-            except Exception as err:
-                responses.append(error_response(pb_utils, err))
-        self.metrics.report(self.service.passages.first_level.stats, self.service.passages.stats)
-        return responses
+    async def _answer(self, request):
+        try:
+            kind, query, candidates, options = self._read(request)
+        except Exception as err:
+            return error_response(pb_utils, err)
+        try:
+            if request.is_cancelled():  # its caller gave up while it was handed over: not worth the compute
+                raise UnavailableError("cancelled by the caller before it ran")
+            loop = asyncio.get_running_loop()
+            done = await loop.run_in_executor(self.workers, self._work, kind, query, candidates, options)
+            return pb_utils.InferenceResponse(self._tensors(kind, candidates, options, done))
+        except Exception as err:
+            return error_response(pb_utils, err)
+        finally:
+            self.metrics.report(self.service.passages.first_level.stats, self.service.passages.stats)
+
+    async def execute(self, requests):
+        self.sub_models.bls.attach(asyncio.get_running_loop())
+        return list(await asyncio.gather(*(self._answer(request) for request in requests)))
+
+    def finalize(self):
+        self.workers.shutdown(wait=True, cancel_futures=False)

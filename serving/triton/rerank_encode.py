@@ -1,5 +1,11 @@
-"""Triton glue for `<name>_encode`: documents → MEP passage states at a ratio (query-independent): float16 states,
-per-group token counts, and the passage fingerprint of this model for each document."""
+"""Triton glue for `<name>_encode`: documents → MEP passage states at a ratio (query-independent): ragged float16
+states, per-group token counts and groups per passage, and the passage fingerprint of this model (the wire's
+layout: nestrank/protocol/reranking.py).
+
+Requests are read and tokenized as Triton hands them over, then queued in the token-budget scheduler
+(serving/pipeline/scheduler.py: executions within `encode_batch_tokens`, whole requests, arrival order; refused at
+once past `max_queue_wait_s`; skipped when their caller gave up), which answers each through its response sender.
+`execute` itself returns nothing."""
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
@@ -7,16 +13,12 @@ import triton_python_backend_utils as pb_utils
 from nestrank.protocol.errors import ValidationError
 from nestrank.protocol.parameters import as_int, check_names
 from nestrank.protocol.passages import PassageStates
-from nestrank.protocol.reranking import DOCUMENTS, PASSAGE_COUNTS, PASSAGE_FINGERPRINT, PASSAGE_STATES, RerankerConfig
-from nestrank.serving.pipeline.passage_encoder import ENCODER_FILE, PassageEncoder, with_passage_fingerprint
+from nestrank.protocol.reranking import DOCUMENTS, PADDED, PASSAGE_FINGERPRINT, RAGGED, RerankerConfig, wire_tensors
+from nestrank.serving.pipeline.passage_encoder import ENCODER_FILE, EncodeJob, PassageEncoder, with_passage_fingerprint
+from nestrank.serving.pipeline.scheduler import Admitted, TokenBudgetScheduler
 from nestrank.serving.pipeline.tokenization import TOKENIZER_FILE, RerankTokenizer
-from nestrank.serving.triton.glue import (
-    decode_texts,
-    error_response,
-    input_array,
-    read_model_args,
-    request_parameters,
-)
+from nestrank.serving.triton.glue import answerer, decode_texts, input_array, read_model_args, request_parameters
+from nestrank.serving.triton.metrics import SchedulerMetrics
 
 
 def read_ratio(params, config):
@@ -27,43 +29,46 @@ def read_ratio(params, config):
     return ratio
 
 
+def answer_tensors(layout):
+    """The answer's tensors: RAGGED [1, ΣG, H], [1, ΣG], [1, N] and one fingerprint [1, 1]; PADDED (exports from
+    before it, which batch documents): [N, G, H], [N, G] and a fingerprint per document."""
+
+    def tensors(passages: PassageStates):
+        wire, rows = wire_tensors(passages, layout), len(passages) if layout == PADDED else 1
+        out = [pb_utils.Tensor(k, v if layout == PADDED else v[None]) for k, v in wire.items()]
+        return out + [pb_utils.Tensor(PASSAGE_FINGERPRINT, np.array([[passages.fingerprint.encode()]] * rows,
+                                                                    dtype=object))]  # fmt: skip
+
+    return tensors
+
+
 class TritonPythonModel:
     def initialize(self, args):
-        _, config, files = read_model_args(pb_utils, args, RerankerConfig)
+        model_config, config, files = read_model_args(pb_utils, args, RerankerConfig)
         config = with_passage_fingerprint(config, files)
         tokenizer = RerankTokenizer(files / TOKENIZER_FILE, config)
         self.encoder = PassageEncoder(config, tokenizer, PassageEncoder.open_session(files / ENCODER_FILE, config))
-
-    def _respond(self, passages: PassageStates):
-        states, counts = passages.padded()
-        fingerprint = np.array([[passages.fingerprint.encode()]] * len(passages), dtype=object)
-        return pb_utils.InferenceResponse([pb_utils.Tensor(PASSAGE_STATES, states),
-                                           pb_utils.Tensor(PASSAGE_COUNTS, counts),
-                                           pb_utils.Tensor(PASSAGE_FINGERPRINT, fingerprint)])  # fmt: skip
+        self.scheduler = TokenBudgetScheduler(self.encoder.run, config.encode_batch_tokens, config.max_queue_wait_s,
+                                              self.encoder.measure_tokens_per_s(), result=lambda job: job.result,
+                                              name="rerank-encode")  # fmt: skip
+        self.metrics = SchedulerMetrics(pb_utils, model_config["name"], args["model_instance_name"], "rerank_encode")
+        self.tensors = answer_tensors(config.passage_layout)
+        # RAGGED: one chunk of documents a request, within max_encode_documents; PADDED: Triton's batch bounds it
+        self.most = config.max_encode_documents if config.passage_layout == RAGGED else None
 
     def execute(self, requests):
-        responses = [None] * len(requests)
-        jobs, sequences, ratios = [], [], []
-        for i, request in enumerate(requests):  # each request read on its own: a bad one fails alone
+        for request in requests:  # each on its own: a bad one is answered alone, at once
+            answer = answerer(pb_utils, request, self.tensors)
             try:
-                documents = decode_texts(input_array(pb_utils, request, DOCUMENTS), DOCUMENTS)
+                documents = decode_texts(input_array(pb_utils, request, DOCUMENTS), DOCUMENTS, self.most)
                 ratio = read_ratio(request_parameters(request), self.encoder.config)
-                ids = self.encoder.tokenizer.encode_documents(documents)
+                job = EncodeJob(self.encoder.tokenizer.encode_documents(documents), ratio)
             except Exception as err:
-                responses[i] = error_response(pb_utils, err)
+                answer(err)
                 continue
-            jobs.append((i, len(sequences), len(sequences) + len(ids)))
-            sequences += ids
-            ratios += [ratio] * len(ids)
-        try:
-            passages = self.encoder.encode_ids(sequences, ratios)
-        except Exception as err:  # the shared model run failed: every request in it learns (INTERNAL)
-            for i, *_ in jobs:
-                responses[i] = error_response(pb_utils, err)
-            return responses
-        for i, start, end in jobs:
-            try:
-                responses[i] = self._respond(PassageStates.concat(passages[start:end]))
-            except Exception as err:
-                responses[i] = error_response(pb_utils, err)
-        return responses
+            self.scheduler.submit(Admitted(job, job.tokens, answer, request.is_cancelled))
+        self.metrics.report(self.scheduler)
+        return None
+
+    def finalize(self):
+        self.scheduler.stop()

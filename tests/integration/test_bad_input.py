@@ -69,14 +69,13 @@ class Case:
     shares_execution: bool = True
 
 
-def states(n, groups, width=640, value=0.0, counts=1, dtype="FP16"):
-    return [floats("passage_states", np.full((1, n, groups, width), value), dtype),
-            ints("passage_counts", np.full((1, n, groups), counts))]  # fmt: skip
+def states(n, groups, width=640, value=0.0, counts=1, dtype="FP16"):  # ragged: n passages of `groups` groups
+    return [floats("passage_states", np.full((1, n * groups, width), value), dtype),
+            ints("passage_counts", np.full((1, n * groups), counts)), ints("passage_groups", np.full((1, n), groups))]  # fmt: skip
 
 
 def score_inputs(ids=(2, 105, 50), n=1, groups=2, width=640, value=0.0, counts=1):
-    return [ints("decoder_input_ids", [list(ids)], "INT64"), floats("passage_states", np.full((1, n, groups, width), value), "FP16"),
-            ints("passage_counts", np.full((1, n, groups), counts))]  # fmt: skip
+    return [ints("decoder_input_ids", [list(ids)], "INT64"), *states(n, groups, width, value, counts)]  # fmt: skip
 
 
 Q = row("query", ["how do I read a file"])
@@ -136,27 +135,30 @@ CASES = {
     "encode: ratio --4": Case(ENCODE, [texts("documents", ["a"])], "compression_ratio: must be an integer", {"compression_ratio": "--4"}),
     "encode: a parameter it does not take": Case(ENCODE, [texts("documents", ["a"])], "states_dtype: unknown parameter", {"states_dtype": "int8"}),
     "encode: unknown parameter": Case(ENCODE, [texts("documents", ["a"])], "query: unknown parameter", {"query": "q"}),
-    "encode: too many documents": Case(ENCODE, [texts("documents", ["a"] * 65)], "batch-size must be <= 64", by_triton=True),
+    "encode: too many documents": Case(ENCODE, [row("documents", ["a"] * 33)], "documents: 33 texts exceed the limit of 32"),
+    "encode: too many chunks": Case(ENCODE, [texts("documents", ["a"] * 65)], "batch-size must be <= 64", by_triton=True),
     # the scorer (internal, reachable)
     "score: token id past the vocabulary": Case(SCORE, score_inputs(ids=(2, 262144)), "decoder_input_ids: token ids must be in 0..262143"),
     "score: negative token id": Case(SCORE, score_inputs(ids=(2, -1)), "decoder_input_ids: token ids must be in"),
     "score: empty prompt": Case(SCORE, score_inputs(ids=()), "decoder_input_ids: shape"),
     "score: states of the wrong width": Case(SCORE, score_inputs(width=64), "unexpected shape for input 'passage_states'", by_triton=True),
-    "score: counts of the wrong shape": Case(SCORE, [*score_inputs()[:2], ints("passage_counts", np.ones((1, 1, 3)))], "passage_counts: shape"),
+    "score: counts of the wrong shape": Case(SCORE, [*score_inputs()[:2], ints("passage_counts", np.ones((1, 3))), ints("passage_groups", [[2]])], "passage_counts: shape [3]; expected [2]"),
+    "score: groups that do not add up": Case(SCORE, [*score_inputs()[:3], ints("passage_groups", [[3]])], "passage_groups: shape [1]; expected [N] groups per passage"),
+    "score: no groups": Case(SCORE, score_inputs()[:3], "passage_groups", by_triton=True),  # a required input
     "score: no valid group": Case(SCORE, score_inputs(counts=0), "passage_counts[0]: no valid group"),
     "score: NaN states": Case(SCORE, score_inputs(value=np.nan), "passage_states: at most 1024 groups, all values finite"),
     "score: 2,000 groups": Case(SCORE, score_inputs(groups=2000), "passage_states: at most 1024 groups"),
-    "score: a batch of 2": Case(SCORE, [ints("decoder_input_ids", [[2], [2]], "INT64"), floats("passage_states", np.zeros((2, 1, 1, 640)), "FP16"),
-                                        ints("passage_counts", np.ones((2, 1, 1)))], "batch-size must be <= 1", by_triton=True),
+    "score: a batch of 2": Case(SCORE, [ints("decoder_input_ids", [[2], [2]], "INT64"), floats("passage_states", np.zeros((2, 1, 640)), "FP16"),
+                                        ints("passage_counts", np.ones((2, 1))), ints("passage_groups", np.ones((2, 1)))], "batch-size must be <= 1", by_triton=True),
 }  # fmt: skip
 
 GOOD = {
     MINILM: [texts("text", ["alpha beta gamma"])],
     KALM: [Q, row("documents", ["open the file and read each line", "the weather"])],
-    ENCODE: [texts("documents", ["a passage to encode", "and another one"])],
+    ENCODE: [row("documents", ["a passage to encode", "and another one"])],
     SCORE: score_inputs(ids=(2, 105, 1000, 2000), n=2, groups=3, value=0.1),
 }
-OUTPUT = {MINILM: "embeddings", KALM: "scores", ENCODE: "passage_states", SCORE: "scores"}
+OUTPUT = {MINILM: "embeddings", KALM: "scores", ENCODE: "passage_states", SCORE: "margins"}
 
 
 @pytest.fixture(scope="module")

@@ -75,9 +75,11 @@ def test_rerank_never_answers_internal(client, query, documents, ids, params, gr
     if "i" in send:
         inputs.append(bytes_tensor("passage_ids", ids, (1, len(ids))))
     if "s" in send:
-        states = grpcclient.InferInput("passage_states", [1, 2, groups, width], "FP16")
-        states.set_data_from_numpy(np.full((1, 2, groups, width), value, np.float16))
-        counts = grpcclient.InferInput("passage_counts", [1, 2, groups], "INT32")
-        counts.set_data_from_numpy(np.full((1, 2, groups), count, np.int32))
-        inputs += [states, counts]
+        states = grpcclient.InferInput("passage_states", [1, 2 * groups, width], "FP16")  # ragged: 2 passages
+        states.set_data_from_numpy(np.full((1, 2 * groups, width), value, np.float16))
+        counts = grpcclient.InferInput("passage_counts", [1, 2 * groups], "INT32")
+        counts.set_data_from_numpy(np.full((1, 2 * groups), count, np.int32))
+        per_passage = grpcclient.InferInput("passage_groups", [1, 2], "INT32")
+        per_passage.set_data_from_numpy(np.full((1, 2), groups if count >= 0 else count, np.int32))
+        inputs += [states, counts, per_passage]
     OUTCOMES[infer(client, KALM, inputs, params)] += 1

@@ -25,7 +25,16 @@ from nestrank.export.reranker import INT8_STATES_MAX_SCORE_DIFF, export_reranker
 from nestrank.export.tiny_checkpoints import tiny_t5_reranker
 from nestrank.export.triton_config import read_config, write_config
 from nestrank.protocol.errors import NotFoundError, UnavailableError, ValidationError
-from nestrank.protocol.reranking import PASSAGE_COUNTS, PASSAGE_STATES, QUERY, SCORES, passage_id
+from nestrank.protocol.reranking import (
+    PASSAGE_COUNTS,
+    PASSAGE_GROUPS,
+    PASSAGE_STATES,
+    QUERY,
+    RAGGED,
+    SCORES,
+    passage_id,
+    wire_tensors,
+)
 from nestrank.serving.pipeline.passage_store import open_store
 from nestrank.texts import realistic_texts
 from tests.names import T5_MAX_PASSAGE_TOKENS, TINY_T5
@@ -252,9 +261,10 @@ def test_states_of_one_model_are_refused_by_another(replicas):
         other_fingerprint = other.info().passage_fingerprint
     # and by the server itself, whatever a client does
     raw = grpcclient.InferenceServerClient(a.grpc_url)
-    padded, counts = states.padded()
-    inputs = [text_input(QUERY, [QUERY_TEXT], [1, 1]), array_input(PASSAGE_STATES, padded[None], "FP16"),
-              array_input(PASSAGE_COUNTS, counts[None], "INT32")]  # fmt: skip
+    wire = wire_tensors(states, RAGGED)
+    inputs = [text_input(QUERY, [QUERY_TEXT], [1, 1]), array_input(PASSAGE_STATES, wire[PASSAGE_STATES][None], "FP16"),
+              array_input(PASSAGE_COUNTS, wire[PASSAGE_COUNTS][None], "INT32"),
+              array_input(PASSAGE_GROUPS, wire[PASSAGE_GROUPS][None], "INT32")]  # fmt: skip
     for fingerprint, words in ((states.fingerprint, f"{states.fingerprint[:20]}"), (None, "carry no passage")):
         parameters = {"passage_fingerprint": fingerprint} if fingerprint else {}
         with pytest.raises(Exception) as caught:

@@ -89,26 +89,31 @@ def cache_counters(server, model=KALM, prefix="nestrank_passage_cache_") -> dict
     return counters
 
 
+STORE = "nestrank_passage_store_"
+
+
 def test_a_second_rerank_over_the_same_documents_encodes_nothing(client, server):
+    """The rerank model runs two instances, each with its own first level: the second rerank reads each passage from
+    its first level or from the store, and encodes none (no store miss)."""
     docs = [f"cache probe {i}: " + d for i, d in enumerate(DOCS[:6])]
-    before = cache_counters(server)
+    before, before_store = cache_counters(server), cache_counters(server, prefix=STORE)
     client.rerank(QUERY, docs)
-    middle = cache_counters(server)
+    middle, middle_store = cache_counters(server), cache_counters(server, prefix=STORE)
     client.rerank("a different query", docs)
-    after = cache_counters(server)
-    assert middle["misses"] - before["misses"] == len(docs)
-    assert after["misses"] == middle["misses"]
-    assert after["hits"] - middle["hits"] == len(docs)
+    after, after_store = cache_counters(server), cache_counters(server, prefix=STORE)
+    assert middle_store["misses"] - before_store["misses"] == len(docs)
+    assert after_store["misses"] == middle_store["misses"]
+    assert (after["hits"] - middle["hits"]) + (after_store["hits"] - middle_store["hits"]) == len(docs)
     assert after["bytes"] > before["bytes"] and after["entries"] >= len(docs)
 
 
 def test_warm_then_rerank_by_passage_id(client, server):
     docs = [f"warm probe {i}: " + d for i, d in enumerate(DOCS[:5])]
     ids = client.warm(docs)
-    misses = cache_counters(server)["misses"]
+    misses = cache_counters(server, prefix=STORE)["misses"]
     by_id = client.rerank(QUERY, passages=ids)
     by_text = client.rerank(QUERY, docs)
-    assert cache_counters(server)["misses"] == misses
+    assert cache_counters(server, prefix=STORE)["misses"] == misses  # nothing encoded again
     assert [r.index for r in by_id] == [r.index for r in by_text]
     assert [r.passage_id for r in by_id] == [ids[r.index] for r in by_id]
 
@@ -168,3 +173,44 @@ def test_client_side_validation_matches(client):
         client.rerank(QUERY, DOCS, compression_ratio=3)
     with pytest.raises(ValidationError, match="exactly one of documents= or passages="):
         client.rerank(QUERY)
+
+
+@pytest.fixture
+def last_release_t5(server, reranker_exports):
+    """The tiny T5 reranker as the last release configured it (padded passage states, no passage_layout, none of
+    the limits since), loaded into the session's server under another name for one test."""
+    import shutil
+
+    from tests.legacy import as_configured_by_the_last_release
+
+    name, export = "last-release-t5", reranker_exports[TINY_T5]
+    targets = []
+    for model_dir in export.model_dirs:
+        suffix = model_dir.name.removeprefix(TINY_T5)
+        kind = {"": "rerank", "_encode": "rerank_encode", "_score": "rerank_score"}[suffix]
+        target = server.served_repository / f"{name}{suffix}"
+        shutil.copytree(server.served_repository / model_dir.name, target, symlinks=True)
+        as_configured_by_the_last_release(target, target.name, kind, export.config.hidden_size)
+        targets.append(target)
+    for target in sorted(targets, key=lambda t: len(t.name), reverse=True):  # the sub-models first
+        assert server.admin("POST", f"/v2/repository/models/{target.name}/load") == 200
+    yield name
+    for target in targets:
+        server.admin("POST", f"/v2/repository/models/{target.name}/unload")
+        shutil.rmtree(target)
+
+
+def test_a_reranker_exported_before_the_ragged_layout_still_serves(grpc_url, last_release_t5):
+    """Its models and today's clients speak the padded layout its configs declare: the same scores as today's
+    export of the same checkpoint, by documents, by client-held states, and after warm / index."""
+    docs = [f"{d} (before the ragged layout)" for d in DOCS[:6]]
+    with RerankClient(grpc_url, TINY_T5) as today, RerankClient(grpc_url, last_release_t5) as old:
+        assert old.info().config.passage_layout == "padded" and today.info().config.passage_layout == "ragged"
+        expected = served(today.rerank(QUERY, docs))
+        assert np.abs(served(old.rerank(QUERY, docs)) - expected).max() <= 1e-6
+        states = old.encode_passages(docs)
+        assert np.abs(served(old.rerank(QUERY, passages=states)) - expected).max() <= 1e-6
+        more = [f"{d} (indexed before the ragged layout)" for d in DOCS[:3]]
+        old.index(more, ["old-0", "old-1", "old-2"])
+        np.testing.assert_allclose(served(old.rerank(QUERY, passages=["old-0", "old-1", "old-2"])),
+                                   served(today.rerank(QUERY, more)), atol=1e-6)  # fmt: skip

@@ -184,7 +184,7 @@ def test_the_scorer_holds_two_answer_rows_not_the_vocabulary(reranker_exports):
     assert len(vocab_sized) == 1  # the decoder's input embedding; no 262,144-row output projection
     two_rows = [t for t in graph.graph.initializer if list(t.dims) in ([2, 640], [640, 2])]
     assert len(two_rows) == 1
-    assert [o.name for o in graph.graph.output] == ["scores", "margins"]
+    assert [o.name for o in graph.graph.output] == ["margins"]  # the sigmoid is the rerank service's, once
 
 
 def test_both_graphs_map_one_embedding_file(reranker_exports):

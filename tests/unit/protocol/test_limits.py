@@ -19,7 +19,9 @@ def test_each_limit_has_one_name_and_its_default():
     assert vars(EmbedLimits()) == {"max_batch_tokens": 16384, "max_queue_wait_s": 60.0, "max_run_tokens": 8192,
                                    "max_run_sequences": 64, "intra_op_threads": 0}  # fmt: skip
     assert vars(RerankLimits()) == {"max_candidates": 1000, "max_request_state_bytes": 512 << 20,
-                                    "score_batch_tokens": 16384, "score_chunk_bytes": 64 << 20,
+                                    "max_encode_documents": 32, "encode_batch_tokens": 16384,
+                                    "max_requests_in_flight": 16, "score_batch_tokens": 16384,
+                                    "score_chunk_bytes": 64 << 20,
                                     "passage_cache_bytes": 512 << 20, "max_queue_wait_s": 30.0,
                                     "intra_op_threads": 0}  # fmt: skip
     assert EmbedderConfig(**EMBEDDER).limits == EmbedLimits()

@@ -7,7 +7,16 @@ import torch
 
 from nestrank.export.reranker import INT8_STATES_MAX_SCORE_DIFF, parity_documents
 from nestrank.protocol.errors import NotFoundError, ValidationError
-from nestrank.protocol.reranking import RerankOptions, parse_rerank_options, passage_id
+from nestrank.protocol.passages import PassageStates
+from nestrank.protocol.reranking import (
+    INDEX,
+    RAGGED,
+    RerankOptions,
+    from_wire,
+    parse_rerank_options,
+    passage_id,
+    wire_tensors,
+)
 from nestrank.serving.pipeline.passage_cache import PassageCache
 from nestrank.serving.pipeline.passage_store import MemoryStore, open_store
 from nestrank.serving.pipeline.passage_tiers import Passages
@@ -72,7 +81,7 @@ def test_a_second_rerank_encodes_nothing_and_a_coarser_ratio_is_re_pooled(setup,
 
 def test_index_under_user_ids_then_rerank_by_them(setup):
     service, encoded = setup
-    stored = service.store(DOCS, 4, [f"doc-{i}" for i in range(len(DOCS))])
+    stored = service.store(INDEX, DOCS, 4, [f"doc-{i}" for i in range(len(DOCS))])
     assert stored.content_ids == [passage_id(d) for d in DOCS] and (stored.tokens > 0).all()
     assert (stored.stored_bytes > 0).all()
     by_id = service.rerank(QUERY, Candidates(passage_ids=["doc-3", "doc-0"]), options(service))
@@ -81,9 +90,9 @@ def test_index_under_user_ids_then_rerank_by_them(setup):
     np.testing.assert_array_equal(by_id.scores, by_text.scores)
     assert by_id.passage_ids == [["doc-3", "doc-0"][i] for i in by_id.indices]
     assert len(encoded) == len(DOCS)
-    again = service.store(DOCS, 4, [f"doc-{i}" for i in range(len(DOCS))])
+    again = service.store(INDEX, DOCS, 4, [f"doc-{i}" for i in range(len(DOCS))])
     assert (again.stored_bytes == 0).all() and (again.tokens == 0).all() and len(encoded) == len(DOCS)  # skipped
-    service.store([DOCS[2]], 4, ["doc-0"])  # doc-0 now names other text
+    service.store(INDEX, [DOCS[2]], 4, ["doc-0"])  # doc-0 now names other text
     moved = service.rerank(QUERY, Candidates(passage_ids=["doc-0"]), options(service))
     np.testing.assert_array_equal(moved.scores, service.rerank(QUERY, Candidates(documents=[DOCS[2]]),
                                                                options(service)).scores)  # fmt: skip
@@ -91,7 +100,7 @@ def test_index_under_user_ids_then_rerank_by_them(setup):
 
 def test_unknown_ids_are_not_found_naming_how_many_and_the_first(setup):
     service, _ = setup
-    service.store(DOCS[:1], 4, ["known"])
+    service.store(INDEX, DOCS[:1], 4, ["known"])
     with pytest.raises(NotFoundError, match=r"passage_ids: 7 of 8 ids are not stored .*first: 'x0', 'x1', 'x2'"):
         service.rerank(QUERY, Candidates(passage_ids=["known"] + [f"x{i}" for i in range(7)]), options(service))
     with pytest.raises(NotFoundError, match="1 of 1 ids are not stored for this model at ratio 2"):
@@ -101,16 +110,16 @@ def test_unknown_ids_are_not_found_naming_how_many_and_the_first(setup):
 def test_a_user_id_twice_with_different_documents_is_refused(setup):
     service, _ = setup
     with pytest.raises(ValidationError, match=r"passage_ids\[1\]: 'a' appears twice with different documents"):
-        service.store(DOCS[:2], 4, ["a", "a"])
+        service.store(INDEX, DOCS[:2], 4, ["a", "a"])
     with pytest.raises(ValidationError, match="2 ids for 1 documents"):
-        service.store(DOCS[:1], 4, ["a", "b"])
+        service.store(INDEX, DOCS[:1], 4, ["a", "b"])
 
 
 def test_client_states_score_like_documents_and_repool(setup, reranker, official_kalm):
     service, _ = setup
-    states, counts = reranker.encoder.encode(DOCS, 2).padded()
+    sent = reranker.encoder.encode(DOCS, 2)
     fingerprint = reranker.config.passage_fingerprint
-    result = service.rerank(QUERY, Candidates(states=states, counts=counts),
+    result = service.rerank(QUERY, Candidates(states=sent),
                             options(service, compression_ratio=8, states_ratio=2,
                                     passage_fingerprint=fingerprint))  # fmt: skip
     np.testing.assert_allclose(result.scores, official(official_kalm, DOCS, 8)[result.indices], atol=1e-4)
@@ -122,15 +131,22 @@ def test_client_states_score_like_documents_and_repool(setup, reranker, official
 )
 def test_states_of_another_model_are_refused(setup, reranker, fingerprint, message):
     service, _ = setup
-    states, counts = reranker.encoder.encode(DOCS, 4).padded()
+    sent = reranker.encoder.encode(DOCS, 4)
     params = {"passage_fingerprint": fingerprint} if fingerprint else {}
     with pytest.raises(ValidationError, match=f"passage_fingerprint: .*{message}"):
-        service.rerank(QUERY, Candidates(states=states, counts=counts), options(service, **params))
+        service.rerank(QUERY, Candidates(states=sent), options(service, **params))
 
 
 def test_top_n(setup):
     service, _ = setup
     assert len(service.rerank(QUERY, Candidates(documents=DOCS), options(service, top_n=2)).indices) == 2
+
+
+def sent(states, counts) -> PassageStates:
+    """Client-sent passages as the rerank model reads them off the wire (ragged, no fingerprint yet)."""
+    wire = wire_tensors(PassageStates.from_padded(np.asarray(states, np.float16), np.asarray(counts, np.int32), 4),
+                        RAGGED)  # fmt: skip
+    return from_wire(RAGGED, *wire.values(), ratio=4)
 
 
 @pytest.mark.parametrize(
@@ -140,19 +156,11 @@ def test_top_n(setup):
         (Candidates(documents=["a"], passage_ids=["b"]), "send exactly one of"),
         (Candidates(documents=[]), "no candidates"),
         (Candidates(documents=["fine", ""]), r"documents\[1\]: empty string"),
-        (
-            Candidates(states=np.zeros((1, 2, 5), np.float16), counts=np.ones((1, 2), np.int32)),
-            r"expected \[N, groups, 640\]",
-        ),
-        (
-            Candidates(states=np.zeros((1, 2, 640), np.float16), counts=np.ones((1, 3), np.int32)),
-            "passage_counts: shape",
-        ),
-        (
-            Candidates(states=np.zeros((2, 2, 640), np.float16), counts=np.array([[1, 1], [0, 0]], np.int32)),
-            r"passage_counts\[1\]: no valid group",
-        ),
-        (Candidates(states=np.full((1, 1, 640), np.nan, np.float16), counts=np.ones((1, 1), np.int32)), "NaN"),
+        (Candidates(states=sent(np.zeros((1, 2, 5)), np.ones((1, 2)))), r"width 5; expected \[groups, 640\]"),
+        (Candidates(states=sent(np.zeros((2, 2, 640)), [[1, 1], [0, 0]])), r"passage_counts\[1\]: no valid group"),
+        (Candidates(states=sent(np.full((1, 1, 640), np.nan), np.ones((1, 1)))), "NaN"),
+        (Candidates(states=sent(np.zeros((1, 300, 640)), np.ones((1, 300)))), "300 groups exceed 256"),
+        (Candidates(states=sent(np.zeros((1, 2, 640)), [[1, 5]])), "each group holds 0..4 tokens"),
     ],
 )
 def test_bad_candidates(setup, candidates, fragment):
@@ -182,7 +190,7 @@ def test_requests_are_bounded_in_bytes_and_the_scorer_gets_bounded_calls(reranke
     calls = []
 
     def score(prompt, passages):
-        calls.append(len(passages.padded()[0].tobytes()))
+        calls.append(passages.states.nbytes + passages.counts.nbytes)  # ragged, as they travel
         return reranker.scorer.margins(prompt, passages)
 
     passages = Passages(config.passage_fingerprint, config.ratios, PassageCache(1 << 20), MemoryStore())
@@ -192,10 +200,11 @@ def test_requests_are_bounded_in_bytes_and_the_scorer_gets_bounded_calls(reranke
     with pytest.raises(ValidationError, match=r"documents: 409 candidates at ratio 1 may hold up to 513 MiB .* "
                                               r"max_request_state_bytes 512 MiB: send at most 408"):  # fmt: skip
         service.rerank(QUERY, Candidates(documents=["x"] * 409), options(service, compression_ratio=1))
-    states, counts = np.zeros((500, 1024, 640), np.float16), np.ones((500, 1024), np.int32)
+    huge = PassageStates(np.zeros((500 * 1024, 640), np.float16), np.ones(500 * 1024, np.int32),
+                         np.arange(501, dtype=np.int64) * 1024, 1)  # fmt: skip
     fingerprint = config.passage_fingerprint
     with pytest.raises(ValidationError, match="passage_states: .* exceed max_request_state_bytes"):
-        service.rerank(QUERY, Candidates(states=states, counts=counts),
+        service.rerank(QUERY, Candidates(states=huge),
                        options(service, compression_ratio=1, passage_fingerprint=fingerprint))  # fmt: skip
     docs = DOCS * 5
     result = service.rerank(QUERY, Candidates(documents=docs), options(service, compression_ratio=1))
@@ -217,7 +226,7 @@ def test_int8_states_score_within_the_gate_and_the_same_before_and_after_they_ar
     assert len(encoded) == len(documents) and fulls.passages.stats.hits == len(set(documents))
     np.testing.assert_array_equal(first.scores, second.scores)
     np.testing.assert_array_equal(first.indices, second.indices)
-    fulls.store(documents[:3], ratio, ["a", "b", "c"])
+    fulls.store(INDEX, documents[:3], ratio, ["a", "b", "c"])
     by_id = fulls.rerank(QUERY, Candidates(passage_ids=["a", "b", "c"]), options(fulls, compression_ratio=ratio))
     by_text = fulls.rerank(QUERY, Candidates(documents=documents[:3]), options(fulls, compression_ratio=ratio))
     np.testing.assert_array_equal(by_id.scores, by_text.scores)
