@@ -118,7 +118,9 @@ def run(config: RerankBenchConfig, log=print) -> dict:
         pre_encoded = reranker.encoder.encode(docs, config.ratio)
         prompt = reranker.tokenizer.encode_prompt(QUERY, export.config.default_instruction)
         rows["(a) in-process ORT, pre-encoded"] = timed(
-            lambda n, _: reranker.scorer.margins(prompt, pre_encoded.subset(range(n))), config.repeats, "a in-process"
+            lambda n, _: reranker.scorer.margins(prompt, pre_encoded.subset(range(n or len(docs)))),
+            config.repeats,
+            "a in-process",
         )
         official = {}
 

@@ -190,7 +190,14 @@ def from_triton_error(code: str | None, message: str) -> NestrankError:
     """Typed error for a Triton error a Python-backend model sees on a BLS sub-response: `code` is the
     pb_utils.TritonError name ("INVALID_ARG", "UNAVAILABLE", ...). Same table and message rules as
     `from_grpc_status`, with one difference: a sub-model is part of the caller's own pipeline, so an unknown one is
-    being reloaded (UnavailableError), never a misspelling."""
+    being reloaded (UnavailableError), never a misspelling. A nestrank sub-model's marker decides its kind whatever
+    code came with it: on 2.51 an overloaded `_encode` reached the rerank model's `async_exec` as another code, and
+    so reached its caller as INTERNAL (measured: `nestrank bench fbnl --shape nano`)."""
+    lowered = message.lower()
+    marked_kind = next((c for c, w in WIRE.items() if w.marker and w.marker in lowered), None)
+    marked_kind = marked_kind if code in (None, "INTERNAL", "UNKNOWN", "UNAVAILABLE") else None  # not a caller's text
+    if marked_kind is not None:
+        return error(marked_kind, message)
     err = from_grpc_status(TRITON_TO_GRPC.get(code or "", code), message)
     return UnavailableError(message) if isinstance(err, ModelNotFoundError) else err
 

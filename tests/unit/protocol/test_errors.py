@@ -64,6 +64,12 @@ def test_a_full_store_is_not_an_outage_and_an_outage_is_unavailable():
     assert errors.marked(errors.StoreFullError("passage store full: x")) == "passage store full: x"  # once
     passed_on = errors.from_triton_error("UNAVAILABLE", "k_encode: overloaded: 4096 tokens are queued ahead")
     assert errors.marked(passed_on) == "k_encode: overloaded: 4096 tokens are queued ahead"  # a BLS passes it on
+    # 2.51's async_exec can hand a sub-model's overload back under another code: the marker still decides
+    for code in ("INTERNAL", "UNKNOWN", None):
+        assert type(errors.from_triton_error(code, "k_encode: overloaded: 4096 tokens are queued ahead")) is (
+            errors.OverloadedError
+        )
+    assert type(errors.from_triton_error("INVALID_ARG", "passage_ids: 'overloaded: x'")) is errors.ValidationError
     assert errors.marked(errors.ValidationError("top_n", "must be in 1..10")) == "top_n: must be in 1..10"
 
 
