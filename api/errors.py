@@ -19,6 +19,7 @@ from nestrank.protocol.errors import (
     BackendError,
     ModelNotFoundError,
     NestrankError,
+    OverloadedError,
     RequestTooLargeError,
     ValidationError,
     Wire,
@@ -54,7 +55,8 @@ def error_response(path: str, err: BaseException, retry_after_s: int = 1) -> JSO
         row, message = WIRE[BackendError], "internal error in the HTTP front; its log has the traceback"
     param = err.field if isinstance(err, ValidationError) else "model" if isinstance(err, ModelNotFoundError) else None
     body = error_body(path, row, message, param)
-    return JSONResponse(body, row.http, headers=error_headers(row.http, retry_after_s))
+    hint = err.retry_after_s if isinstance(err, OverloadedError) else None  # the server's own estimate, when it has one
+    return JSONResponse(body, row.http, headers=error_headers(row.http, int(hint or retry_after_s)))
 
 
 def status_row(status: int) -> Wire:

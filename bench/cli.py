@@ -81,7 +81,7 @@ def parser() -> argparse.ArgumentParser:
     st.add_argument("--store-passages", type=int, default=100_000, help="synthetic passages in the large store")
     st.add_argument("--store-tokens", type=int, default=128, help="tokens per synthetic passage")
     st.add_argument("--fetches", type=int, default=200)
-    st.add_argument("--index-passages", type=int, default=200)
+    st.add_argument("--index-passages", type=int, default=400)
     st.add_argument("--out", type=Path, default=Path("bench/out/store.json"))
     s = workloads.add_parser(
         "soak", help="saturate the server for a while, embed and rerank mixed: memory, errors, p99"

@@ -98,8 +98,39 @@ def count_flops(model, tokenizer, export_config, documents: list[str], ratio: in
             "official_decoder_tokens": int(padded["input_ids"].shape[1])}  # fmt: skip
 
 
+def gemm_gflop_per_s(m: int, k: int, n: int, repeats: int = 5) -> float:
+    """This machine's fp32 GEMM rate through ONNX Runtime, as the scorer's sessions run (same session options): one
+    MatMul [m, k] x [k, n] at the scorer's shapes (candidates x prompt rows, the model's width and FFN), best of
+    `repeats`."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from nestrank.serving.pipeline.runtime import create_session
+
+    rng = np.random.default_rng(0)
+    weight = numpy_helper.from_array(rng.standard_normal((k, n), dtype=np.float32), "w")
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "gemm",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [m, k])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [m, n])], [weight])  # fmt: skip
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "gemm.onnx"
+        onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+        session = create_session(path).session
+    x = rng.standard_normal((m, k), dtype=np.float32)
+    session.run(None, {"x": x})
+    best = min(_seconds(lambda: session.run(None, {"x": x})) for _ in range(repeats))
+    return 2 * m * k * n / best / 1e9
+
+
+def _seconds(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
 def run(config: RerankBenchConfig, log=print) -> dict:
     from nestrank.clients.rerank import RerankClient  # here: `nestrank bench gpu` shares this module without them
+    from nestrank.clients.transport import NO_RETRIES
     from nestrank.serving.launcher.server import ServerConfig, TritonServer
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -131,8 +162,11 @@ def run(config: RerankBenchConfig, log=print) -> dict:
 
         rows["(c) official PyTorch path (KaLMReranker-style)"] = timed(official_path, config.repeats, "c torch")
 
-        server_config = ServerConfig.on_free_ports(tmp / "repo")
-        with TritonServer(server_config) as server, RerankClient(server_config.grpc_url, NAME) as client:
+        # as `nestrank serve` runs it: an LMDB store shared by the two rerank instances, each with its own first
+        # level (a rerank on the instance that did not warm reads the passages from LMDB once); no retries
+        server_config = ServerConfig.on_free_ports(tmp / "repo", passage_store=f"lmdb://{tmp / 'passages'}")
+        with TritonServer(server_config) as server, RerankClient(server_config.grpc_url, NAME, retry=NO_RETRIES,
+                                                                 timeout_s=3600) as client:  # fmt: skip
             client.warm(docs, compression_ratio=config.ratio)
             served = {}
 
@@ -153,6 +187,8 @@ def run(config: RerankBenchConfig, log=print) -> dict:
         graph_sizes = {p.relative_to(tmp / "repo").as_posix(): p.stat().st_size / 2**20 for p in graph_files}
         served_scores = np.array([r.score for r in sorted(served["ranked"], key=lambda r: r.index)])
         unit = count_flops(model, tokenizer, export.config, docs, config.ratio)
+        hidden, ffn = export.config.hidden_size, model.config.decoder.intermediate_size
+        gemm = gemm_gflop_per_s(config.passages * unit["prompt_tokens"], hidden, ffn)
 
     n = config.passages
     flops = {
@@ -164,7 +200,7 @@ def run(config: RerankBenchConfig, log=print) -> dict:
     served_a = medians["(a) nestrank gRPC, cached passages"]
     paths = {
         k: {"median_s": v, "vs_served_a": v / served_a, "gflop": flops[k[:3]] / 1e9,
-            "gflop_per_s": flops[k[:3]] / v / 1e9}
+            "gflop_per_s": flops[k[:3]] / v / 1e9, "of_gemm_rate": flops[k[:3]] / v / 1e9 / gemm}
         for k, v in medians.items()
     }  # fmt: skip
     report = {
@@ -180,13 +216,18 @@ def run(config: RerankBenchConfig, log=print) -> dict:
         "served_vs_official_max_abs_score_diff": float(np.abs(served_scores - official["scores"]).max()),
         "unit_flops": unit,
         "flop_bound_speedup_of_a": {"vs (b)": flops["(b)"] / flops["(a)"], "vs (c)": flops["(c)"] / flops["(a)"]},
+        "gemm_gflop_per_s": gemm,
+        "served_a_vs_in_process": served_a / medians["(a) in-process ORT, pre-encoded"],
         "paths": paths,
     }  # fmt: skip
     config.out.parent.mkdir(parents=True, exist_ok=True)
     config.out.write_text(json.dumps(report, indent=2))
-    log(f"{'path':<48}{'median ms':>11}{'vs served (a)':>15}{'GFLOP':>9}{'GFLOP/s':>9}")
+    log(f"{'path':<48}{'median ms':>11}{'vs served (a)':>15}{'GFLOP':>9}{'GFLOP/s':>9}{'of GEMM':>9}")
     for k, p in paths.items():
-        log(f"{k:<48}{p['median_s'] * 1e3:>11.1f}{p['vs_served_a']:>14.1f}x{p['gflop']:>9.1f}{p['gflop_per_s']:>9.1f}")
+        log(f"{k:<48}{p['median_s'] * 1e3:>11.1f}{p['vs_served_a']:>14.2f}x{p['gflop']:>9.1f}{p['gflop_per_s']:>9.1f}"
+            f"{p['of_gemm_rate']:>9.0%}")  # fmt: skip
+    log(f"fp32 GEMM rate (ONNX Runtime MatMul at the scorer's shapes): {gemm:.1f} GFLOP/s; served (a) vs "
+        f"in-process (a): {report['served_a_vs_in_process']:.3f}x")  # fmt: skip
     bound = report["flop_bound_speedup_of_a"]
     log(f"FLOP-bound speed-up of (a): {bound['vs (b)']:.1f}x over (b), {bound['vs (c)']:.1f}x over (c); "
         f"served (a) vs official (c): max |Δscore| {report['served_vs_official_max_abs_score_diff']:.2e}")  # fmt: skip
@@ -214,17 +255,22 @@ def results_markdown(report: dict) -> str:
         f"{w['median_passage_tokens']} tokens, a prompt of {w['prompt_tokens']} tokens, ratio {w['ratio']}, medians of "
         f"{w['repeats']}.",
         "",
-        "| path | median s | vs (a) served | GFLOP | GFLOP/s |",
-        "| --- | --- | --- | --- | --- |",
+        "| path | median s | vs (a) served | GFLOP | GFLOP/s | of the GEMM rate |",
+        "| --- | --- | --- | --- | --- | --- |",
     ]
     for name, p in paths.items():
-        lines.append(f"| {name} | {p['median_s']:.1f} | {p['median_s'] / served_a:.1f}x | {p['gflop']:,.0f} | "
-                     f"{p['gflop_per_s']:.1f} |")  # fmt: skip
+        lines.append(f"| {name} | {p['median_s']:.1f} | {p['median_s'] / served_a:.2f}x | {p['gflop']:,.0f} | "
+                     f"{p['gflop_per_s']:.1f} | {p['of_gemm_rate']:.0%} |")  # fmt: skip
     measured_c = paths["(c) official PyTorch path (KaLMReranker-style)"]["median_s"] / served_a
     measured_b = paths["(b) nestrank gRPC, encoded per request"]["median_s"] / served_a
     mem = report["served_memory_mib"]
     lines += [
         "",
+        f"- (a) served vs (a) in-process: {report['served_a_vs_in_process']:.3f}x (the served path: gRPC, the rerank "
+        "model reading the passages from its first level or LMDB, the BLS hop to `_score` and its scheduler).",
+        f"- this machine's fp32 GEMM rate, ONNX Runtime MatMul at the scorer's shapes "
+        f"([{w['passages']} x {w['prompt_tokens']}, {m['hidden']}] x [{m['hidden']}, FFN]): "
+        f"{report['gemm_gflop_per_s']:.1f} GFLOP/s; the last column is each path's sustained rate against it.",
         f"- (a) served vs (c) official: {measured_c:.1f}x measured, {bound['vs (c)']:.1f}x FLOP-bound "
         f"({measured_c / bound['vs (c)']:.0%} of it); vs (b): {measured_b:.1f}x measured, "
         f"{bound['vs (b)']:.1f}x FLOP-bound.",

@@ -8,7 +8,11 @@ real widths), in one run.
    what LMDB and Redis spend on it.
 3. A store of `store_passages` synthetic passages at the model's width: p50 / p99 to fetch `fetch_ids` random ids
    (first level off), for LMDB and Redis.
-4. `nestrank index` throughput against in-process encoding of the same passages.
+4. `nestrank index` of `index_passages` new passages at concurrency 4 and 16 (the served default: LMDB, two rerank
+   instances), against in-process encoding of the same passages: passages/s, and the `_encode` scheduler's
+   refusals, at once (the client waits as long as the server says, and retries) and late (after waiting: none
+   should come).
+5. int8 against float16 passage states in LMDB: bytes per passage, fetch time, and |Δscore| of the same reranks.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import json
 import statistics
 import tempfile
 import time
+import urllib.request
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -42,6 +47,8 @@ from nestrank.serving.pipeline.passage_tiers import Passages
 from nestrank.serving.pipeline.reranker import FBNLReranker
 
 NAME = "bench-kalm"
+LMDB_ROW, INT8_ROW = "LMDB (first level off)", "LMDB, int8 states (first level off)"
+FIRST_LEVEL = "first-level hits (in-process LRU)"
 
 
 @dataclass(frozen=True)
@@ -56,7 +63,8 @@ class StoreBenchConfig:
     store_tokens: int = 128  # tokens per synthetic passage in the large store
     fetches: int = 200
     fetch_ids: int = 100
-    index_passages: int = 200
+    index_passages: int = 400
+    index_concurrency: tuple[int, ...] = (4, 16)
     out: Path = Path("bench/out/store.json")
 
 
@@ -71,14 +79,24 @@ def timed(fn, repeats: int) -> list[float]:
 
 @contextmanager
 def served(repository: Path, store: str, first_level_bytes: int | None = None):
-    """A tritonserver on `repository` with this passage store (and first-level bound), and a client."""
+    """A tritonserver on `repository` with this passage store (and first-level bound), and a client that does not
+    retry (timed calls time one attempt) and waits as long as a Nano-shape request on 2 CPUs takes."""
     limits = () if first_level_bytes is None else (Override.limit(f"passage_cache_bytes={first_level_bytes}"),)
     config = ServerConfig.on_free_ports(repository, passage_store=store, overrides=limits)
-    # One request at a time: one model instance on 2 CPUs takes about 30 s per 32 Nano-shape passages, so requests
-    # queued behind it would pass Triton's 30 s queue bound (and the benchmark does not retry).
-    with TritonServer(config), RerankClient(config.grpc_url, NAME, retry=NO_RETRIES, concurrency=1,
-                                            timeout_s=1800) as client:  # fmt: skip
+    with TritonServer(config), RerankClient(config.grpc_url, NAME, retry=NO_RETRIES, timeout_s=3600) as client:
         yield client, config
+
+
+def scheduler_counters(config: ServerConfig, kind: str = "rerank_encode") -> dict[str, float]:
+    """The `kind` scheduler's counters (nestrank_<kind>_{admitted, shed, expired, ...}), summed over instances."""
+    url = f"http://{config.host}:{config.metrics_port}/metrics"
+    counters: dict[str, float] = {}
+    for line in urllib.request.urlopen(url, timeout=10).read().decode().splitlines():
+        if line.startswith(f"nestrank_{kind}_") and f'model="{NAME}_encode"' in line:
+            name, value = line.rsplit(" ", 1)
+            key = name.split("{")[0].removeprefix(f"nestrank_{kind}_")
+            counters[key] = counters.get(key, 0.0) + float(value)
+    return counters
 
 
 def synthetic(count: int, tokens: int, ratio: int, width: int, fingerprint: str, seed: int) -> PassageStates:
@@ -155,15 +173,20 @@ def run(config: StoreBenchConfig, log=print) -> dict:
             return call
 
         redis = RedisServer(tmp / "redis", persistent=False).start()
+        stored_bytes: dict[str, float] = {}
         try:
-            for label, store, first_level in (("LMDB (first level off)", f"lmdb://{tmp / 'lmdb'}", 0),
+            for label, store, first_level in ((LMDB_ROW, f"lmdb://{tmp / 'lmdb'}", 0),
+                                              (INT8_ROW, f"lmdb://{tmp / 'lmdb-int8'}?states=int8", 0),
                                               ("Redis on loopback (first level off)", redis.url, 0),
-                                              ("first-level hits (in-process LRU)", "memory://", None)):  # fmt: skip
+                                              (FIRST_LEVEL, "memory://", None)):  # fmt: skip
                 log(f"rerank: {label}")
                 with served(tmp / "repo", store, first_level) as (client, server):
-                    client.index(docs, ids, compression_ratio=config.ratio)
+                    indexed = client.index(docs, ids, compression_ratio=config.ratio)
+                    stored_bytes[label] = float(indexed.stored_bytes.mean())
                     by_id(client, label)(0)  # the first level (where on) holds them from here
                     rows[label] = timed(by_id(client, label), config.repeats)
+                    if label == LMDB_ROW:  # `nestrank index` as served by default: LMDB, 2 instances
+                        indexing = index_throughput(tmp, server, export, tokenizer, config, log)
                     if first_level is None:  # the same server for the paths that need no store
                         states = client.encode_passages(docs, compression_ratio=config.ratio)
                         rows["client-sent states"] = timed(
@@ -173,8 +196,6 @@ def run(config: StoreBenchConfig, log=print) -> dict:
                             lambda run: client.rerank(QUERY, [f"run {run} {d}" for d in docs],
                                                       compression_ratio=config.ratio), config.repeats,
                         )  # fmt: skip
-                        fresh = make_passages(tokenizer, config.index_passages, config.passage_tokens, "index run ")
-                        indexing = index_throughput(tmp, server.grpc_url, export, fresh, config)
             log("bytes per passage")
             sizes = {"lmdb": bytes_per_passage(open_store(f"lmdb://{tmp / 'sizes'}?map_size=4GiB"), width,
                                                config.passage_tokens),
@@ -182,11 +203,13 @@ def run(config: StoreBenchConfig, log=print) -> dict:
             log(f"a store of {config.store_passages} passages")
             value = len(synthetic(1, config.store_tokens, config.ratio, width, "0" * 32, 0).to_bytes())
             size = int(1.3 * config.store_passages * value) + (1 << 30)  # LMDB pages around each value, and room
-            latency = {"lmdb": fetch_latency(open_store(f"lmdb://{tmp / 'big'}?map_size={size}"), config, width, log),
-                       "redis": fetch_latency(RedisStore(redis.url, timeout_s=10), config, width, log)}  # fmt: skip
+            stores = {"lmdb": open_store(f"lmdb://{tmp / 'big'}?map_size={size}"),
+                      "lmdb, int8 states": open_store(f"lmdb://{tmp / 'big8'}?map_size={size}&states=int8"),
+                      "redis": RedisStore(redis.url, timeout_s=10)}  # fmt: skip
+            latency = {name: fetch_latency(store, config, width, log) for name, store in stores.items()}
         finally:
             redis.stop()
-    first = statistics.median(rows["first-level hits (in-process LRU)"])
+    first = statistics.median(rows[FIRST_LEVEL])
     report = {
         "config": {k: str(v) for k, v in asdict(config).items()},
         "model": {"shape": config.shape, "hidden": width, "layers": config.layers or "full"},
@@ -195,8 +218,13 @@ def run(config: StoreBenchConfig, log=print) -> dict:
             for k, v in rows.items()
         },  # fmt: skip
         "same_scores_across_stores": float(
-            max(np.abs(s - scores["first-level hits (in-process LRU)"]).max() for s in scores.values())
+            max(np.abs(s - scores[FIRST_LEVEL]).max() for k, s in scores.items() if k != INT8_ROW)
         ),  # fmt: skip
+        "int8": {
+            "max_abs_score_diff_vs_float16": float(np.abs(scores[INT8_ROW] - scores[LMDB_ROW]).max()),
+            "stored_bytes": stored_bytes[INT8_ROW],
+            "float16_stored_bytes": stored_bytes[LMDB_ROW],
+        },
         "bytes_per_passage": sizes,
         "fetch": latency,
         "index": indexing,
@@ -209,25 +237,36 @@ def run(config: StoreBenchConfig, log=print) -> dict:
     return report
 
 
-def index_throughput(tmp: Path, url: str, export, documents: list[str], config: StoreBenchConfig) -> dict:
-    """Passages/s through `nestrank index` (the served model, over gRPC, into the store) against the same passages
-    encoded in-process by the same graphs."""
+def index_throughput(tmp: Path, server: ServerConfig, export, tokenizer, config: StoreBenchConfig, log) -> dict:
+    """Passages/s through `nestrank index` (the served model, over gRPC, into the store) at each concurrency, new
+    passages each time, against the same passages encoded in-process by the same graphs; with the `_encode`
+    scheduler's refusals at once (`shed`: the client waits as the server says, then retries) and late (`expired`)."""
+    runs = {}
+    for concurrency in config.index_concurrency:
+        documents = make_passages(tokenizer, config.index_passages, config.passage_tokens, f"index c{concurrency} ")
+        corpus = tmp / f"index-{concurrency}.jsonl"
+        corpus.write_text("".join(json.dumps({"id": f"c{concurrency}-{i}", "text": d}) + "\n"
+                                  for i, d in enumerate(documents)))  # fmt: skip
+        log(f"nestrank index: {len(documents)} passages at concurrency {concurrency}")
+        before = scheduler_counters(server)
+        start = time.perf_counter()
+        code = index_main([str(corpus), "--url", server.grpc_url, "--model", NAME, "--compression-ratio",
+                           str(config.ratio), "--concurrency", str(concurrency), "--timeout-s", "3600",
+                           "--quiet"])  # fmt: skip
+        seconds = time.perf_counter() - start
+        after = scheduler_counters(server)
+        if code != 0:
+            raise RuntimeError(f"nestrank index exited with {code} at concurrency {concurrency}")
+        runs[concurrency] = {"passages_per_s": len(documents) / seconds, "seconds": seconds,
+                             **{key: after.get(key, 0) - before.get(key, 0)
+                                for key in ("admitted", "shed", "expired", "batches")}}  # fmt: skip
     reranker = FBNLReranker.from_repository(tmp / "repo", NAME, export.config)
     reranker.encoder.encode(documents[:8], config.ratio)  # sessions warm
     start = time.perf_counter()
     reranker.encoder.encode(documents, config.ratio)
     in_process = len(documents) / (time.perf_counter() - start)
     del reranker
-    corpus = tmp / "index.jsonl"
-    corpus.write_text("".join(json.dumps({"id": f"i{i}", "text": d}) + "\n" for i, d in enumerate(documents)))
-    start = time.perf_counter()
-    code = index_main([str(corpus), "--url", url, "--model", NAME, "--compression-ratio", str(config.ratio),
-                       "--concurrency", "1", "--quiet"])  # fmt: skip
-    served_rate = len(documents) / (time.perf_counter() - start)
-    if code != 0:
-        raise RuntimeError(f"nestrank index exited with {code}")
-    return {"passages": len(documents), "in_process_per_s": in_process, "nestrank_index_per_s": served_rate,
-            "ratio": served_rate / in_process}  # fmt: skip
+    return {"passages": config.index_passages, "in_process_per_s": in_process, "runs": runs}
 
 
 def plot(report: dict, path: Path) -> None:
@@ -256,17 +295,29 @@ def results_markdown(report: dict, config: StoreBenchConfig) -> str:
         "",
         f"Regenerated by `nestrank bench store --shape {config.shape}` (random weights at the real widths, width "
         f"{report['model']['hidden']}); {config.passages} passages of {config.passage_tokens} tokens, ratio "
-        f"{config.ratio}, medians of {config.repeats}. The benchmark's client sends one request at a time (at this "
-        "shape on 2 CPUs, requests queued behind another pass Triton's 30 s queue bound).",
+        f"{config.ratio}, medians of {config.repeats}; each timed call is one attempt (no retries).",
         "",
         "| candidates from | median s | vs first level |",
         "| --- | --- | --- |",
         *(f"| {name} | {row['median_s']:.2f} | {row['vs_first_level']:.3f}x |" for name, row in rerank.items()),
         "",
-        f"- scores through every store equal (max |Δscore| {report['same_scores_across_stores']:.1e}).",
-        f"- `nestrank index`: {index['nestrank_index_per_s']:.2f} passages/s against {index['in_process_per_s']:.2f} "
-        f"encoding in-process, {index['ratio']:.2f}x ({index['passages']} passages of {config.passage_tokens} "
-        "tokens).",
+        f"- scores through every float16 store equal (max |Δscore| {report['same_scores_across_stores']:.1e}); "
+        f"int8 states against float16: max |Δscore| {report['int8']['max_abs_score_diff_vs_float16']:.1e}, "
+        f"{report['int8']['stored_bytes']:,.0f} bytes a passage against {report['int8']['float16_stored_bytes']:,.0f} "
+        f"({report['int8']['stored_bytes'] / report['int8']['float16_stored_bytes']:.2f}x).",
+        "",
+        f"`nestrank index` of {index['passages']} new passages of {config.passage_tokens} tokens (LMDB, two rerank "
+        f"instances, as served by default), against {index['in_process_per_s']:.2f} passages/s encoding in-process; "
+        'refused at once: the `_encode` scheduler\'s answer "retry after N s", which the client waits out; late: '
+        "refused after waiting:",
+        "",
+        "| concurrency | passages/s | vs in-process | `_encode` requests | refused at once | refused late |",
+        "| --- | --- | --- | --- | --- | --- |",
+        *(
+            f"| {c} | {r['passages_per_s']:.2f} | {r['passages_per_s'] / index['in_process_per_s']:.2f}x | "
+            f"{r['admitted']:.0f} | {r['shed']:.0f} | {r['expired']:.0f} |"
+            for c, r in index["runs"].items()
+        ),  # fmt: skip
         "",
         f"Bytes per {config.passage_tokens}-token passage (payload: the float16 states):",
         "",

@@ -26,7 +26,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from nestrank.clients.rerank import AsyncRerankClient
-from nestrank.clients.transport import DEFAULT_URL
+from nestrank.clients.transport import DEFAULT_URL, RetryPolicy
 from nestrank.protocol.errors import NestrankError
 
 MAX_ID_CHARS = 512  # the server's limit too (serving/pipeline/rerank_service.py)
@@ -212,6 +212,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--id-field", default="id")
     p.add_argument("--text-field", default="text")
     p.add_argument("--timeout-s", type=float, default=600.0, help="per request, retries included")
+    p.add_argument("--attempts", type=int, default=100, help="per request (default %(default)s): a busy server refuses "
+                   "at once and says when it has room, and a batch job waits for it, within --timeout-s")  # fmt: skip
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
 
@@ -226,8 +228,8 @@ def rejects_path(args) -> Path:
 
 def main(argv: list[str]) -> int:
     args = parser().parse_args(argv)
-    if (args.batch_size is not None and args.batch_size < 1) or args.concurrency < 1:
-        print("nestrank index: --batch-size and --concurrency must be >= 1", file=sys.stderr)
+    if (args.batch_size is not None and args.batch_size < 1) or args.concurrency < 1 or args.attempts < 1:
+        print("nestrank index: --batch-size, --concurrency and --attempts must be >= 1", file=sys.stderr)
         return 2
     if args.corpus != "-" and not Path(args.corpus).is_file():
         print(f"nestrank index: {args.corpus}: no such file", file=sys.stderr)
@@ -236,8 +238,9 @@ def main(argv: list[str]) -> int:
     path = rejects_path(args)
 
     async def run() -> None:
+        retry = RetryPolicy(attempts=args.attempts)
         async with AsyncRerankClient(args.url or DEFAULT_URL, args.model, concurrency=args.concurrency,
-                                     timeout_s=args.timeout_s) as client:  # fmt: skip
+                                     timeout_s=args.timeout_s, retry=retry) as client:  # fmt: skip
             info = await client.info()  # an unknown model or a missing server fails here, before any reading
             args.batch_size = args.batch_size or info.config.max_encode_documents
             with path.open("w", encoding="utf-8", errors="surrogateescape") as rejects:

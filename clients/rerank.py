@@ -9,6 +9,7 @@ Three ways to name candidates: `documents` (texts; the server encodes only what 
 from __future__ import annotations
 
 import dataclasses
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -24,6 +25,8 @@ from nestrank.protocol.errors import BackendError, ValidationError
 from nestrank.protocol.passages import PassageStates
 from nestrank.protocol.reranking import (
     DOCUMENTS,
+    ENCODE_GROUP,
+    ENCODE_RATIO,
     INDEX,
     INDICES,
     PASSAGE_COUNTS,
@@ -174,6 +177,7 @@ class AsyncRerankClient(AsyncModelClient[RerankerConfig]):
             ratio = compression_ratio or config.default_ratio
             parse_rerank_options({"compression_ratio": ratio}, config)
             chunks = split_by_length([len(d) for d in encoded], config.max_encode_documents)  # the served limit
+            group = uuid.uuid4().hex  # `_encode` admits this call's chunks as one request
             with tqdm(total=len(encoded), disable=not progress, unit="doc") as bar:
 
                 async def send(chunk: np.ndarray) -> PassageStates:
@@ -182,7 +186,7 @@ class AsyncRerankClient(AsyncModelClient[RerankerConfig]):
                     inputs = [text_input(DOCUMENTS, texts, [1, len(texts)] if ragged else [len(texts), 1])]
                     names = (PASSAGE_STATES, PASSAGE_COUNTS, *((PASSAGE_GROUPS,) if ragged else ()))
                     outputs = requested(*names, PASSAGE_FINGERPRINT)
-                    parameters = {"compression_ratio": ratio}
+                    parameters = {ENCODE_RATIO: ratio, **({ENCODE_GROUP: group} if ragged else {})}
                     result = await self._infer(f"{self.model}_encode", inputs, outputs, parameters, deadline)
                     wire = [output(result, name) for name in names]
                     rows = [w[0] for w in wire] if ragged else [*wire, None]
@@ -227,11 +231,9 @@ class AsyncRerankClient(AsyncModelClient[RerankerConfig]):
         async def work(deadline: float) -> Indexed:
             config = (await self._model_info(deadline)).config
             parse_rerank_options(params, config)
-            # the served limits (`nestrank serve --limit` may change them): a request is one `_encode` chunk
-            size = min(
-                config.max_encode_documents,
-                config.candidates_per_request(params.get("compression_ratio", config.default_ratio)),
-            )
+            # the served limits (`nestrank serve --limit` may change them): as many documents a request as it may
+            # carry; the server sends them to `_encode` in chunks that it admits as one request
+            size = config.candidates_per_request(params.get("compression_ratio", config.default_ratio))
             starts = range(0, len(encoded), size)
 
             async def send(start: int):

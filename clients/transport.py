@@ -6,7 +6,8 @@
 - An endpoint that refuses connections (UNAVAILABLE) is ejected for a while (doubling on repeated failures) and
   the call moves on to an endpoint it has not tried yet. Before an ejected endpoint takes traffic again it is
   re-probed with a health call.
-- Overload (the server's queue is full) is not the endpoint's fault: back off, then retry anywhere.
+- Overload (the server's queue is full) is not the endpoint's fault: back off, then retry anywhere; no sooner than
+  the server's own estimate of when it has room, where it sends one ("retry after N s").
 - An unknown model is final (a misspelled name is not an outage), unless the server says it is not ready: with
   `--strict-readiness`, that is a model being reloaded, so the endpoint counts as down.
 - A grpc.aio channel belongs to the event loop it was made in, so each loop that uses a client gets channels of
@@ -32,6 +33,7 @@ from nestrank.protocol.errors import (
     DeadlineExceededError,
     ModelNotFoundError,
     NestrankError,
+    OverloadedError,
     UnavailableError,
     ValidationError,
     from_grpc_status,
@@ -191,6 +193,9 @@ class _Call:
         if hung and all(id(e) in self.tried for e in self.endpoints):
             return None  # a timeout is retried elsewhere only: resending to the same queue adds load
         pause = 0.0 if endpoint_down and len(self.tried) < len(self.endpoints) else self.policy.backoff_s(self.attempt)
+        hint = err.retry_after_s if isinstance(err, OverloadedError) else None
+        if hint is not None:  # the server's own estimate of when it has room; spread out, so retries do not herd
+            pause = max(pause, hint * random.uniform(1.0, 1.25))
         return pause if pause < self.remaining() else None
 
     @staticmethod

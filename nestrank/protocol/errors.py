@@ -12,6 +12,8 @@ status, the Triton code a model answers with, the HTTP status, the OpenAI envelo
 
 from __future__ import annotations
 
+import math
+import re
 from dataclasses import dataclass
 
 
@@ -55,7 +57,22 @@ class UnsupportedError(NestrankError):
 
 
 class OverloadedError(NestrankError):
-    """The server shed load (its queue is full, or a request waited past the queue's time bound): back off."""
+    """The server shed load (its queue is full, or a request waited past the queue's time bound): back off. Where
+    the server knows when it will have room (its scheduler's estimate), the message ends with `retry_hint(s)`,
+    which `retry_after_s` reads back on the other side of any hop (gRPC, BLS, HTTP)."""
+
+    @property
+    def retry_after_s(self) -> float | None:
+        found = _RETRY_AFTER.search(str(self))
+        return float(found.group(1)) if found else None
+
+
+def retry_hint(seconds: float) -> str:
+    """The end of an overload message: when to retry, in whole seconds (at least 1)."""
+    return f"retry after {max(1, math.ceil(seconds))} s"
+
+
+_RETRY_AFTER = re.compile(r"retry after (\d+) s")
 
 
 class UnavailableError(NestrankError):

@@ -58,6 +58,11 @@ SCORES = "scores"
 MARGINS = "margins"
 INDICES = "indices"
 
+# `<name>_encode` request parameters: the ratio, and the request its chunk is a part of (the rerank model sends a
+# request's chunks at once under one id: `_encode` admits them as one request, serving/pipeline/scheduler.py).
+ENCODE_RATIO = "compression_ratio"
+ENCODE_GROUP = "admission_group"
+
 # How passage states travel between the clients, `<name>`, `<name>_encode` and `<name>_score` (the config's
 # `passage_layout`, written at export). RAGGED: states [ΣG, H] float16, per-group token counts [ΣG] int32 and
 # groups per passage [N] int32 (`passage_groups`), each request's and answer's tensors with a leading dimension of
@@ -211,6 +216,12 @@ class RerankerConfig(RerankLimits):
     def state_bytes(self, groups: int) -> int:
         """Bytes of one passage's pooled states and counts: float16 [groups, H] and int32 [groups]."""
         return groups * (2 * self.hidden_size + 4)
+
+    @property
+    def encode_parts_per_request(self) -> int:
+        """The most `_encode` chunks one rerank request sends (max_candidates in chunks of max_encode_documents):
+        the parts `_encode` admits as one request."""
+        return -(-self.max_candidates // self.max_encode_documents)
 
     def candidates_per_request(self, ratio: int) -> int:
         """The most candidates one request may carry at `ratio` (documents or ids): max_candidates, or fewer where

@@ -11,6 +11,9 @@ every model whose config has it, or to one model and its sub-models (`MODEL:NAME
 NAME_encode and NAME_score). Each changed config is validated as the model will read it, before anything starts.
 `max_queue_wait_s` is Triton's queue policy too, so both change together.
 
+A `memory://` passage store lives in one process, so the rerank model (two instances, two processes, as exported)
+is served with one instance on it: a passage one instance warms is then found by every later request.
+
 A store URL's password never goes into a config (clients may read configs): the parameter keeps `:***@`, and the
 password travels to the models in the environment (STORE_PASSWORD_VARIABLE), like every other secret.
 """
@@ -112,12 +115,15 @@ def changed_configs(repository: Path, overrides: Sequence[Override]) -> dict[str
         for override in mine:
             config.parameters[override.name].string_value = override.value
             used.add(override)
-        if not mine:
-            continue
         try:
             served = kind.from_parameters(_parameters(config))
         except (TypeError, ValueError) as err:
             raise ValueError(f"{model_dir.name}: {err}") from None
+        if not (mine or _one_process_store(config, served)):
+            continue
+        if _one_process_store(config, served):  # memory:// is one process's: every request must reach that one
+            del config.instance_group[1:]
+            config.instance_group[0].count = 1
         if config.HasField("dynamic_batching"):  # the queue's bound is the model's max_queue_wait_s
             queue = config.dynamic_batching.default_queue_policy
             queue.default_timeout_microseconds = int(served.max_queue_wait_s * 1e6)
@@ -130,6 +136,14 @@ def changed_configs(repository: Path, overrides: Sequence[Override]) -> dict[str
             where = f"model {override.model!r} (or it is not a nestrank model)" if override.model else "served model"
             raise ValueError(f"--limit {override}: no {where} has {override.name}")
     return changed
+
+
+def _one_process_store(config: mc.ModelConfig, served) -> bool:
+    """A rerank entry point of several instances (processes) whose passage store lives in one process's memory:
+    what one instance warms, another would not find."""
+    entry_point = isinstance(served, RerankerConfig) and any(t.name == QUERY for t in config.input)
+    instances = sum(group.count or 1 for group in config.instance_group)
+    return entry_point and instances > 1 and urlsplit(served.passage_store).scheme.lower() == "memory"
 
 
 def served_repository(repository: Path, target: Path, overrides: Sequence[Override]) -> Path:

@@ -7,6 +7,14 @@ down, texts are longer than their length suggests): a request that reaches the w
 anyway is refused then, not run, so no answer comes later than the bound and one execution. A request whose caller
 gave up (cancelled, its deadline passed) is skipped.
 
+Parts of one request (the rerank model's encode chunks, sent at once so that they share executions) carry the
+same `group`: the request is admitted or refused once, by its first part, against the work of other requests; the
+later parts are admitted with it and do not count against each other (a rerank of 100 new passages is four chunks
+of 32, and its fourth must not be refused for the three ahead of it: they are the same request); once a part has
+started, the rest are not refused for having waited behind it. A refused group's later parts are refused at once.
+At most `max_group_parts` parts ride on one decision (`_encode` is reachable from outside: a group id is no way
+around admission); past it, a part is judged on its own.
+
 "Tokens" are each model's own unit of work: text tokens (embed), passage tokens (`_encode`), candidates × pooled
 length (`_score`); the speed is measured in the same unit at load and updated after every execution.
 
@@ -24,11 +32,11 @@ from __future__ import annotations
 
 import threading
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from nestrank.protocol.errors import OverloadedError, UnavailableError
+from nestrank.protocol.errors import OverloadedError, UnavailableError, retry_hint
 
 
 @dataclass
@@ -39,7 +47,18 @@ class Admitted:
     tokens: int
     answer: Callable[[object], None]  # called once, with the request's result or its error
     cancelled: Callable[[], bool] = lambda: False
+    group: str | None = None  # the request this is a part of (see the module's docstring)
     arrived: float = field(default_factory=time.monotonic)
+
+
+@dataclass
+class _Group:
+    """Parts of one request that are queued or running, and what was decided for them."""
+
+    parts: int = 0  # admitted so far (never decreases: bounds the parts one decision covers)
+    pending: int = 0  # queued or running now
+    tokens: int = 0  # theirs, queued or running
+    started: bool = False
 
 
 @dataclass
@@ -56,10 +75,11 @@ class SchedulerStats:
 
 class TokenBudgetScheduler:
     SMOOTHING = 0.3  # weight of the newest execution in the tokens/s estimate
+    REFUSED_GROUPS_KEPT = 1024  # refused groups remembered, for their later parts
 
     def __init__(self, run: Callable[[Sequence[object]], Sequence[object]], max_batch_tokens: int, max_wait_s: float,
                  tokens_per_s: float, result: Callable[[object], object] = lambda work: work,
-                 name: str = "embed"):  # fmt: skip
+                 name: str = "embed", max_group_parts: int = 1):  # fmt: skip
         """`run` executes a list of works and returns them with results; `result(work)` reads one work's answer;
         `tokens_per_s` is the first estimate of the speed (measured at load), updated after every execution."""
         if max_batch_tokens < 1 or max_wait_s <= 0 or tokens_per_s <= 0:
@@ -69,7 +89,10 @@ class TokenBudgetScheduler:
         self.max_batch_tokens = max_batch_tokens
         self.max_wait_s = max_wait_s
         self.tokens_per_s = tokens_per_s
+        self.max_group_parts = max_group_parts
         self.stats = SchedulerStats()
+        self._groups: dict[str, _Group] = {}
+        self._refused: OrderedDict[str, None] = OrderedDict()
         self._queue: deque[Admitted] = deque()
         self._queued_tokens = 0
         self._running_tokens = 0
@@ -84,24 +107,51 @@ class TokenBudgetScheduler:
 
     def submit(self, request: Admitted) -> None:
         """Queues the request, or answers it at once with OverloadedError when it would wait past the bound (an
-        idle server takes any request, however large)."""
+        idle server takes any request, however large; a later part of an admitted group is admitted with it)."""
         with self._wake:
-            ahead = self._queued_tokens + self._running_tokens
+            group = self._groups.get(request.group) if request.group is not None else None
+            riding = group is not None and group.parts < self.max_group_parts
+            ahead = self._queued_tokens + self._running_tokens - (group.tokens if riding else 0)
             if self._stopping:
                 refusal = UnavailableError("the model is shutting down; retry on another replica")
-            elif ahead and self.wait_s(request.tokens) > self.max_wait_s:
+            elif request.group is not None and request.group in self._refused:
+                refusal = OverloadedError("another part of this request was refused as overloaded; retry later")
+            elif not riding and ahead and self.wait_s(request.tokens) > self.max_wait_s:
                 self.stats.shed += 1
                 seconds, rate = ahead / self.tokens_per_s, self.tokens_per_s
+                room = self.wait_s(request.tokens) - self.max_wait_s  # until the queue ahead has drained enough
                 refusal = OverloadedError(f"{ahead} tokens are queued ahead (≈ {seconds:.0f} s at "
-                                          f"{rate:.0f} tokens/s), past the {self.max_wait_s:g} s bound; retry "
-                                          "later")  # fmt: skip
+                                          f"{rate:.0f} tokens/s), past the {self.max_wait_s:g} s bound; "
+                                          f"{retry_hint(room)}")  # fmt: skip
+                self._refuse_group(request.group)
             else:
                 self._queue.append(request)
                 self._queued_tokens += request.tokens
                 self.stats.admitted += 1
+                if request.group is not None:
+                    group = self._groups.setdefault(request.group, _Group())
+                    group.parts += 1
+                    group.pending += 1
+                    group.tokens += request.tokens
                 self._wake.notify()
                 return
         request.answer(refusal)
+
+    def _refuse_group(self, group: str | None) -> None:
+        """Remembers a refused group (under the lock), so its later parts are refused at once."""
+        if group is None:
+            return
+        self._refused[group] = None
+        while len(self._refused) > self.REFUSED_GROUPS_KEPT:
+            self._refused.popitem(last=False)
+
+    def _done(self, request: Admitted) -> None:
+        """A part left the queue or finished running (under the lock)."""
+        group = self._groups.get(request.group) if request.group is not None else None
+        if group is not None:
+            group.pending, group.tokens = group.pending - 1, group.tokens - request.tokens
+            if not group.pending:
+                del self._groups[request.group]
 
     def _next_batch(self) -> list[Admitted] | None:
         with self._wake:
@@ -123,18 +173,33 @@ class TokenBudgetScheduler:
             self._execute(batch)
 
     def _execute(self, batch: list[Admitted]) -> None:
-        live = []
-        for request in batch:
-            waited = time.monotonic() - request.arrived
-            if request.cancelled():  # its caller gave up (gRPC cancellation): not worth the compute
-                self.stats.cancelled += 1
-                request.answer(UnavailableError("cancelled by the caller before it ran"))
-            elif waited > self.max_wait_s:  # the speed estimate was too hopeful: keep the bound all the same
-                self.stats.expired += 1
-                request.answer(OverloadedError(f"waited {waited:.1f} s in the queue, past the "
-                                               f"{self.max_wait_s:g} s bound; retry later"))  # fmt: skip
-            else:
-                live.append(request)
+        live, dropped = [], []
+        with self._wake:
+            for request in batch:
+                waited = time.monotonic() - request.arrived
+                group = self._groups.get(request.group) if request.group is not None else None
+                if request.group is not None and request.group in self._refused:
+                    dropped.append((request, OverloadedError("another part of this request was refused as "
+                                                             "overloaded; retry later")))  # fmt: skip
+                elif request.cancelled():  # its caller gave up (gRPC cancellation): not worth the compute
+                    self.stats.cancelled += 1
+                    dropped.append((request, UnavailableError("cancelled by the caller before it ran")))
+                elif waited > self.max_wait_s and not (group and group.started):
+                    # the speed estimate was too hopeful: keep the bound all the same (a part whose request has
+                    # started waited behind its own request, not past the bound)
+                    self.stats.expired += 1
+                    self._refuse_group(request.group)
+                    dropped.append((request, OverloadedError(f"waited {waited:.1f} s in the queue, past the "
+                                                             f"{self.max_wait_s:g} s bound; retry later")))  # fmt: skip
+                else:
+                    live.append(request)
+                    if group is not None:
+                        group.started = True
+            self._running_tokens -= sum(request.tokens for request, _ in dropped)
+            for request, _ in dropped:
+                self._done(request)
+        for request, refusal in dropped:
+            request.answer(refusal)
         started = time.monotonic()
         try:
             done = self.run([r.work for r in live]) if live else []
@@ -146,14 +211,16 @@ class TokenBudgetScheduler:
         if tokens and elapsed > 0:
             rate = tokens / elapsed
             self.tokens_per_s += self.SMOOTHING * (rate - self.tokens_per_s)
-        for request, answer in zip(live, answers):
-            self.stats.queue_seconds.append(started - request.arrived)
-            request.answer(answer)
         with self._wake:
             self._running_tokens = 0
             self.stats.batches += 1
             self.stats.tokens += tokens
             self.stats.batch_seconds.append(elapsed)
+            for request in live:
+                self._done(request)
+        for request, answer in zip(live, answers):
+            self.stats.queue_seconds.append(started - request.arrived)
+            request.answer(answer)
 
     def stop(self) -> None:
         """Refuses what is still queued (UNAVAILABLE: another replica can take it) and ends the worker."""

@@ -2,10 +2,13 @@
 takes, in the wire's passage layout (the config's `passage_layout`: RAGGED, or PADDED for exports from before it). A
 request's documents go to `_encode` in chunks of the served `max_encode_documents`, all sent at once (`async_exec`
 on the model's event loop: glue.BlsLoop), so that Triton's dynamic batcher merges them (with other requests'
-chunks) into executions of its scheduler; the first chunk that fails fails the request, with its kind (an
-overloaded `_encode` is overload)."""
+chunks) into executions of its scheduler. The chunks carry one admission group (a fresh id per call), so `_encode`
+admits or refuses them as the one request they are; the first chunk that fails fails the request, with its kind
+(an overloaded `_encode` is overload)."""
 
 from __future__ import annotations
+
+import uuid
 
 import numpy as np
 
@@ -19,12 +22,12 @@ class SubModels:
         self.pb_utils, self.name, self.config = pb_utils, name, config
         self.bls = BlsLoop(pb_utils)
 
-    def _send_chunk(self, documents: list[str], ratio: int):
+    def _send_chunk(self, documents: list[str], ratio: int, group: str):
         layout = self.config.passage_layout
         texts = np.array([[d.encode() for d in documents]], dtype=object)  # RAGGED: one chunk, [1, n]
         names = [r.PASSAGE_STATES, r.PASSAGE_COUNTS] + ([r.PASSAGE_GROUPS] if layout == r.RAGGED else [])
         inputs = {r.DOCUMENTS: texts if layout == r.RAGGED else texts.T}  # PADDED: [n, 1]
-        return self.bls.submit(f"{self.name}_encode", inputs, names, {"compression_ratio": ratio})
+        return self.bls.submit(f"{self.name}_encode", inputs, names, {r.ENCODE_RATIO: ratio, r.ENCODE_GROUP: group})
 
     def _read_chunk(self, answer: list[np.ndarray], ratio: int) -> PassageStates:
         layout = self.config.passage_layout
@@ -32,8 +35,9 @@ class SubModels:
         return r.from_wire(layout, *rows, ratio, self.config.passage_fingerprint)
 
     def encode(self, documents: list[str], ratio: int) -> PassageStates:
-        size = self.config.max_encode_documents
-        futures = [self._send_chunk(documents[start : start + size], ratio) for start in range(0, len(documents), size)]
+        size, group = self.config.max_encode_documents, uuid.uuid4().hex
+        futures = [self._send_chunk(documents[start : start + size], ratio, group)
+                   for start in range(0, len(documents), size)]  # fmt: skip
         try:
             return PassageStates.concat([self._read_chunk(future.result(), ratio) for future in futures])
         finally:

@@ -4,7 +4,8 @@ layout: nestrank/protocol/reranking.py).
 
 Requests are read and tokenized as Triton hands them over, then queued in the token-budget scheduler
 (serving/pipeline/scheduler.py: executions within `encode_batch_tokens`, whole requests, arrival order; refused at
-once past `max_queue_wait_s`; skipped when their caller gave up), which answers each through its response sender.
+once past `max_queue_wait_s`; skipped when their caller gave up; a rerank request's chunks admitted as one, by
+their `admission_group`), which answers each through its response sender.
 `execute` itself returns nothing."""
 
 import numpy as np
@@ -13,20 +14,35 @@ import triton_python_backend_utils as pb_utils
 from nestrank.protocol.errors import ValidationError
 from nestrank.protocol.parameters import as_int, check_names
 from nestrank.protocol.passages import PassageStates
-from nestrank.protocol.reranking import DOCUMENTS, PADDED, PASSAGE_FINGERPRINT, RAGGED, RerankerConfig, wire_tensors
+from nestrank.protocol.reranking import (
+    DOCUMENTS,
+    ENCODE_GROUP,
+    ENCODE_RATIO,
+    PADDED,
+    PASSAGE_FINGERPRINT,
+    RAGGED,
+    RerankerConfig,
+    wire_tensors,
+)
 from nestrank.serving.pipeline.passage_encoder import ENCODER_FILE, EncodeJob, PassageEncoder, with_passage_fingerprint
 from nestrank.serving.pipeline.scheduler import Admitted, TokenBudgetScheduler
 from nestrank.serving.pipeline.tokenization import TOKENIZER_FILE, RerankTokenizer
 from nestrank.serving.triton.glue import answerer, decode_texts, input_array, read_model_args, request_parameters
 from nestrank.serving.triton.metrics import SchedulerMetrics
 
+MAX_GROUP_CHARS = 64
 
-def read_ratio(params, config):
-    check_names(params, ("compression_ratio",))
-    ratio = as_int("compression_ratio", params.get("compression_ratio", config.default_ratio))
+
+def read_parameters(params, config) -> tuple[int, str | None]:
+    """(ratio, admission group) of one request."""
+    check_names(params, (ENCODE_RATIO, ENCODE_GROUP))
+    ratio = as_int(ENCODE_RATIO, params.get(ENCODE_RATIO, config.default_ratio))
     if ratio not in config.ratios:
-        raise ValidationError("compression_ratio", f"{ratio} was not exported; choose one of {config.ratios}")
-    return ratio
+        raise ValidationError(ENCODE_RATIO, f"{ratio} was not exported; choose one of {config.ratios}")
+    group = params.get(ENCODE_GROUP)
+    if group is not None and (not isinstance(group, str) or not 0 < len(group) <= MAX_GROUP_CHARS):
+        raise ValidationError(ENCODE_GROUP, f"a string of 1..{MAX_GROUP_CHARS} characters")
+    return ratio, group
 
 
 def answer_tensors(layout):
@@ -50,7 +66,8 @@ class TritonPythonModel:
         self.encoder = PassageEncoder(config, tokenizer, PassageEncoder.open_session(files / ENCODER_FILE, config))
         self.scheduler = TokenBudgetScheduler(self.encoder.run, config.encode_batch_tokens, config.max_queue_wait_s,
                                               self.encoder.measure_tokens_per_s(), result=lambda job: job.result,
-                                              name="rerank-encode")  # fmt: skip
+                                              name="rerank-encode",
+                                              max_group_parts=config.encode_parts_per_request)  # fmt: skip
         self.metrics = SchedulerMetrics(pb_utils, model_config["name"], args["model_instance_name"], "rerank_encode")
         self.tensors = answer_tensors(config.passage_layout)
         # RAGGED: one chunk of documents a request, within max_encode_documents; PADDED: Triton's batch bounds it
@@ -61,12 +78,12 @@ class TritonPythonModel:
             answer = answerer(pb_utils, request, self.tensors)
             try:
                 documents = decode_texts(input_array(pb_utils, request, DOCUMENTS), DOCUMENTS, self.most)
-                ratio = read_ratio(request_parameters(request), self.encoder.config)
+                ratio, group = read_parameters(request_parameters(request), self.encoder.config)
                 job = EncodeJob(self.encoder.tokenizer.encode_documents(documents), ratio)
             except Exception as err:
                 answer(err)
                 continue
-            self.scheduler.submit(Admitted(job, job.tokens, answer, request.is_cancelled))
+            self.scheduler.submit(Admitted(job, job.tokens, answer, request.is_cancelled, group))
         self.metrics.report(self.scheduler)
         return None
 

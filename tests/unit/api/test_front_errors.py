@@ -53,6 +53,12 @@ def test_every_error_kind_answers_its_status_in_both_envelopes(kind):
     assert ("retry-after" in openai.headers) == (status in (429, 503))
 
 
+def test_an_overload_with_the_servers_estimate_says_when_in_retry_after():
+    hinted = errors.OverloadedError(f"8185 tokens are queued ahead; {errors.retry_hint(32.4)}")
+    assert error_response("/v1/rerank", hinted, retry_after_s=1).headers["retry-after"] == "33"
+    assert error_response("/v1/rerank", errors.OverloadedError("full"), retry_after_s=2).headers["retry-after"] == "2"
+
+
 def test_a_passage_id_404_and_a_model_404_differ():
     passage = json.loads(error_response("/v1/rerank", NotFoundError("passage_ids[0]: unknown passage id 'x'")).body)
     model = json.loads(error_response("/v1/rerank", ModelNotFoundError("model: no model 'x'")).body)

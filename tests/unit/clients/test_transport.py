@@ -205,3 +205,20 @@ def test_concurrency_bounds_the_requests_in_flight_across_calls():
 
     asyncio.run(many())
     assert len(slow.calls) == 12 and slow.max_in_flight == 3
+
+
+def busy(seconds: int):
+    return InferenceServerException(f"overloaded: 9000 tokens are queued ahead; retry after {seconds} s",
+                                    status="StatusCode.UNAVAILABLE")  # fmt: skip
+
+
+def test_overload_is_retried_no_sooner_than_the_server_says_and_not_past_the_deadline():
+    waited = FakeClient("waited", [busy(1)])
+    start = time.monotonic()
+    assert call(endpoints(waited)) == "waited"
+    assert 1.0 <= time.monotonic() - start < 2.0  # the hint, not FAST's 1 ms backoff
+    hopeless = FakeClient("hopeless", [busy(30)])
+    start = time.monotonic()
+    with pytest.raises(OverloadedError) as raised:
+        call(endpoints(hopeless), deadline_s=5.0)  # room in 30 s, the caller has 5: the answer at once
+    assert raised.value.retry_after_s == 30 and time.monotonic() - start < 1.0 and len(hopeless.calls) == 1

@@ -160,3 +160,13 @@ def test_what_a_model_answers_comes_back_as_the_same_kind():
         assert type(errors.from_grpc_status(status, message)) is cls
         assert type(errors.from_triton_error(cls.triton_code, message)) is cls
     assert type(errors.from_grpc_status("UNAVAILABLE", "Exceeds maximum queue size")) is errors.OverloadedError
+
+
+def test_an_overload_hint_survives_every_hop():
+    """The scheduler's "retry after N s" reaches the client through a model's answer, a BLS hop and gRPC."""
+    refusal = errors.OverloadedError(f"8185 tokens are queued ahead (≈ 33 s at 244 tokens/s); {errors.retry_hint(3.2)}")
+    assert refusal.retry_after_s == 4 and errors.OverloadedError("queue full; retry later").retry_after_s is None
+    through_bls = errors.from_triton_error("INTERNAL", f"k_encode: {errors.marked(refusal)}")
+    at_client = errors.from_grpc_status("StatusCode.UNAVAILABLE", f"k: {errors.marked(through_bls)}")
+    assert isinstance(at_client, errors.OverloadedError) and at_client.retry_after_s == 4
+    assert errors.OverloadedError(errors.retry_hint(0.01)).retry_after_s == 1  # at least a second

@@ -161,3 +161,19 @@ def test_the_launcher_serves_the_copy_and_hands_the_password_to_the_models_alone
     plain.prepare()
     plain.stop()
     assert plain._repository == repo.resolve()  # nothing to change: the export itself
+
+
+def instances(model_dir):
+    return sum(group.count for group in read_config(model_dir).instance_group)
+
+
+def test_a_store_in_one_process_memory_serves_the_rerank_model_with_one_instance(repo, tmp_path):
+    """Two rerank instances are two processes: with memory://, what one warmed the other would not find."""
+    config = read_config(repo / "k")
+    del config.instance_group[:]
+    config.instance_group.add(kind=mc.ModelInstanceGroup.KIND_CPU, count=2)  # as the export writes it
+    (repo / "k" / "config.pbtxt").write_text(text_format.MessageToString(config))
+    one = served_repository(repo, tmp_path / "memory", [Override.passage_store("memory://")])
+    assert instances(one / "k") == 1 and instances(one / "k_encode") == instances(repo / "k_encode")
+    shared = served_repository(repo, tmp_path / "lmdb", [Override.passage_store(f"lmdb://{tmp_path / 'db'}")])
+    assert instances(shared / "k") == 2

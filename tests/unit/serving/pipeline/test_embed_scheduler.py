@@ -28,14 +28,14 @@ class Recorder:
         return [f"done {w}" for w in works]
 
 
-def request(name, tokens, answers, cancelled=False):
+def request(name, tokens, answers, cancelled=False, group=None):
     done = threading.Event()
 
     def answer(result):
         answers[name] = result
         done.set()
 
-    return Admitted(name, tokens, answer, lambda: cancelled), done
+    return Admitted(name, tokens, answer, lambda: cancelled, group), done
 
 
 @pytest.fixture
@@ -76,6 +76,7 @@ def test_a_request_that_would_wait_past_the_bound_is_refused_at_once(run):
     assert str(answers["refused"]).startswith("200 tokens are queued ahead") and "past the 2 s bound" in str(
         answers["refused"]
     )
+    assert answers["refused"].retry_after_s == 1  # (200 + 30) tokens at 100/s is 0.3 s past the bound: 1 s
     assert "fits" not in answers and scheduler.stats.shed == 1 and scheduler.stats.admitted == 3
     run.release.set()
     scheduler.stop()
@@ -164,4 +165,47 @@ def test_the_speed_estimate_follows_what_executions_take():
         scheduler.submit(admitted)
         done.wait(5)
     assert scheduler.tokens_per_s < 1e9 * 0.5  # 100 tokens in 0.2 s pulls the estimate far down from 1e9
+    scheduler.stop()
+
+
+def test_the_parts_of_one_request_are_admitted_as_one(run):
+    """A rerank's encode chunks: 4 parts of 100 tokens at 100 tokens/s with a 2 s bound. Alone, the fourth would
+    be refused for the three ahead of it; as one group, only other requests' work counts, and a part that waited
+    behind its own request's running parts past the bound still runs."""
+    scheduler = TokenBudgetScheduler(run, max_batch_tokens=100, max_wait_s=0.5, tokens_per_s=100.0,
+                                     max_group_parts=4)  # fmt: skip
+    run.release.clear()
+    answers, events = {}, []
+    for i in range(4):
+        admitted, event = request(f"part{i}", 100, answers, group="rerank-1")
+        scheduler.submit(admitted)
+        events.append(event)
+        if i == 0:
+            run.started.acquire(timeout=5)
+    other, _ = request("other", 10, answers, group="rerank-2")  # 400 tokens of rerank-1 ahead: 4 s
+    scheduler.submit(other)
+    assert isinstance(answers.pop("other"), OverloadedError)
+    threading.Event().wait(0.6)  # the running part outlasts the bound: the queued ones have waited past it
+    run.release.set()
+    assert all(e.wait(5) for e in events)
+    assert answers == {f"part{i}": f"done part{i}" for i in range(4)}
+    assert scheduler.stats.admitted == 4 and scheduler.stats.shed == 1 and scheduler.stats.expired == 0
+    scheduler.stop()
+
+
+def test_a_refused_request_refuses_its_later_parts_and_a_group_covers_only_so_many(run):
+    scheduler = TokenBudgetScheduler(run, max_batch_tokens=100, max_wait_s=1.0, tokens_per_s=100.0,
+                                     max_group_parts=2)  # fmt: skip
+    run.release.clear()
+    answers = {}
+    scheduler.submit(request("busy", 90, answers)[0])
+    run.started.acquire(timeout=5)
+    scheduler.submit(request("a0", 50, answers, group="a")[0])  # 90 ahead + 50: 1.4 s, past the 1 s bound
+    scheduler.submit(request("a1", 1, answers, group="a")[0])  # would fit alone; its request was refused
+    assert isinstance(answers["a0"], OverloadedError) and "another part of this request" in str(answers["a1"])
+    scheduler.submit(request("b0", 5, answers, group="b")[0])
+    scheduler.submit(request("b1", 5, answers, group="b")[0])  # rides on b0's admission
+    scheduler.submit(request("b2", 50, answers, group="b")[0])  # a third part: judged on its own, 190 ahead
+    assert isinstance(answers["b2"], OverloadedError) and "b0" not in answers and "b1" not in answers
+    run.release.set()
     scheduler.stop()
