@@ -81,7 +81,15 @@ def parser() -> argparse.ArgumentParser:
     st.add_argument("--store-passages", type=int, default=100_000, help="synthetic passages in the large store")
     st.add_argument("--store-tokens", type=int, default=128, help="tokens per synthetic passage")
     st.add_argument("--fetches", type=int, default=200)
-    st.add_argument("--index-passages", type=int, default=400)
+    st.add_argument("--index-passages", type=int, default=400, help="new passages per `nestrank index` run")
+    st.add_argument(
+        "--index-concurrency",
+        type=lambda t: tuple(int(c) for c in t.split(",")),
+        default=(4, 16),
+        help="one `nestrank index` run at each (default 4,16)",
+    )
+    st.add_argument("--flood-requests", type=int, default=160, help="reranks at once in the flood (0: none)")
+    st.add_argument("--flood-documents", type=int, default=48, help="new documents per flooding rerank")
     st.add_argument("--out", type=Path, default=Path("bench/out/store.json"))
     s = workloads.add_parser(
         "soak", help="saturate the server for a while, embed and rerank mixed: memory, errors, p99"
@@ -125,7 +133,9 @@ def main(argv: list[str]) -> int:
         run(StoreBenchConfig(shape=args.shape, layers=args.layers, passages=args.passages,
                              passage_tokens=args.passage_tokens, repeats=args.repeats, ratio=args.ratio,
                              store_passages=args.store_passages, store_tokens=args.store_tokens,
-                             fetches=args.fetches, index_passages=args.index_passages, out=args.out))  # fmt: skip
+                             fetches=args.fetches, index_passages=args.index_passages,
+                             index_concurrency=args.index_concurrency, flood_requests=args.flood_requests,
+                             flood_documents=args.flood_documents, out=args.out))  # fmt: skip
         return 0
     if args.workload == "gpu":
         from nestrank.bench.gpu import GpuBenchConfig, render, run

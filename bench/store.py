@@ -13,6 +13,8 @@ real widths), in one run.
    refusals, at once (the client waits as long as the server says, and retries) and late (after waiting: none
    should come).
 5. int8 against float16 passage states in LMDB: bytes per passage, fetch time, and |Δscore| of the same reranks.
+6. A flood: `flood_requests` reranks at once of `flood_documents` new documents each, from a client that does not
+   retry (the embed overload figure's rerank twin): served, refused (and how fast), anything else.
 """
 
 from __future__ import annotations
@@ -65,6 +67,8 @@ class StoreBenchConfig:
     fetch_ids: int = 100
     index_passages: int = 400
     index_concurrency: tuple[int, ...] = (4, 16)
+    flood_requests: int = 160
+    flood_documents: int = 48
     out: Path = Path("bench/out/store.json")
 
 
@@ -185,8 +189,9 @@ def run(config: StoreBenchConfig, log=print) -> dict:
                     stored_bytes[label] = float(indexed.stored_bytes.mean())
                     by_id(client, label)(0)  # the first level (where on) holds them from here
                     rows[label] = timed(by_id(client, label), config.repeats)
-                    if label == LMDB_ROW:  # `nestrank index` as served by default: LMDB, 2 instances
+                    if label == LMDB_ROW:  # `nestrank index` and a flood as served by default: LMDB, 2 instances
                         indexing = index_throughput(tmp, server, export, tokenizer, config, log)
+                        flooded = flood(server, tokenizer, config, log) if config.flood_requests else None
                     if first_level is None:  # the same server for the paths that need no store
                         states = client.encode_passages(docs, compression_ratio=config.ratio)
                         rows["client-sent states"] = timed(
@@ -228,6 +233,7 @@ def run(config: StoreBenchConfig, log=print) -> dict:
         "bytes_per_passage": sizes,
         "fetch": latency,
         "index": indexing,
+        "flood": flooded,
     }
     config.out.parent.mkdir(parents=True, exist_ok=True)
     config.out.write_text(json.dumps(report, indent=2))
@@ -267,6 +273,46 @@ def index_throughput(tmp: Path, server: ServerConfig, export, tokenizer, config:
     in_process = len(documents) / (time.perf_counter() - start)
     del reranker
     return {"passages": config.index_passages, "in_process_per_s": in_process, "runs": runs}
+
+
+def flood(server: ServerConfig, tokenizer, config: StoreBenchConfig, log) -> dict:
+    """`flood_requests` reranks at once of new documents, no retries: how many are served, how fast the rest are
+    refused, and whether anything else comes back (it should not: no INTERNAL, no timeout)."""
+    import asyncio
+
+    from nestrank.clients.rerank import AsyncRerankClient
+    from nestrank.protocol.errors import OverloadedError
+
+    words = make_passages(tokenizer, config.flood_documents, config.passage_tokens, "flood ")
+    log(f"flood: {config.flood_requests} reranks at once of {config.flood_documents} new documents")
+
+    async def run():
+        async with AsyncRerankClient(server.grpc_url, NAME, retry=NO_RETRIES, timeout_s=3600,
+                                     concurrency=config.flood_requests) as client:  # fmt: skip
+
+            async def one(request: int):
+                start = time.perf_counter()
+                try:
+                    await client.rerank(QUERY, [f"request {request} {d}" for d in words],
+                                        compression_ratio=config.ratio)  # fmt: skip
+                    return "served", time.perf_counter() - start
+                except OverloadedError:
+                    return "refused", time.perf_counter() - start
+                except Exception as err:  # noqa: BLE001 - counted and shown: the figure says whether any came
+                    return type(err).__name__, time.perf_counter() - start
+
+            return await asyncio.gather(*(one(i) for i in range(config.flood_requests)))
+
+    start = time.perf_counter()
+    outcomes = asyncio.run(run())
+    refused = [s for kind, s in outcomes if kind == "refused"]
+    served_s = [s for kind, s in outcomes if kind == "served"]
+    others = sorted({kind for kind, _ in outcomes} - {"served", "refused"})
+    return {"requests": config.flood_requests, "documents_each": config.flood_documents,
+            "served": len(served_s), "refused": len(refused), "others": others,
+            "refusal_p50_s": float(np.median(refused)) if refused else None,
+            "refusal_max_s": max(refused, default=None), "served_max_s": max(served_s, default=None),
+            "seconds": time.perf_counter() - start}  # fmt: skip
 
 
 def plot(report: dict, path: Path) -> None:
@@ -319,6 +365,8 @@ def results_markdown(report: dict, config: StoreBenchConfig) -> str:
             for c, r in index["runs"].items()
         ),  # fmt: skip
         "",
+        *(flood_lines(report["flood"]) if report["flood"] else []),
+        "",
         f"Bytes per {config.passage_tokens}-token passage (payload: the float16 states):",
         "",
         "| ratio | groups | payload | value | in LMDB | in Redis |",
@@ -344,3 +392,12 @@ def results_markdown(report: dict, config: StoreBenchConfig) -> str:
         "![rerank time by where the candidates come from](store.png)",
     ]
     return "\n".join(lines)
+
+
+def flood_lines(flood: dict) -> list[str]:
+    refusals = (f"refused in p50 {flood['refusal_p50_s'] * 1e3:.0f} ms, max {flood['refusal_max_s'] * 1e3:.0f} ms"
+                if flood["refused"] else "none refused")  # fmt: skip
+    served = f"the slowest served in {flood['served_max_s']:.1f} s" if flood["served"] else "none served"
+    return [f"A flood of {flood['requests']} reranks at once of {flood['documents_each']} new documents each, no "
+            f"retries: **{flood['served']} served, {flood['refused']} refused** ({refusals}; {served}); anything "
+            f"else: {', '.join(flood['others']) or 'nothing'}; {flood['seconds']:.0f} s in all."]  # fmt: skip
