@@ -174,14 +174,15 @@ class TokenBudgetScheduler:
 
     def _execute(self, batch: list[Admitted]) -> None:
         live, dropped = [], []
+        gave_up = [request.cancelled() for request in batch]  # a call into Triton: outside the lock
         with self._wake:
-            for request in batch:
+            for request, cancelled in zip(batch, gave_up):
                 waited = time.monotonic() - request.arrived
                 group = self._groups.get(request.group) if request.group is not None else None
                 if request.group is not None and request.group in self._refused:
                     dropped.append((request, OverloadedError("another part of this request was refused as "
                                                              "overloaded; retry later")))  # fmt: skip
-                elif request.cancelled():  # its caller gave up (gRPC cancellation): not worth the compute
+                elif cancelled:  # its caller gave up (gRPC cancellation): not worth the compute
                     self.stats.cancelled += 1
                     dropped.append((request, UnavailableError("cancelled by the caller before it ran")))
                 elif waited > self.max_wait_s and not (group and group.started):
