@@ -60,8 +60,9 @@ class RerankLimits:
                                                      "at the request's ratio, counted at their longest; "
                                                      "client-sent states as sent")  # fmt: skip
     max_encode_documents: int = _limit(32, "documents per request to `_encode` (the rerank model sends a request's "
-                                           "chunks of it at once, the dynamic batcher merges them; the clients' "
-                                           "warm, index and encode_passages send requests of it)")  # fmt: skip
+                                           "chunks of it at once, admitted as one request, and the dynamic batcher "
+                                           "merges them; the clients' encode_passages sends requests of "
+                                           "it)")  # fmt: skip
     encode_batch_tokens: int = _limit(16384, "tokens per execution of the `_encode` scheduler (whole requests, "
                                              "arrival order)")  # fmt: skip
     max_requests_in_flight: int = _limit(16, "rerank, warm and index requests the rerank model holds waiting for "
