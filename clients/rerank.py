@@ -9,7 +9,6 @@ Three ways to name candidates: `documents` (texts; the server encodes only what 
 from __future__ import annotations
 
 import dataclasses
-import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -25,7 +24,6 @@ from nestrank.protocol.errors import BackendError, ValidationError
 from nestrank.protocol.passages import PassageStates
 from nestrank.protocol.reranking import (
     DOCUMENTS,
-    ENCODE_GROUP,
     ENCODE_RATIO,
     INDEX,
     INDICES,
@@ -177,7 +175,6 @@ class AsyncRerankClient(AsyncModelClient[RerankerConfig]):
             ratio = compression_ratio or config.default_ratio
             parse_rerank_options({"compression_ratio": ratio}, config)
             chunks = split_by_length([len(d) for d in encoded], config.max_encode_documents)  # the served limit
-            group = uuid.uuid4().hex  # `_encode` admits this call's chunks as one request
             with tqdm(total=len(encoded), disable=not progress, unit="doc") as bar:
 
                 async def send(chunk: np.ndarray) -> PassageStates:
@@ -186,7 +183,7 @@ class AsyncRerankClient(AsyncModelClient[RerankerConfig]):
                     inputs = [text_input(DOCUMENTS, texts, [1, len(texts)] if ragged else [len(texts), 1])]
                     names = (PASSAGE_STATES, PASSAGE_COUNTS, *((PASSAGE_GROUPS,) if ragged else ()))
                     outputs = requested(*names, PASSAGE_FINGERPRINT)
-                    parameters = {ENCODE_RATIO: ratio, **({ENCODE_GROUP: group} if ragged else {})}
+                    parameters = {ENCODE_RATIO: ratio}  # no admission group: servers before it refuse the name
                     result = await self._infer(f"{self.model}_encode", inputs, outputs, parameters, deadline)
                     wire = [output(result, name) for name in names]
                     rows = [w[0] for w in wire] if ragged else [*wire, None]

@@ -194,8 +194,12 @@ class _Call:
             return None  # a timeout is retried elsewhere only: resending to the same queue adds load
         pause = 0.0 if endpoint_down and len(self.tried) < len(self.endpoints) else self.policy.backoff_s(self.attempt)
         hint = err.retry_after_s if isinstance(err, OverloadedError) else None
-        if hint is not None:  # the server's own estimate of when it has room; spread out, so retries do not herd
-            pause = max(pause, hint * random.uniform(1.0, 1.25))
+        if hint is not None and len(self.tried) == len(self.endpoints):
+            # the server's own estimate of when it has room (another replica may have room now: tried first);
+            # spread out within what remains, so that refused callers do not come back together
+            if hint >= self.remaining():
+                return None
+            pause = max(pause, hint * random.uniform(1.0, min(1.25, self.remaining() / hint)))
         return pause if pause < self.remaining() else None
 
     @staticmethod

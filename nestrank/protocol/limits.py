@@ -60,7 +60,7 @@ class RerankLimits:
                                                      "at the request's ratio, counted at their longest; "
                                                      "client-sent states as sent")  # fmt: skip
     max_encode_documents: int = _limit(32, "documents per request to `_encode` (the rerank model sends a request's "
-                                           "chunks of it at once, admitted as one request, and the dynamic batcher "
+                                           "chunks of it at once, under one admission group, and the dynamic batcher "
                                            "merges them; the clients' encode_passages sends requests of "
                                            "it)")  # fmt: skip
     encode_batch_tokens: int = _limit(16384, "tokens per execution of the `_encode` scheduler (whole requests, "

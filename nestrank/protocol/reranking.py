@@ -59,7 +59,7 @@ MARGINS = "margins"
 INDICES = "indices"
 
 # `<name>_encode` request parameters: the ratio, and the request its chunk is a part of (the rerank model sends a
-# request's chunks at once under one id: `_encode` admits them as one request, serving/pipeline/scheduler.py).
+# request's chunks at once under one id: `_encode` counts none of them against another, serving/pipeline/scheduler.py).
 ENCODE_RATIO = "compression_ratio"
 ENCODE_GROUP = "admission_group"
 

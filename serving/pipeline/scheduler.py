@@ -8,12 +8,11 @@ anyway is refused then, not run, so no answer comes later than the bound and one
 gave up (cancelled, its deadline passed) is skipped.
 
 Parts of one request (the rerank model's encode chunks, sent at once so that they share executions) carry the
-same `group`: the request is admitted or refused once, by its first part, against the work of other requests; the
-later parts are admitted with it and do not count against each other (a rerank of 100 new passages is four chunks
-of 32, and its fourth must not be refused for the three ahead of it: they are the same request); once a part has
-started, the rest are not refused for having waited behind it. A refused group's later parts are refused at once.
-At most `max_group_parts` parts ride on one decision (`_encode` is reachable from outside: a group id is no way
-around admission); past it, a part is judged on its own.
+same `group`: each part is judged against the work of other requests only, never its own request's (a rerank of
+100 new passages is four chunks of 32, and its fourth must not be refused for the three ahead of it: they are the
+same request); once a part has started, the rest are not refused for having waited behind it. At most
+`max_group_parts` parts share a group (one `max_candidates` request: `_encode` is reachable from outside, and a
+group id buys no more than one request's worth of work); past it, a part is judged against everything ahead.
 
 "Tokens" are each model's own unit of work: text tokens (embed), passage tokens (`_encode`), candidates × pooled
 length (`_score`); the speed is measured in the same unit at load and updated after every execution.
@@ -32,7 +31,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections import OrderedDict, deque
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -75,7 +74,6 @@ class SchedulerStats:
 
 class TokenBudgetScheduler:
     SMOOTHING = 0.3  # weight of the newest execution in the tokens/s estimate
-    REFUSED_GROUPS_KEPT = 1024  # refused groups remembered, for their later parts
 
     def __init__(self, run: Callable[[Sequence[object]], Sequence[object]], max_batch_tokens: int, max_wait_s: float,
                  tokens_per_s: float, result: Callable[[object], object] = lambda work: work,
@@ -92,7 +90,6 @@ class TokenBudgetScheduler:
         self.max_group_parts = max_group_parts
         self.stats = SchedulerStats()
         self._groups: dict[str, _Group] = {}
-        self._refused: OrderedDict[str, None] = OrderedDict()
         self._queue: deque[Admitted] = deque()
         self._queued_tokens = 0
         self._running_tokens = 0
@@ -107,23 +104,20 @@ class TokenBudgetScheduler:
 
     def submit(self, request: Admitted) -> None:
         """Queues the request, or answers it at once with OverloadedError when it would wait past the bound (an
-        idle server takes any request, however large; a later part of an admitted group is admitted with it)."""
+        idle server takes any request, however large; a part of a group is judged against other requests' work)."""
         with self._wake:
             group = self._groups.get(request.group) if request.group is not None else None
-            riding = group is not None and group.parts < self.max_group_parts
-            ahead = self._queued_tokens + self._running_tokens - (group.tokens if riding else 0)
+            own = group.tokens if group is not None and group.parts < self.max_group_parts else 0
+            ahead = self._queued_tokens + self._running_tokens - own  # other requests' work
+            wait_s = (ahead + request.tokens) / self.tokens_per_s
             if self._stopping:
                 refusal = UnavailableError("the model is shutting down; retry on another replica")
-            elif request.group is not None and request.group in self._refused:
-                refusal = OverloadedError("another part of this request was refused as overloaded; retry later")
-            elif not riding and ahead and self.wait_s(request.tokens) > self.max_wait_s:
+            elif ahead and wait_s > self.max_wait_s:
                 self.stats.shed += 1
                 seconds, rate = ahead / self.tokens_per_s, self.tokens_per_s
-                room = self.wait_s(request.tokens) - self.max_wait_s  # until the queue ahead has drained enough
                 refusal = OverloadedError(f"{ahead} tokens are queued ahead (≈ {seconds:.0f} s at "
                                           f"{rate:.0f} tokens/s), past the {self.max_wait_s:g} s bound; "
-                                          f"{retry_hint(room)}")  # fmt: skip
-                self._refuse_group(request.group)
+                                          f"{retry_hint(wait_s - self.max_wait_s)}")  # fmt: skip
             else:
                 self._queue.append(request)
                 self._queued_tokens += request.tokens
@@ -136,14 +130,6 @@ class TokenBudgetScheduler:
                 self._wake.notify()
                 return
         request.answer(refusal)
-
-    def _refuse_group(self, group: str | None) -> None:
-        """Remembers a refused group (under the lock), so its later parts are refused at once."""
-        if group is None:
-            return
-        self._refused[group] = None
-        while len(self._refused) > self.REFUSED_GROUPS_KEPT:
-            self._refused.popitem(last=False)
 
     def _done(self, request: Admitted) -> None:
         """A part left the queue or finished running (under the lock)."""
@@ -179,17 +165,13 @@ class TokenBudgetScheduler:
             for request, cancelled in zip(batch, gave_up):
                 waited = time.monotonic() - request.arrived
                 group = self._groups.get(request.group) if request.group is not None else None
-                if request.group is not None and request.group in self._refused:
-                    dropped.append((request, OverloadedError("another part of this request was refused as "
-                                                             "overloaded; retry later")))  # fmt: skip
-                elif cancelled:  # its caller gave up (gRPC cancellation): not worth the compute
+                if cancelled:  # its caller gave up (gRPC cancellation): not worth the compute
                     self.stats.cancelled += 1
                     dropped.append((request, UnavailableError("cancelled by the caller before it ran")))
                 elif waited > self.max_wait_s and not (group and group.started):
                     # the speed estimate was too hopeful: keep the bound all the same (a part whose request has
                     # started waited behind its own request, not past the bound)
                     self.stats.expired += 1
-                    self._refuse_group(request.group)
                     dropped.append((request, OverloadedError(f"waited {waited:.1f} s in the queue, past the "
                                                              f"{self.max_wait_s:g} s bound; retry later")))  # fmt: skip
                 else:

@@ -2,9 +2,9 @@
 takes, in the wire's passage layout (the config's `passage_layout`: RAGGED, or PADDED for exports from before it). A
 request's documents go to `_encode` in chunks of the served `max_encode_documents`, all sent at once (`async_exec`
 on the model's event loop: glue.BlsLoop), so that Triton's dynamic batcher merges them (with other requests'
-chunks) into executions of its scheduler. The chunks carry one admission group (a fresh id per call), so `_encode`
-admits or refuses them as the one request they are; the first chunk that fails fails the request, with its kind
-(an overloaded `_encode` is overload)."""
+chunks) into executions of its scheduler. The chunks carry one admission group (a fresh id per call), so that
+`_encode` counts none of them against another (they are one request); the first chunk that fails fails the
+request, with its kind (an overloaded `_encode` is overload)."""
 
 from __future__ import annotations
 

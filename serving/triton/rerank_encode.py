@@ -4,8 +4,8 @@ layout: nestrank/protocol/reranking.py).
 
 Requests are read and tokenized as Triton hands them over, then queued in the token-budget scheduler
 (serving/pipeline/scheduler.py: executions within `encode_batch_tokens`, whole requests, arrival order; refused at
-once past `max_queue_wait_s`; skipped when their caller gave up; a rerank request's chunks admitted as one, by
-their `admission_group`), which answers each through its response sender.
+once past `max_queue_wait_s`; skipped when their caller gave up; a rerank request's chunks, which share an
+`admission_group`, not counted against each other), which answers each through its response sender.
 `execute` itself returns nothing."""
 
 import numpy as np

@@ -222,3 +222,7 @@ def test_overload_is_retried_no_sooner_than_the_server_says_and_not_past_the_dea
     with pytest.raises(OverloadedError) as raised:
         call(endpoints(hopeless), deadline_s=5.0)  # room in 30 s, the caller has 5: the answer at once
     assert raised.value.retry_after_s == 30 and time.monotonic() - start < 1.0 and len(hopeless.calls) == 1
+    busy_replica, free_replica = FakeClient("busy", [busy(30)] * 10), FakeClient("free")
+    start = time.monotonic()
+    assert call(endpoints(busy_replica, free_replica)) == "free"  # another replica may have room now: tried first
+    assert time.monotonic() - start < 1.0

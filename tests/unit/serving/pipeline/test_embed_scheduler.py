@@ -193,19 +193,21 @@ def test_the_parts_of_one_request_are_admitted_as_one(run):
     scheduler.stop()
 
 
-def test_a_refused_request_refuses_its_later_parts_and_a_group_covers_only_so_many(run):
+def test_each_part_is_judged_against_other_requests_and_a_group_covers_only_so_many(run):
+    """A group id buys no way around admission: every part is checked against the other requests' work (a tiny
+    first part does not carry a huge second one in), and past max_group_parts a part counts its own group too."""
     scheduler = TokenBudgetScheduler(run, max_batch_tokens=100, max_wait_s=1.0, tokens_per_s=100.0,
                                      max_group_parts=2)  # fmt: skip
     run.release.clear()
     answers = {}
-    scheduler.submit(request("busy", 90, answers)[0])
+    scheduler.submit(request("busy", 50, answers)[0])
     run.started.acquire(timeout=5)
-    scheduler.submit(request("a0", 50, answers, group="a")[0])  # 90 ahead + 50: 1.4 s, past the 1 s bound
-    scheduler.submit(request("a1", 1, answers, group="a")[0])  # would fit alone; its request was refused
-    assert isinstance(answers["a0"], OverloadedError) and "another part of this request" in str(answers["a1"])
-    scheduler.submit(request("b0", 5, answers, group="b")[0])
-    scheduler.submit(request("b1", 5, answers, group="b")[0])  # rides on b0's admission
-    scheduler.submit(request("b2", 50, answers, group="b")[0])  # a third part: judged on its own, 190 ahead
-    assert isinstance(answers["b2"], OverloadedError) and "b0" not in answers and "b1" not in answers
+    scheduler.submit(request("a0", 1, answers, group="a")[0])  # 50 ahead + 1: 0.51 s
+    scheduler.submit(request("a1", 60, answers, group="a")[0])  # 50 of others ahead + 60: 1.1 s, past the bound
+    assert isinstance(answers["a1"], OverloadedError) and "a0" not in answers
+    scheduler.submit(request("a2", 40, answers, group="a")[0])  # 50 + 40 (a0 is its own request's): 0.9 s
+    assert "a2" not in answers
+    scheduler.submit(request("a3", 20, answers, group="a")[0])  # a third part: it counts a0 and a2 too (1.11 s)
+    assert isinstance(answers["a3"], OverloadedError) and str(answers["a3"]).startswith("91 tokens are queued")
     run.release.set()
     scheduler.stop()
