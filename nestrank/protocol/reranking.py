@@ -220,7 +220,7 @@ class RerankerConfig(RerankLimits):
     @property
     def encode_parts_per_request(self) -> int:
         """The most `_encode` chunks one rerank request sends (max_candidates in chunks of max_encode_documents):
-        the parts `_encode` admits as one request."""
+        the most parts one admission group covers."""
         return -(-self.max_candidates // self.max_encode_documents)
 
     def candidates_per_request(self, ratio: int) -> int:
