@@ -229,7 +229,7 @@ class AsyncRerankClient(AsyncModelClient[RerankerConfig]):
             config = (await self._model_info(deadline)).config
             parse_rerank_options(params, config)
             # the served limits (`nestrank serve --limit` may change them): as many documents a request as it may
-            # carry; the server sends them to `_encode` in chunks that it admits as one request
+            # carry; the server sends them to `_encode` in chunks, none counted against another (one admission group)
             size = config.candidates_per_request(params.get("compression_ratio", config.default_ratio))
             starts = range(0, len(encoded), size)
 
