@@ -119,9 +119,10 @@ def changed_configs(repository: Path, overrides: Sequence[Override]) -> dict[str
             served = kind.from_parameters(_parameters(config))
         except (TypeError, ValueError) as err:
             raise ValueError(f"{model_dir.name}: {err}") from None
-        if not (mine or _one_process_store(config, served)):
+        one_process = _one_process_store(config, served)
+        if not (mine or one_process):
             continue
-        if _one_process_store(config, served):  # memory:// is one process's: every request must reach that one
+        if one_process:  # memory:// is one process's: every request must reach that one
             del config.instance_group[1:]
             config.instance_group[0].count = 1
         if config.HasField("dynamic_batching"):  # the queue's bound is the model's max_queue_wait_s

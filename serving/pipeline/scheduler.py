@@ -98,10 +98,6 @@ class TokenBudgetScheduler:
         self._worker = threading.Thread(target=self._loop, name=f"nestrank-{name}-scheduler", daemon=True)
         self._worker.start()
 
-    def wait_s(self, tokens: int = 0) -> float:
-        """Seconds until a request of `tokens` arriving now would be done: the work ahead of it, and its own."""
-        return (self._queued_tokens + self._running_tokens + tokens) / self.tokens_per_s
-
     def submit(self, request: Admitted) -> None:
         """Queues the request, or answers it at once with OverloadedError when it would wait past the bound (an
         idle server takes any request, however large; a part of a group is judged against other requests' work)."""
