@@ -53,10 +53,12 @@ class AsyncEmbedClient(AsyncModelClient[EmbedderConfig]):
         batch_size: int | None = None,
         concurrency: int | None = None,
         progress: bool = False,
+        priority: str | None = None,
     ) -> np.ndarray:
         """[len(texts), dims] (packed precisions: dims/8 columns), dtype per `precision`, in input order.
         `batch_size` and `concurrency` can lower the model's batch limit and the client's concurrency for this
-        call. `layers`: a depth on the model's ladder (`info().served_layers`; None: the full depth)."""
+        call. `layers`: a depth on the model's ladder (`info().served_layers`; None: the full depth). `priority`:
+        "interactive" (the default) or "bulk" (embedding a corpus: behind interactive work, waiting for room)."""
         encoded = encode_texts("texts", texts)  # every bad text refused before anything is sent
         if batch_size is not None:
             check_count("batch_size", batch_size)
@@ -64,7 +66,7 @@ class AsyncEmbedClient(AsyncModelClient[EmbedderConfig]):
             check_count("concurrency", concurrency)
         asked = dict(dimensions=dimensions, precision=precision, normalize=normalize, truncate=truncate,
                      truncation_direction=truncation_direction, input_type=input_type,
-                     layers=layers)  # fmt: skip
+                     layers=layers, traffic_class=priority)  # fmt: skip
 
         async def work(deadline: float) -> np.ndarray:
             info = await self._model_info(deadline)

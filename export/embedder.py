@@ -24,7 +24,6 @@ from nestrank.serving.pipeline.embedder import (
     MODEL_FILE,
     TOKENIZER_FILE,
     Embedder,
-    EmbedJob,
     calibration_key,
     segment_file,
 )
@@ -252,11 +251,9 @@ def check_parity(embedder: Embedder, reference: np.ndarray, texts: list[str], pr
 def embed_at(embedder: Embedder, texts: list[str], layers: int | None, dimensions: int | None = None) -> np.ndarray:
     """Normalised float32 embeddings at a depth (None: full) through the serving pipeline."""
     options = parse_options({"layers": layers, **({"dimensions": dimensions} if dimensions else {})}, embedder.config)
-    job = embedder.prepare(EmbedJob(list(texts), options))
-    embedder.run([job])
-    if isinstance(job.result, Exception):
-        raise job.result
-    return job.result
+    job = embedder.pre(texts, options)
+    embedder.core([job])
+    return embedder.post(job)
 
 
 EMBEDDER_STAGES = ("loading the checkpoint", "exporting the ONNX graph", "checking parity", "calibrating, writing")
@@ -370,14 +367,13 @@ def export_embedder(
         # Fixed int8/uint8 ranges per served dimension and depth, from this model's own outputs.
         progress(EMBEDDER_STAGES[3])
         calibration_texts = realistic_texts(512, seed=1234)
-        jobs = [embedder.prepare(EmbedJob(calibration_texts, parse_options({"layers": d}, config))) for d in depths]
-        embedder.run(jobs)  # one pass: every depth leaves the chain where it ends
+        jobs = [embedder.pre(calibration_texts, parse_options({"layers": d}, config)) for d in depths]
+        embedder.core(jobs)  # one pass: every depth leaves the chain where it ends
         ranges = {}
         for depth, job in zip(depths, jobs):
-            if isinstance(job.result, Exception):
-                raise job.result
+            vectors = embedder.post(job)
             for d in config.dimensions:
-                ranges[calibration_key(d, depth)] = calibration_ranges(truncate_dimensions(job.result, d, True))
+                ranges[calibration_key(d, depth)] = calibration_ranges(truncate_dimensions(vectors, d, True))
         np.savez(version_dir / CALIBRATION_FILE, **ranges)
         write_bytes_warmup(staging, "text", ["nestrank warm-up text".encode()])
         model_config = python_model_config(

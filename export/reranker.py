@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import inspect
 import os
 import shutil
 import tempfile
@@ -30,13 +29,13 @@ from nestrank.protocol import graphs as g
 from nestrank.protocol.passages import STATE_DTYPE
 from nestrank.protocol.reranking import (
     DOCUMENTS,
-    PLAIN_PROMPT_TEMPLATE,
     RAGGED,
     RerankerConfig,
     encode_signature,
     rerank_signature,
     score_signature,
 )
+from nestrank.serving.pipeline.kalm import templates
 from nestrank.serving.pipeline.passage_encoder import EMBEDDING_FILE, ENCODER_FILE, passage_fingerprint
 from nestrank.serving.pipeline.reranker import FBNLReranker
 from nestrank.serving.pipeline.scorer import SCORER_FILE, sigmoid
@@ -44,7 +43,6 @@ from nestrank.serving.pipeline.tokenization import TOKENIZER_FILE
 from nestrank.texts import realistic_texts
 
 WARMUP_FILE = "documents"  # under <name>_encode/warmup/
-RERANK_INSTANCES = 2  # processes of the rerank entry point (each with its own first level): reranks worked on at once
 PARITY_MAX_SCORE_DIFF = {"fp32": 1e-4, "fp16": 2e-2, "int8": 1e-1}  # fp16/int8: measured drift bounds (README)
 FLOAT16_STATES_MAX_SCORE_DIFF = 1e-3  # what holding passage states in float16 may add (measured: ≤ 1.0e-4, README)
 # int8 stored states against float16 ones; measured on the random test checkpoints: ≤ 1.7e-3 at the KaLM Nano shape,
@@ -109,29 +107,28 @@ class PassageEncoderGraph(torch.nn.Module):
 
 
 class ScorerGraph(torch.nn.Module):
-    """(decoder_input_ids, passage_states, passage_mask) → margins: the decoder reads the prompt and cross-attends
-    to the pooled passage states; the head yields logit(yes) and logit(no) at the last position, and the graph
-    their difference only (the rerank service takes its sigmoid, once; graphs exported before kept an unused
-    `scores` output, which the scorer never fetches).
-    Wrap the export in `answer_rows_only` so that the head holds only those two rows."""
+    """(decoder_input_ids, prompt_lengths, passage_states, passage_mask) → margins: the decoder reads each row's
+    prompt (right-padded, so that rows of several requests share a run: the decoder is causal, and no position
+    before the padding sees it) and cross-attends to the pooled passage states; the head yields logit(yes) and
+    logit(no) at the row's last prompt position, and the graph their difference only (the rerank service takes its
+    sigmoid, once). Wrap the export in `answer_rows_only` so that the head holds only those two rows."""
 
     def __init__(self, model: torch.nn.Module):
         super().__init__()
         self.model = model
-        self.keep_last_only = "logits_to_keep" in inspect.signature(model.forward).parameters
 
-    def forward(self, decoder_input_ids, passage_states, passage_mask):
+    def forward(self, decoder_input_ids, prompt_lengths, passage_states, passage_mask):
         from transformers.modeling_outputs import BaseModelOutput
 
-        extra = {"logits_to_keep": 1} if self.keep_last_only else {}
         # No use_cache=False: without a cache, transformers' mask code probes for packed sequences (aten::diff).
         out = self.model(
             decoder_input_ids=decoder_input_ids,
             encoder_outputs=BaseModelOutput(last_hidden_state=passage_states),
             attention_mask=passage_mask,
-            **extra,
         )
-        answers = out.logits[:, -1].float()  # [B, 2]: the yes row, then the no row
+        logits = out.logits.float()  # [B, L, 2]: the yes row, then the no row, at every position
+        last = (prompt_lengths - 1).view(-1, 1, 1).expand(-1, 1, logits.shape[-1])
+        answers = logits.gather(1, last).squeeze(1)  # [B, 2] at each row's last prompt token
         return answers[:, 0] - answers[:, 1]
 
 
@@ -172,6 +169,7 @@ def export_graphs(model: torch.nn.Module, config: RerankerConfig, encoder_path: 
         verbose=False,
     )
     prompt = torch.randint(4, 64, (2, 12))
+    prompt_lengths = torch.tensor([12, 9])
     states = torch.randn(2, 6, config.hidden_size)
     passage_mask = torch.ones(2, 6, dtype=torch.int64)
     passage_mask[1, 4:] = 0
@@ -180,12 +178,13 @@ def export_graphs(model: torch.nn.Module, config: RerankerConfig, encoder_path: 
     with answer_rows_only(model, config.yes_token_id, config.no_token_id):
         torch.onnx.export(
             ScorerGraph(model).eval(),
-            (prompt, states, passage_mask),
+            (prompt, prompt_lengths, states, passage_mask),
             str(scorer_path),
-            input_names=[g.DECODER_INPUT_IDS, g.PASSAGE_STATES, g.PASSAGE_MASK],
+            input_names=[g.DECODER_INPUT_IDS, g.PROMPT_LENGTHS, g.PASSAGE_STATES, g.PASSAGE_MASK],
             output_names=[g.MARGINS],
             dynamic_shapes={
                 g.DECODER_INPUT_IDS: {0: batch, 1: prompt_len},
+                g.PROMPT_LENGTHS: {0: batch},
                 g.PASSAGE_STATES: {0: batch, 1: groups},
                 g.PASSAGE_MASK: {0: batch, 1: groups},
             },
@@ -311,9 +310,11 @@ def check_parity(model, tokenizer, config: RerankerConfig, encode_dir: Path, sco
 
 
 def model_configs(name: str, config: RerankerConfig, max_batch_size: int) -> dict[str, mc.ModelConfig]:
-    """`_encode` batches documents across requests. `_score` and the BLS entry point take one request at a time:
-    max_batch_size 1 (a leading dimension of 1 on the wire) so that the dynamic batcher's bounded queue sheds
-    load for them too (Triton has no queue limit without it). The tensors are the contract's."""
+    """`_encode` batches documents across requests. `_score` and the entry point take one request each
+    (max_batch_size 1: a leading dimension of 1 on the wire, and the dynamic batcher's bounded queue in front of
+    them). Every model hands its requests on at once (to its scheduler, or the entry point's request loop), so
+    Triton's queues stay short; the entry point runs one instance (one process, one first level), which works on
+    up to max_requests_in_flight requests at once. The tensors are the contract's."""
     params, hidden = config.to_parameters(), config.hidden_size
     return {
         f"{name}_encode": python_model_config(
@@ -323,15 +324,8 @@ def model_configs(name: str, config: RerankerConfig, max_batch_size: int) -> dic
             warmup={DOCUMENTS: WARMUP_FILE},
         ),  # fmt: skip
         f"{name}_score": python_model_config(f"{name}_score", score_signature(hidden), parameters=params),
-        # The entry point runs a request at a time per instance (BLS calls from several threads of one stub crash
-        # tritonserver 2.51); RERANK_INSTANCES of them, and Triton's queue holds max_requests_in_flight more: past
-        # that, refused at once as overloaded instead of waiting out max_queue_wait_s.
         name: python_model_config(
-            name,
-            rerank_signature(hidden),
-            parameters=params,
-            instance_count=RERANK_INSTANCES,
-            max_queue_size=config.max_requests_in_flight,
+            name, rerank_signature(hidden), parameters=params, max_queue_size=config.max_requests_in_flight
         ),  # fmt: skip
     }
 
@@ -350,11 +344,11 @@ def vocabulary_size(model) -> int:
 def reranker_config(model, tokenizer, architecture: str, **fields) -> RerankerConfig:
     yes_id, no_id = answer_token_ids(tokenizer)
     hidden = model.config.decoder.hidden_size if architecture == "t5gemma2" else model.config.d_model
-    if architecture == "t5":  # T5's conventions: no chat markers, the decoder start token, </s> on passages
-        fields.update(prompt_template=PLAIN_PROMPT_TEMPLATE, passage_special_tokens=True,
-                      decoder_start_token_id=int(model.config.decoder_start_token_id))  # fmt: skip
+    if architecture == "t5":  # T5's conventions: the decoder start token, </s> on passages
+        fields.update(passage_special_tokens=True, decoder_start_token_id=int(model.config.decoder_start_token_id))
     return RerankerConfig(architecture=architecture, hidden_size=int(hidden), yes_token_id=yes_id, no_token_id=no_id,
-                          vocab_size=vocabulary_size(model), passage_layout=RAGGED, **fields)  # fmt: skip
+                          vocab_size=vocabulary_size(model), passage_layout=RAGGED, **templates(architecture),
+                          **fields)  # fmt: skip
 
 
 RERANKER_STAGES = ("loading the checkpoint", "exporting the graphs", "checking parity", "writing the models")

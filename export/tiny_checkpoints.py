@@ -88,7 +88,7 @@ def reranker_tokenizer(prefix_bos: bool):
     from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
 
-    from nestrank.protocol.reranking import DOCUMENT_TEMPLATE, KALM_PROMPT_TEMPLATE, PLAIN_PROMPT_TEMPLATE
+    from nestrank.serving.pipeline.kalm import DOCUMENT_TEMPLATE, KALM_PROMPT_TEMPLATE, PLAIN_PROMPT_TEMPLATE
 
     required = (KALM_PROMPT_TEMPLATE, PLAIN_PROMPT_TEMPLATE, DOCUMENT_TEMPLATE, "yes no long ok tiny doc",
                 "which documents explain how to read a file", *PARITY_TEXTS)  # fmt: skip
@@ -119,7 +119,7 @@ def gemma_like_tokenizer(trained_tokens: int = 6000):
     from tokenizers import AddedToken, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
-    from nestrank.protocol.reranking import DOCUMENT_TEMPLATE, KALM_PROMPT_TEMPLATE
+    from nestrank.serving.pipeline.kalm import DOCUMENT_TEMPLATE, KALM_PROMPT_TEMPLATE
 
     corpus = [*realistic_texts(3000, seed=7), *PARITY_TEXTS, KALM_PROMPT_TEMPLATE, DOCUMENT_TEMPLATE]
     words = [" " + w for text in corpus for w in text.split()]  # merges stay inside words, as in Gemma

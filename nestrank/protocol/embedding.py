@@ -16,7 +16,17 @@ import numpy as np
 
 from nestrank.protocol.errors import ValidationError
 from nestrank.protocol.limits import EmbedLimits, limits_of
-from nestrank.protocol.parameters import as_bool, as_int, as_str, check_names, from_parameters, shown, to_parameters
+from nestrank.protocol.parameters import (
+    INTERACTIVE,
+    as_bool,
+    as_int,
+    as_str,
+    check_names,
+    from_parameters,
+    shown,
+    to_parameters,
+    traffic_class,
+)
 from nestrank.protocol.tensors import Signature, Tensor
 
 # sentence-transformers' `quantize_embeddings` definitions; packed precisions hold 8 dimensions a byte.
@@ -177,6 +187,7 @@ class EmbedOptions:
     truncation_direction: str = "right"
     input_type: str | None = None
     layers: int | None = None  # depth on the model's ladder; None: the full depth
+    traffic_class: str = INTERACTIVE  # parameters.TRAFFIC_CLASSES: bulk embeddings wait behind interactive ones
 
 
 def parse_options(parameters: Mapping[str, Any], config: EmbedderConfig) -> EmbedOptions:
@@ -209,6 +220,7 @@ def parse_options(parameters: Mapping[str, Any], config: EmbedderConfig) -> Embe
         truncation_direction=direction,
         input_type=input_type,
         layers=layers,
+        traffic_class=traffic_class(p),
     )
 
 

@@ -19,8 +19,10 @@ NEXT_HIDDEN_STATES = "next_hidden_states"  # an output cannot share its graph's 
 # The reranker's passage encoder: token states, pooled (MEP) outside the graph.
 TOKEN_STATES = "token_states"
 
-# The reranker's scorer: one prompt per row cross-attending to pooled passage states.
+# The reranker's scorer: one prompt per row (right-padded: rows of several requests share a run) cross-attending to
+# pooled passage states.
 DECODER_INPUT_IDS = "decoder_input_ids"
+PROMPT_LENGTHS = "prompt_lengths"  # each row's prompt tokens: the answer is read at its last one
 PASSAGE_STATES = "passage_states"
 PASSAGE_MASK = "passage_mask"
-MARGINS = "margins"  # logit(yes) - logit(no) at the last position
+MARGINS = "margins"  # logit(yes) - logit(no) at each row's last prompt position

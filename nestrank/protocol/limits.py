@@ -55,23 +55,28 @@ class EmbedLimits:
 
 @dataclass(frozen=True, kw_only=True)
 class RerankLimits:
-    max_candidates: int = _limit(1000, "documents or ids per rerank or warm request (clients split longer lists)")
+    max_candidates: int = _limit(1000, "documents or ids per rerank, warm or index request (clients split longer "
+                                       "lists)")  # fmt: skip
     max_request_state_bytes: int = _limit(512 * MiB, "passage states one rerank request may hold: its candidates "
                                                      "at the request's ratio, counted at their longest; "
                                                      "client-sent states as sent")  # fmt: skip
-    max_encode_documents: int = _limit(32, "documents per request to `_encode` (the rerank model sends a request's "
-                                           "chunks of it at once, under one admission group, and the dynamic batcher "
-                                           "merges them; the clients' encode_passages sends requests of "
-                                           "it)")  # fmt: skip
-    encode_batch_tokens: int = _limit(16384, "tokens per execution of the `_encode` scheduler (whole requests, "
-                                             "arrival order)")  # fmt: skip
-    max_requests_in_flight: int = _limit(16, "rerank, warm and index requests the rerank model holds waiting for "
-                                             "one of its instances (Triton's queue size for it): past it, refused "
-                                             "at once as overloaded")  # fmt: skip
-    score_batch_tokens: int = _limit(16384, "candidates x pooled length per scorer run, and per execution of the "
-                                            "`_score` scheduler")  # fmt: skip
+    max_encode_documents: int = _limit(32, "documents per request to `_encode` (a rerank sends its chunks of it at "
+                                           "once, under one admission group; the clients' encode_passages sends "
+                                           "requests of it)")  # fmt: skip
+    bulk_encode_documents: int = _limit(8, "documents per `_encode` request of bulk work (warm, index), sent one "
+                                           "after another: interactive work waits behind at most one")  # fmt: skip
+    encode_batch_tokens: int = _limit(16384, "passage tokens per execution of the `_encode` scheduler (whole "
+                                             "requests, interactive first)")  # fmt: skip
+    max_requests_in_flight: int = _limit(32, "requests each instance of the rerank model works on at once (bulk "
+                                             "ones: at most half of them): past it, refused at once as "
+                                             "overloaded")  # fmt: skip
+    score_batch_tokens: int = _limit(16384, "work per execution of the `_score` scheduler: prompt tokens x "
+                                            "candidates + pooled groups")  # fmt: skip
     score_chunk_bytes: int = _limit(64 * MiB, "passage states per call from the rerank model to `_score` "
                                               "(through /dev/shm)")  # fmt: skip
+    max_run_tokens: int = _limit(8192, "as the embedder's, for the passage encoder (padded tokens per run)")
+    max_run_sequences: int = _limit(64, "as the embedder's, for the passage encoder (passages per run)")
+    max_score_run_candidates: int = _limit(256, "candidates per ONNX Runtime run of the scorer")
     passage_cache_bytes: int = _limit(512 * MiB, "the rerank model's first level, an in-process LRU in front of "
                                                  "the passage store (0: none)", low=0)  # fmt: skip
     max_queue_wait_s: float = _limit(30.0, "as the embedder's: the `_encode` and `_score` schedulers' bound", low=0.0)

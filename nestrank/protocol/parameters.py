@@ -124,3 +124,21 @@ def check_names(parameters: Mapping[str, Any], allowed) -> None:
     unknown = sorted(set(parameters) - set(allowed))
     if unknown:
         raise ValidationError(shown(unknown[0], 60).strip("'"), f"unknown parameter; accepted: {', '.join(allowed)}")
+
+
+# Traffic classes (every model's `traffic_class` request parameter; Triton reserves the name `priority` for its own
+# integer, which a Python-backend model cannot read). INTERACTIVE (rerank, embed: someone waits for the answer) goes
+# ahead of BULK (warm, index, encode_passages: a job that indexes) in every scheduler: an interactive request is
+# refused at once when it would wait past the queue bound; a bulk one is taken a chunk at a time, between
+# interactive work, and waits for room (within its caller's deadline) instead.
+TRAFFIC_CLASS = "traffic_class"
+INTERACTIVE, BULK = "interactive", "bulk"
+TRAFFIC_CLASSES = (INTERACTIVE, BULK)
+
+
+def traffic_class(parameters: Mapping[str, Any], default: str = INTERACTIVE) -> str:
+    value = as_str(TRAFFIC_CLASS, parameters.get(TRAFFIC_CLASS, default), 16)
+    if value not in TRAFFIC_CLASSES:
+        classes = ", ".join(TRAFFIC_CLASSES)
+        raise ValidationError(TRAFFIC_CLASS, f"{shown(value)} is not a traffic class; one of {classes}")
+    return value

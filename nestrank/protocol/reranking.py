@@ -1,12 +1,12 @@
 """The reranking contract: what an exported FBNL reranker serves (its Triton `parameters`), one rerank request's
 options, passage ids, and the tensors of its three models. The server and the client validate with the same rules.
 
-Passage states travel in one layout across every hop (RAGGED below: states [ΣG, H] float16, counts [ΣG], groups
-per passage [N]), padded once, right before ONNX Runtime, in the scorer. `<name>_encode` answers them with the
-passage fingerprint of the model that made them (states are float16 everywhere: `passages.py`). Every request to
-the three models has a leading dimension of 1 (`<name>` and `<name>_score`: max_batch_size 1; `<name>_encode`: one
-chunk of documents per request, which its dynamic batcher merges). A request to `<name>` is of one kind
-(REQUEST_KINDS: rerank, warm, index).
+Passage states travel in one layout across every hop (states [ΣG, H] float16, counts [ΣG], groups per passage
+[N]), padded once, right before ONNX Runtime, in the scorer. `<name>_encode` answers them with the passage
+fingerprint of the model that made them (states are float16 everywhere: `passages.py`). Every request to the three
+models has a leading dimension of 1 (`<name>` and `<name>_score`: max_batch_size 1; `<name>_encode`: one chunk of
+documents per request, which its dynamic batcher merges). A request to `<name>` is of one kind (REQUEST_KINDS:
+rerank, warm, index) and of one traffic class (`traffic_class`: interactive or bulk; parameters.py).
 """
 
 from __future__ import annotations
@@ -21,6 +21,9 @@ import numpy as np
 from nestrank.protocol.errors import ValidationError
 from nestrank.protocol.limits import RerankLimits, limits_of
 from nestrank.protocol.parameters import (
+    BULK,
+    INTERACTIVE,
+    TRAFFIC_CLASS,
     as_bool,
     as_int,
     as_str,
@@ -28,6 +31,7 @@ from nestrank.protocol.parameters import (
     from_parameters,
     shown,
     to_parameters,
+    traffic_class,
 )
 from nestrank.protocol.passages import STATE_DTYPE, PassageStates
 from nestrank.protocol.tensors import Signature, Tensor
@@ -49,28 +53,31 @@ DOCUMENTS = "documents"
 PASSAGE_IDS = "passage_ids"
 PASSAGE_STATES = "passage_states"
 PASSAGE_COUNTS = "passage_counts"
-PASSAGE_GROUPS = "passage_groups"  # groups per passage of the ragged states (RAGGED)
+PASSAGE_GROUPS = "passage_groups"  # groups per passage of the ragged states
 PASSAGE_FINGERPRINT = "passage_fingerprint"  # an `_encode` output, and a rerank request parameter
 PASSAGE_TOKENS = "passage_tokens"  # tokens per passage, answered to a warm / index request
 STORED_BYTES = "stored_bytes"  # bytes a warm / index request wrote to the store per passage (0: already there)
 DECODER_INPUT_IDS = "decoder_input_ids"
-SCORES = "scores"
-MARGINS = "margins"
+SCORES = "scores"  # sigmoid(margin): the probability of "yes"
+MARGINS = "margins"  # logit(yes) - logit(no): what candidates are ranked by (a sigmoid saturates at 1.0)
 INDICES = "indices"
 
-# `<name>_encode` request parameters: the ratio, and the request its chunk is a part of (the rerank model sends a
-# request's chunks at once under one id: `_encode` counts none of them against another, serving/pipeline/scheduler.py).
+# Parameters of requests to `<name>_encode` and `<name>_score` (the rerank model sends them; both models are reachable
+# from outside too). ADMISSION_GROUP: the request a part belongs to: the rerank model sends a request's chunks under
+# one id, and the schedulers count none of them against another (serving/pipeline/scheduler.py). CANCEL_GROUP: a
+# request that drops the queued parts of that group and refuses its later ones (the rerank model sends it when its
+# caller gives up: Triton 2.51 cannot cancel a BLS request); its tensors are empty placeholders
+# (Signature.placeholder_inputs), ignored. Both models also take TRAFFIC_CLASS.
 ENCODE_RATIO = "compression_ratio"
-ENCODE_GROUP = "admission_group"
+ADMISSION_GROUP = "admission_group"
+CANCEL_GROUP = "cancel_group"
+MAX_GROUP_CHARS = 64
 
-# How passage states travel between the clients, `<name>`, `<name>_encode` and `<name>_score` (the config's
-# `passage_layout`, written at export). RAGGED: states [ΣG, H] float16, per-group token counts [ΣG] int32 and
-# groups per passage [N] int32 (`passage_groups`), each request's and answer's tensors with a leading dimension of
-# 1; padded once, right before ONNX Runtime, in the scorer. PADDED: what exports before it have (states
-# [N, G_max, H], counts [N, G_max], a count of 0 marking padding; `_encode` batching documents); the models and
-# clients still speak it to such an export.
-RAGGED, PADDED = "ragged", "padded"
-PASSAGE_LAYOUTS = (RAGGED, PADDED)
+# How passage states travel between the clients, `<name>`, `<name>_encode` and `<name>_score`: states [ΣG, H]
+# float16, per-group token counts [ΣG] int32 and groups per passage [N] int32 (`passage_groups`), each request's and
+# answer's tensors with a leading dimension of 1; padded once, right before ONNX Runtime, in the scorer. The config's
+# `passage_layout` says so; exports from before it (padded [N, G_max, H] states) are refused at load.
+RAGGED = "ragged"
 
 
 def encode_signature(hidden: int, max_batch_size: int) -> Signature:
@@ -85,6 +92,7 @@ def encode_signature(hidden: int, max_batch_size: int) -> Signature:
 
 
 def score_signature(hidden: int) -> Signature:
+    """One prompt and its candidates a request ([1, ...])."""
     return Signature(
         inputs=(Tensor(DECODER_INPUT_IDS, "INT64", (-1,)), Tensor(PASSAGE_STATES, "FP16", (-1, hidden)),
                 Tensor(PASSAGE_COUNTS, "INT32", (-1,)), Tensor(PASSAGE_GROUPS, "INT32", (-1,))),
@@ -93,27 +101,19 @@ def score_signature(hidden: int) -> Signature:
     )  # fmt: skip
 
 
-def wire_tensors(passages: PassageStates, layout: str) -> dict[str, np.ndarray]:
-    """The passages' tensors as `layout` carries them, without a leading batch dimension (the caller adds the 1 its
-    model takes): RAGGED states [ΣG, H], counts [ΣG], groups [N] (views, no copies); PADDED [N, G, H], [N, G]."""
-    if layout == PADDED:
-        states, counts = passages.padded()
-        return {PASSAGE_STATES: states, PASSAGE_COUNTS: counts}
+def wire_tensors(passages: PassageStates) -> dict[str, np.ndarray]:
+    """The passages' tensors without a leading batch dimension (the caller adds the 1 its model takes): states
+    [ΣG, H], counts [ΣG], groups [N] (views, no copies)."""
     return {PASSAGE_STATES: passages.states.astype(STATE_DTYPE, copy=False), PASSAGE_COUNTS: passages.counts,
             PASSAGE_GROUPS: passages.lengths.astype(np.int32)}  # fmt: skip
 
 
-def from_wire(layout: str, states: np.ndarray | None, counts: np.ndarray | None, groups: np.ndarray | None,
-              ratio: int, fingerprint: str = "", ids: Sequence[str] = ()) -> PassageStates:  # fmt: skip
-    """Passages from their tensors as `layout` carries them (no leading batch dimension); ValidationError naming the
-    tensor whose shape does not fit. What the values may be (counts, groups, finite) is the receiver's check."""
+def from_wire(states: np.ndarray | None, counts: np.ndarray | None, groups: np.ndarray | None, ratio: int,
+              fingerprint: str = "", ids: Sequence[str] = ()) -> PassageStates:  # fmt: skip
+    """Passages from their tensors (no leading batch dimension); ValidationError naming the tensor whose shape does
+    not fit. What the values may be (counts, finite) is the receiver's check."""
     if states is None:
         raise ValidationError(PASSAGE_STATES, "missing input tensor")
-    if layout == PADDED:
-        if states.ndim != 3 or counts is None or counts.shape != states.shape[:2]:
-            got = None if counts is None else list(counts.shape)
-            raise ValidationError(PASSAGE_COUNTS, f"shape {got}; expected {list(states.shape[:2])} like the states")
-        return PassageStates.from_padded(states, counts, ratio, ids, fingerprint)
     if states.ndim != 2 or counts is None or counts.shape != states.shape[:1]:
         got = None if counts is None else list(counts.shape)
         raise ValidationError(PASSAGE_COUNTS, f"shape {got}; expected [{len(states)}], one count per state row")
@@ -134,31 +134,26 @@ def rerank_signature(hidden: int) -> Signature:
                 Tensor(PASSAGE_STATES, "FP16", (-1, hidden), optional=True),
                 Tensor(PASSAGE_COUNTS, "INT32", (-1,), optional=True),
                 Tensor(PASSAGE_GROUPS, "INT32", (-1,), optional=True)),
-        outputs=(Tensor(SCORES, "FP32", (-1,)), Tensor(INDICES, "INT32", (-1,)),
+        outputs=(Tensor(SCORES, "FP32", (-1,)), Tensor(MARGINS, "FP32", (-1,)), Tensor(INDICES, "INT32", (-1,)),
                  Tensor(DOCUMENTS, "BYTES", (-1,)), Tensor(PASSAGE_IDS, "BYTES", (-1,)),
                  Tensor(PASSAGE_TOKENS, "INT32", (-1,)), Tensor(STORED_BYTES, "INT64", (-1,))),
         max_batch_size=1,
     )  # fmt: skip
 
 
-# KaLM-Reranker-V1's templates (model card, "Prompt Template").
-DOCUMENT_TEMPLATE = "<Document>: {document}"
-KALM_PROMPT_TEMPLATE = (
-    "<bos><start_of_turn>user\n"
-    "Judge whether the Document meets the requirements based on the Query and the Instruct provided. "
-    'Note that the answer can only be "yes" or "no".\n\n'
-    "<Instruct>: {instruction}\n"
-    "<Query>: {query}<end_of_turn>\n"
-    "<start_of_turn>model\n\n\n\n"
-)
-# The same words without Gemma's chat markers, for T5-family checkpoints.
-PLAIN_PROMPT_TEMPLATE = (
-    "Judge whether the Document meets the requirements based on the Query and the Instruct provided. "
-    'Note that the answer can only be "yes" or "no".\n\n'
-    "<Instruct>: {instruction}\n"
-    "<Query>: {query}\n"
-)
-DEFAULT_INSTRUCTION = "Given a query, retrieve documents that answer the query."
+def parse_sub_request(parameters: Mapping[str, Any], extra: tuple[str, ...] = ()) -> tuple[str | None, str | None, str]:
+    """(admission group, cancel group, traffic class) of a request to `_encode` or `_score`; `extra` names the
+    model's own parameters (checked by it)."""
+    check_names(parameters, (ADMISSION_GROUP, CANCEL_GROUP, TRAFFIC_CLASS, *extra))
+    groups = []
+    for name in (ADMISSION_GROUP, CANCEL_GROUP):
+        group = parameters.get(name)
+        if group is not None and (not isinstance(group, str) or not 0 < len(group) <= MAX_GROUP_CHARS):
+            raise ValidationError(name, f"a string of 1..{MAX_GROUP_CHARS} characters, got {shown(group)}")
+        groups.append(group)
+    if groups[1] is not None and set(parameters) - {CANCEL_GROUP}:
+        raise ValidationError(CANCEL_GROUP, "a cancel request carries no other parameter")
+    return groups[0], groups[1], traffic_class(parameters)
 
 
 @dataclass(frozen=True)
@@ -170,13 +165,14 @@ class RerankerConfig(RerankLimits):
     hidden_size: int
     yes_token_id: int
     no_token_id: int
+    # The model's own templates (its semantics: serving/pipeline/kalm.py has KaLM-Reranker-V1's), written at export.
+    prompt_template: str  # holds {instruction} and {query}
+    document_template: str  # holds {document}
+    default_instruction: str
     ratios: tuple[int, ...] = RATIOS
     default_ratio: int = 4
     max_query_tokens: int = 512  # of the raw query, cut before it enters the prompt (the prompt itself is never cut)
     max_passage_tokens: int = 1024  # of the document template, prefix included
-    prompt_template: str = KALM_PROMPT_TEMPLATE
-    document_template: str = DOCUMENT_TEMPLATE
-    default_instruction: str = DEFAULT_INSTRUCTION
     decoder_start_token_id: int | None = None  # prepended to the prompt (T5); None when the template has <bos>
     passage_special_tokens: bool = False  # the tokenizer's own specials on passages: KaLM no, T5 yes (</s>)
     vocab_size: int = 0  # token ids a prompt may hold (0: not recorded, by exports before it was)
@@ -184,9 +180,9 @@ class RerankerConfig(RerankLimits):
     # Where the passage states live (serving/pipeline/passage_store.py's URLs, passed through as they are); "": the
     # default store, LMDB in the serving user's cache directory. `nestrank serve --passage-store` sets it.
     passage_store: str = ""
-    # How passage states travel between the models (RAGGED, PADDED); exports before the ragged layout say nothing:
-    # PADDED, which the models and clients still speak to them.
-    passage_layout: str = PADDED
+    # How passage states travel between the models: RAGGED. Exports from before it say nothing (they sent padded
+    # states), and are refused at load: re-export them.
+    passage_layout: str = ""
     # serving/pipeline/passage_encoder.py's passage_fingerprint; "" in exports from before it existed
     passage_fingerprint: str = ""
 
@@ -204,8 +200,11 @@ class RerankerConfig(RerankLimits):
                 raise ValueError(f"prompt_template lacks {name}")
         if "{document}" not in self.document_template:
             raise ValueError("document_template lacks {document}")
-        if self.passage_layout not in PASSAGE_LAYOUTS:
-            raise ValueError(f"passage_layout must be one of {PASSAGE_LAYOUTS}, got {self.passage_layout!r}")
+        if self.passage_layout != RAGGED:
+            raise ValueError(f"passage_layout {self.passage_layout or 'unset'}: this reranker was exported by a "
+                             "nestrank from before the one passage-state layout (ragged); re-export it: `nestrank "
+                             "export reranker --checkpoint <dir or id> --name <name>`, or `nestrank serve --reranker "
+                             "<dir or id>`")  # fmt: skip
         if self.max_query_tokens < 1 or self.max_passage_tokens < 2:
             raise ValueError("max_query_tokens >= 1 and max_passage_tokens >= 2")
 
@@ -263,6 +262,7 @@ class RerankOptions:
     legacy_warm: bool = False  # `warm=true` from a last-release client (request_kind reads it)
     states_ratio: int | None = None  # ratio of client-sent passage states (default: compression_ratio)
     passage_fingerprint: str | None = None  # of the model that made client-sent states (PassageStates.fingerprint)
+    traffic_class: str = INTERACTIVE  # a ranking's default; warm and index are BULK unless they say otherwise
 
 
 def parse_rerank_options(parameters: Mapping[str, Any], config: RerankerConfig) -> RerankOptions:
@@ -303,4 +303,5 @@ def parse_rerank_options(parameters: Mapping[str, Any], config: RerankerConfig) 
         top_n=top_n,
         return_documents=as_bool("return_documents", parameters.get("return_documents", False)),
         truncate=as_bool("truncate", parameters.get("truncate", True)),
+        traffic_class=traffic_class(parameters, INTERACTIVE if kind == RERANK and not legacy_warm else BULK),
     )

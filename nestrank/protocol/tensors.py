@@ -35,3 +35,13 @@ class Signature:
     inputs: tuple[Tensor, ...]
     outputs: tuple[Tensor, ...]
     max_batch_size: int  # 0: no batch dimension; otherwise requests carry a leading batch dimension
+
+    def placeholder_inputs(self) -> dict[str, np.ndarray]:
+        """Each required input (the first one, where all are optional), empty where its dims allow (a variable
+        dimension of 0; BYTES as b""), with the leading batch dimension of 1: what a request that carries no work (a
+        model's own control requests) sends, since Triton's dynamic batcher refuses a request without inputs."""
+        leading = (1,) if self.max_batch_size > 0 else ()
+        required = [t for t in self.inputs if not t.optional] or list(self.inputs[:1])
+        return {t.name: np.full(leading + tuple(0 if d < 0 else d for d in t.dims), b"" if t.datatype == "BYTES" else 0,
+                                dtype=t.numpy_dtype)
+                for t in required}  # fmt: skip

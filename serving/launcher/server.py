@@ -7,7 +7,7 @@ The parts, one concern each:
   the API key when one is set; health stays open for balancers);
 - `server_process`: one process that dies with the launcher, and its log;
 - `shm`: a private /dev/shm for the Python backend's regions, and removing them;
-- `supervisor`: the watchdog (restart with backoff, reload a model whose stub died);
+- `supervisor`: the watchdog (restart with backoff, reload a model whose stub died or whose scheduler stalled);
 - `triton_admin`: health and admin calls; `process_tree`: stubs and memory from /proc.
 
 This module joins them and owns the lifecycle: a stop and a (re)start never interleave.
@@ -23,7 +23,10 @@ import subprocess
 import tempfile
 import threading
 import time
+import urllib.request
 from pathlib import Path
+
+from prometheus_client.parser import text_string_to_metric_families
 
 from nestrank.protocol.reranking import STORE_PASSWORD_VARIABLE
 from nestrank.serving.launcher.admin import TritonAdmin
@@ -32,9 +35,11 @@ from nestrank.serving.launcher.flags import triton_command
 from nestrank.serving.launcher.install import find_tritonserver, prepare_backends, server_environment
 from nestrank.serving.launcher.process import ServerLog, dying_with, start_process, stop_process
 from nestrank.serving.launcher.process_tree import kill_and_wait, process_tree_memory, stub_models, stubs_with_prefix
-from nestrank.serving.launcher.served import Override, served_repository, split_password
+from nestrank.serving.launcher.served import SUB_MODELS, Override, served_repository, split_password
 from nestrank.serving.launcher.shm import SHM_DIR, Regions, new_regions, private_shm_unavailable, remove_leftovers
 from nestrank.serving.launcher.supervisor import RESTART_BACKOFF_S, RESTART_STABLE_S, EventLog, Supervisor
+
+PROGRESS_DEADLINE = "_progress_deadline_seconds"  # serving/triton/metrics.py's SchedulerMetrics gauge
 
 __all__ = [  # what callers import from here
     "SHM_DIR", "ServerConfig", "ServerStartError", "TlsConfig", "TritonServer", "free_ports", "find_tritonserver",
@@ -204,15 +209,44 @@ class TritonServer:
 
     def reload(self, model: str) -> None:
         """A stub of `model` died: unload it (not ready from now on), then load it again; restart the server if
-        that fails."""
+        that fails. A reranker's sub-model takes its entry point along: the entry point fails what waited on the
+        dead stub at once (bls.StubWatch), but the BLS calls into it never return, and only a new process of the
+        entry point is rid of them."""
         self.events.add(f"a Python backend stub of {model} died; reloading the model")
-        unloaded, loaded = self.api.reload(model)
-        if unloaded == loaded == 200 and self.model_ready(model):
-            self.events.add(f"{model} reloaded and ready")
-        else:
-            self.events.add(f"reloading {model} failed (unload {unloaded}, load {loaded}); restarting tritonserver")
+        entry_point = next((model[: -len(s)] for s in SUB_MODELS if model.endswith(s)), None)
+        for name in [model] + ([entry_point] if entry_point in self.stub_counts() else []):
+            unloaded, loaded = self.api.reload(name)
+            if unloaded == loaded == 200 and self.model_ready(name):
+                self.events.add(f"{name} reloaded and ready")
+                continue
+            self.events.add(f"reloading {name} failed (unload {unloaded}, load {loaded}); restarting tritonserver")
             with self._lock:
                 self._process.kill()
+            return
+
+    def stalled(self) -> list[str]:
+        """Models whose scheduler has run past its progress deadline (their stubs alive, their worker stuck): what
+        their `nestrank_*_progress_deadline_seconds` gauges say on Triton's metrics endpoint."""
+        try:
+            with urllib.request.urlopen(self.config.metrics_url, timeout=2.0) as response:
+                text = response.read().decode()
+        except (OSError, ValueError):
+            return []
+        now = time.time()
+        found = set()
+        for family in text_string_to_metric_families(text):
+            if family.name.startswith("nestrank_") and family.name.endswith(PROGRESS_DEADLINE):
+                found.update(s.labels.get("model", "") for s in family.samples if 0 < s.value < now)
+        return sorted(found - {""})
+
+    def kill_stubs(self, model: str) -> None:
+        """A stalled model's stubs go (the watchdog then reloads it as for any stub that died)."""
+        with self._lock:
+            pid = self._process.pid
+        stubs = [stub for stub, name in stub_models(pid).items() if name == model]
+        self.events.add(f"{model} stopped making progress (past its scheduler's progress deadline); killing its "
+                        f"{len(stubs)} stub(s) so that it is reloaded")  # fmt: skip
+        kill_and_wait(stubs)
 
     def narrow_regions(self) -> None:
         with self._lock:

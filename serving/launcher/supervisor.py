@@ -1,5 +1,7 @@
 """Supervision: a watchdog thread that restarts a dead tritonserver with backoff and reloads a model whose Python
-backend stub died (Triton itself would keep such a model "ready" and answer INTERNAL)."""
+backend stub died (Triton itself would keep such a model "ready" and answer INTERNAL), or whose scheduler stopped
+making progress (its stubs are killed first; the model is not ready while it reloads, so balancers and clients
+go elsewhere)."""
 
 from __future__ import annotations
 
@@ -46,6 +48,8 @@ class Supervised(Protocol):
     def restart(self) -> bool: ...
     def stub_counts(self) -> collections.Counter: ...
     def reload(self, model: str) -> None: ...
+    def stalled(self) -> list[str]: ...
+    def kill_stubs(self, model: str) -> None: ...
     def narrow_regions(self) -> None: ...
 
 
@@ -74,10 +78,11 @@ class Supervisor:
     `stable_s`, the next crash starts the backoff again from its first step."""
 
     def __init__(self, server: Supervised, backoff_s=RESTART_BACKOFF_S, stable_s: float = RESTART_STABLE_S,
-                 poll_s: float = 0.5):  # fmt: skip
+                 poll_s: float = 0.5, progress_every_s: float = 5.0):  # fmt: skip
         self.server = server
         self.backoff = Backoff(backoff_s, stable_s)
         self.poll_s = poll_s
+        self.progress_every_s = progress_every_s  # how often the schedulers' progress deadlines are read
         self._thread = threading.Thread(target=self._run, name="nestrank-watchdog", daemon=True)
 
     def start(self) -> Supervisor:
@@ -92,10 +97,15 @@ class Supervisor:
         server = self.server
         expected = server.stub_counts()
         ready_at = time.monotonic()  # None while a restart has not become ready
+        progress_read_at = time.monotonic()
         while not server.stopping.wait(self.poll_s):
             code = server.exit_code()
             if code is None:
                 server.narrow_regions()
+                if time.monotonic() - progress_read_at >= self.progress_every_s:
+                    progress_read_at = time.monotonic()
+                    for model in server.stalled():
+                        server.kill_stubs(model)
                 running = server.stub_counts()
                 for model, count in expected.items():
                     if running[model] < count and not server.stopping.is_set():

@@ -52,16 +52,18 @@ class Segment:
 
 @dataclass
 class EmbedJob:
-    """One request's texts and options; `sequences` are filled by Embedder.prepare, `result` by Embedder.run."""
+    """One request's texts and options (Embedder.pre); `sequences` and `result` are filled by Embedder.core."""
 
     texts: Sequence[str]
     options: EmbedOptions
+    tokens_estimate: int = 0  # what the scheduler counts (from the texts' length)
     sequences: list[np.ndarray] | None = field(default=None)
     result: np.ndarray | Exception | None = field(default=None)
 
     @property
     def tokens(self) -> int:
-        return sum(len(s) for s in self.sequences or ())
+        """The scheduler's unit: the estimate until the job is tokenized, its tokens after."""
+        return sum(len(s) for s in self.sequences) if self.sequences is not None else self.tokens_estimate
 
 
 class Embedder:
@@ -152,9 +154,17 @@ class Embedder:
                         g.ATTENTION_MASK: np.ascontiguousarray(mask[:, :length])}  # fmt: skip
         return normalized, pooled
 
-    def prepare(self, job: EmbedJob) -> EmbedJob:
-        """Validates and tokenizes one job (its prompt included); typed errors for what the request got wrong."""
-        validate_texts(job.texts)
+    # -- the Stage (stages.py) -----------------------------------------------------------------------------------
+
+    def pre(self, texts: Sequence[str], options: EmbedOptions) -> EmbedJob:
+        """One request's job, its texts checked (an empty request or text is refused here, before it can share an
+        execution) and its tokens estimated from their length: tokenizing is left to `core`, off the thread that
+        takes requests in."""
+        validate_texts(texts)
+        return EmbedJob(list(texts), options, tokens_estimate=self.estimate_tokens(texts))
+
+    def tokenize(self, job: EmbedJob) -> EmbedJob:
+        """The job's token ids (its prompt included); typed errors for what the request got wrong."""
         prompt = self.config.prompt_for(job.options.input_type)
         texts = [prompt + t for t in job.texts] if prompt else job.texts
         job.sequences = self.tokenizer.encode(texts, truncate=job.options.truncate,
@@ -166,14 +176,14 @@ class Embedder:
         what admission needs, without tokenizing on the thread that takes requests in (the worker tokenizes)."""
         return sum(min(self.config.max_length, len(t) // 3 + 2) for t in texts)
 
-    def run(self, jobs: Sequence[EmbedJob]) -> Sequence[EmbedJob]:
-        """Embeds every job's texts in one sorted pass (preparing those not prepared yet); each job gets its result
-        or its own error."""
+    def core(self, jobs: Sequence[EmbedJob]) -> None:
+        """Embeds every job's texts in one sorted pass (tokenizing those not tokenized yet); each job gets its
+        result or its own error."""
         ready = []
         for job in jobs:
             if job.sequences is None:
                 try:
-                    self.prepare(job)
+                    self.tokenize(job)
                 except Exception as err:  # bad input (typed), or a bug: this job's alone
                     job.result = err
                     continue
@@ -186,7 +196,7 @@ class Embedder:
             sequences.extend(job.sequences)
             depths.extend([job.options.layers] * len(job.sequences))
         if not sequences:
-            return jobs
+            return
         normalized, pooled = self.encode(sequences, depths)
         for job, start, end in spans:  # each job's own steps fail it alone
             opts = job.options
@@ -196,16 +206,22 @@ class Embedder:
                 job.result = self.quantize(vectors, opts)
             except Exception as err:
                 job.result = err
-        return jobs
+
+    @staticmethod
+    def post(job: EmbedJob) -> np.ndarray:
+        if isinstance(job.result, Exception):
+            raise job.result
+        return job.result
 
     def measure_tokens_per_s(self) -> float:
         """This model's speed on this machine, for the scheduler's first estimate, in the scheduler's units
         (`estimate_tokens`): 32 texts of about 128 tokens, tokenized and embedded as a request is, timed on a second
         run (the first one warms the session)."""
         texts = [f"measuring the speed of this embedding model, text {i}; " * 12 for i in range(32)]
-        self.run([EmbedJob(texts, EmbedOptions(dimensions=self.config.width))])
+        options = EmbedOptions(dimensions=self.config.width)
+        self.core([self.pre(texts, options)])
         started = time.perf_counter()
-        self.run([EmbedJob(texts, EmbedOptions(dimensions=self.config.width))])
+        self.core([self.pre(texts, options)])
         return self.estimate_tokens(texts) / max(time.perf_counter() - started, 1e-6)
 
     def quantize(self, vectors: np.ndarray, options: EmbedOptions) -> np.ndarray:
@@ -217,8 +233,6 @@ class Embedder:
 
     def embed(self, texts: Sequence[str], **options: Any) -> np.ndarray:
         """In-process convenience: one request, errors raised."""
-        job = self.prepare(EmbedJob(list(texts), parse_options(options, self.config)))
-        self.run([job])
-        if isinstance(job.result, Exception):
-            raise job.result
-        return job.result
+        job = self.pre(texts, parse_options(options, self.config))
+        self.core([job])
+        return self.post(job)

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from nestrank.protocol import graphs as g
+from nestrank.protocol.errors import ValidationError
 from nestrank.protocol.passages import STATE_DTYPE, PassageStates
 from nestrank.protocol.reranking import RerankerConfig
 from nestrank.serving.pipeline import mep
@@ -54,13 +55,10 @@ def with_passage_fingerprint(config: RerankerConfig, encode_dir: str | Path) -> 
     return dataclasses.replace(config, passage_fingerprint=passage_fingerprint(encode_dir, config))
 
 
-ENCODE_RUN_SEQUENCES = 64  # passages per encoder run (ONNX Runtime), and at most this many passages' worth of
-ENCODE_RUN_PASSAGES_OF_TOKENS = 8  # padded tokens (× max_passage_tokens) per run
-
-
 @dataclass
 class EncodeJob:
-    """One `_encode` request in the scheduler: its token ids and ratio; `result` its PassageStates (or an error)."""
+    """One `_encode` request (PassageEncoder.pre): its token ids and ratio; `result` its PassageStates, or its error
+    (PassageEncoder.core)."""
 
     sequences: list[np.ndarray]
     ratio: int
@@ -85,8 +83,8 @@ class PassageEncoder:
         """The encoder's session, its TensorRT profile covering every batch `encode_ids` cuts."""
         from nestrank.serving.pipeline.runtime import ShapeProfile, create_session
 
-        profile = ShapeProfile.token_batches(g.TOKEN_INPUTS, ENCODE_RUN_SEQUENCES, config.max_passage_tokens,
-                                             ENCODE_RUN_PASSAGES_OF_TOKENS * config.max_passage_tokens)  # fmt: skip
+        profile = ShapeProfile.token_batches(g.TOKEN_INPUTS, config.max_run_sequences, config.max_passage_tokens,
+                                             max(config.max_run_tokens, config.max_passage_tokens))  # fmt: skip
         return create_session(path, intra_op_threads=config.intra_op_threads, providers=providers, profile=profile)
 
     def encode_ids(self, sequences: Sequence[np.ndarray], ratios: int | Sequence[int],
@@ -96,9 +94,7 @@ class PassageEncoder:
         ratios = [ratios] * len(sequences) if isinstance(ratios, int) else list(ratios)
         out: list[PassageStates | None] = [None] * len(sequences)
         lengths = [len(s) for s in sequences]
-        for idx in length_buckets(
-            lengths, ENCODE_RUN_SEQUENCES, ENCODE_RUN_PASSAGES_OF_TOKENS * self.config.max_passage_tokens
-        ):
+        for idx in length_buckets(lengths, self.config.max_run_sequences, self.config.max_run_tokens):
             input_ids, attention_mask = pad([sequences[i] for i in idx], self.tokenizer.pad_id)
             (states,) = self.session.run([g.TOKEN_STATES], {g.INPUT_IDS: input_ids, g.ATTENTION_MASK: attention_mask})
             for ratio in sorted({ratios[i] for i in idx}):
@@ -116,9 +112,18 @@ class PassageEncoder:
     def encode(self, documents: Sequence[str], ratio: int, dtype=STATE_DTYPE) -> PassageStates:
         return PassageStates.concat(self.encode_ids(self.tokenizer.encode_documents(documents), ratio, dtype))
 
-    def run(self, jobs: Sequence[EncodeJob]) -> Sequence[EncodeJob]:
-        """One scheduler execution: every job's passages encoded together (length-bucketed across jobs), each job's
-        `result` its own PassageStates."""
+    # -- the Stage (stages.py) -----------------------------------------------------------------------------------
+
+    def pre(self, documents: Sequence[str], ratio: int) -> EncodeJob:
+        """One request's job: its documents checked (at least one, none empty: refused here, before they can share
+        an execution) and tokenized."""
+        if not documents:
+            raise ValidationError("documents", "no documents in the request; send at least one")
+        return EncodeJob(self.tokenizer.encode_documents(documents), ratio)
+
+    def core(self, jobs: Sequence[EncodeJob]) -> None:
+        """Every job's passages encoded together (length-bucketed across jobs), each job's `result` its own
+        PassageStates."""
         sequences = [s for job in jobs for s in job.sequences]
         ratios = [job.ratio for job in jobs for _ in job.sequences]
         passages = self.encode_ids(sequences, ratios)
@@ -126,14 +131,19 @@ class PassageEncoder:
         for job in jobs:
             job.result = PassageStates.concat(passages[start : start + len(job.sequences)])
             start += len(job.sequences)
-        return jobs
+
+    @staticmethod
+    def post(job: EncodeJob) -> PassageStates:
+        if isinstance(job.result, Exception):
+            raise job.result
+        return job.result
 
     def measure_tokens_per_s(self) -> float:
         """This model's speed on this machine in passage tokens/s, for the scheduler's first estimate: 16 passages of
         about 128 tokens, timed on a second run (the first one warms the session)."""
         documents = [f"measuring the speed of this passage encoder, passage {i}; " * 12 for i in range(16)]
-        job = EncodeJob(self.tokenizer.encode_documents(documents), self.config.default_ratio)
-        self.run([job])
+        job = self.pre(documents, self.config.default_ratio)
+        self.core([job])
         started = time.perf_counter()
-        self.run([job])
+        self.core([job])
         return job.tokens / max(time.perf_counter() - started, 1e-6)

@@ -1,19 +1,23 @@
 """What the `<name>` rerank model does, free of Triton: resolve candidates (documents through the passage store,
-stored passage ids, or client-sent states), score them against one prompt, rank; and index documents.
+stored passage ids, or client-sent states), score them against one prompt, rank by margin; and index documents.
 
-`encode` and `score` are injected: BLS calls inside Triton, in-process sessions in tests and benchmarks.
+Each call is given its `SubModels`: BLS calls to `_encode` and `_score` bound to the request (its admission group,
+traffic class and cancellation) inside Triton (serving/triton/bls.py), in-process sessions in tests and benchmarks.
+Bulk work (warm, index, a bulk rerank) is encoded `bulk_encode_documents` at a time, each chunk written through
+before the next is sent: interactive work goes between chunks, and a caller that gives up keeps what was done.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+import threading
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 
-from nestrank.protocol.errors import NotFoundError, ValidationError
-from nestrank.protocol.parameters import shown
+from nestrank.protocol.errors import NotFoundError, OverloadedError, ValidationError, retry_hint
+from nestrank.protocol.parameters import BULK, shown
 from nestrank.protocol.passages import PassageStates
 from nestrank.protocol.reranking import INDEX, WARM, RerankerConfig, RerankOptions, passage_id
 from nestrank.serving.pipeline.mep import at_ratio
@@ -21,8 +25,17 @@ from nestrank.serving.pipeline.passage_tiers import Passages
 from nestrank.serving.pipeline.scorer import rank, sigmoid, valid_groups
 from nestrank.serving.pipeline.tokenization import RerankTokenizer
 
-EncodeFn = Callable[[list[str], int], PassageStates]
-ScoreFn = Callable[[np.ndarray, PassageStates], np.ndarray]
+
+class SubModels(Protocol):
+    """The encode and score calls of one request."""
+
+    def encode(self, documents: list[str], ratio: int) -> PassageStates: ...
+
+    def score(self, prompt: np.ndarray, chunks: list[PassageStates]) -> np.ndarray:
+        """Margins logit(yes) - logit(no) of every chunk's passages, in order (the chunks of one request are
+        admitted together)."""
+
+
 MAX_ID_CHARS = 512  # a user's passage id
 SHOWN_IDS = 5  # missing ids a NOT_FOUND names
 
@@ -45,8 +58,9 @@ class Candidates:
 
 @dataclass(frozen=True)
 class RerankResult:
-    indices: np.ndarray  # into the candidates, best first
-    scores: np.ndarray  # aligned with indices
+    indices: np.ndarray  # into the candidates, by descending margin
+    scores: np.ndarray  # aligned with indices: sigmoid(margin), float32
+    margins: np.ndarray  # aligned with indices: logit(yes) - logit(no), what the order follows
     passage_ids: list[str]  # aligned with indices: content ids, the ids sent, or "" for client-sent states
 
 
@@ -66,41 +80,69 @@ def _missing(field: str, ids: list[str], total: int, ratio: int) -> NotFoundErro
                          "documents")  # fmt: skip
 
 
+class RequestSlots:
+    """The requests one rerank model instance works on at once: at most `limit`, bulk ones at most half of them (an
+    indexing job never holds every slot). Past it, refused at once: OverloadedError, with a hint the clients wait
+    out (interactive callers retry elsewhere or later; `nestrank index` waits for room)."""
+
+    def __init__(self, limit: int):
+        self.limit, self.bulk_limit = limit, max(1, limit // 2)
+        self.taken = {False: 0, True: 0}  # by `bulk`
+        self._lock = threading.Lock()
+
+    def take(self, bulk: bool) -> None:
+        with self._lock:
+            total = self.taken[False] + self.taken[True]
+            if total < self.limit and (not bulk or self.taken[True] < self.bulk_limit):
+                self.taken[bulk] += 1
+                return
+        if bulk and total < self.limit:
+            what = f"{self.taken[True]} bulk requests (at most {self.bulk_limit})"
+        else:
+            what = f"{total} requests (at most {self.limit})"
+        raise OverloadedError(f"the rerank model works on {what} already; {retry_hint(1)}")
+
+    def give_back(self, bulk: bool) -> None:
+        with self._lock:
+            self.taken[bulk] -= 1
+
+
 class RerankService:
-    def __init__(self, config: RerankerConfig, tokenizer: RerankTokenizer, passages: Passages,
-                 encode: EncodeFn, score: ScoreFn):  # fmt: skip
+    def __init__(self, config: RerankerConfig, tokenizer: RerankTokenizer, passages: Passages):
         self.config = config
         self.tokenizer = tokenizer
         self.passages = passages
-        self.encode = encode
-        self.score = score
 
     # -- candidates -------------------------------------------------------------------------------------------
 
-    def _check_documents(self, documents: list[str]) -> None:
-        if len(documents) > self.config.max_candidates:
-            raise ValidationError("documents", f"{len(documents)} exceed max_candidates {self.config.max_candidates}")
-        for i, doc in enumerate(documents):
-            if not doc:
-                raise ValidationError(f"documents[{i}]", "empty string; send at least one character")
+    def _check_count(self, field: str, count: int) -> None:
+        """The one max_candidates check of a request's path (the clients split longer lists)."""
+        if count == 0:
+            raise ValidationError(field, "no candidates; send at least one")
+        if count > self.config.max_candidates:
+            raise ValidationError(field, f"{count} exceed max_candidates {self.config.max_candidates}")
 
-    def _encode_and_put(self, texts: dict[str, str], ratio: int, pinned: bool):
+    def _encode_and_put(self, texts: dict[str, str], ratio: int, pinned: bool, calls: SubModels, bulk: bool):
         """Encodes {content id: document} and writes the passages through: ({content id: passage}, {content id:
-        bytes written})."""
-        if not texts:
-            return {}, {}
-        encoded = self.encode(list(texts.values()), ratio)
-        written = self.passages.put(list(texts), encoded, pinned=pinned)
-        scored = self.passages.as_stored(encoded)  # int8 states score now as they will once read back
-        return {cid: scored.subset([k]) for k, cid in enumerate(texts)}, dict(zip(texts, written))
+        bytes written}). Bulk work goes `bulk_encode_documents` at a time, each chunk stored before the next."""
+        ids, documents = list(texts), list(texts.values())
+        size = self.config.bulk_encode_documents if bulk else max(1, len(ids))
+        found, written = {}, {}
+        for start in range(0, len(ids), size):
+            chunk_ids = ids[start : start + size]
+            encoded = calls.encode(documents[start : start + size], ratio)
+            written.update(zip(chunk_ids, self.passages.put(chunk_ids, encoded, pinned=pinned)))
+            scored = self.passages.as_stored(encoded)  # int8 states score now as they will once read back
+            found.update((cid, scored.subset([k])) for k, cid in enumerate(chunk_ids))
+        return found, written
 
-    def _from_documents(self, documents: list[str], ratio: int) -> tuple[PassageStates, list[str]]:
+    def _from_documents(self, documents: list[str], ratio: int, calls: SubModels,
+                        bulk: bool) -> tuple[PassageStates, list[str]]:  # fmt: skip
         """Stored passages where the store has them; the rest encoded now and written through."""
-        self._check_documents(documents)
         ids = [passage_id(d) for d in documents]
         found = self.passages.get(ids, ratio, strict=False)
-        encoded, _ = self._encode_and_put({cid: d for cid, d in zip(ids, documents) if cid not in found}, ratio, False)
-        found.update(encoded)
+        missing = {cid: d for cid, d in zip(ids, documents) if cid not in found}
+        found.update(self._encode_and_put(missing, ratio, False, calls, bulk)[0])
         return PassageStates.concat([found[cid] for cid in ids]), ids
 
     def _from_ids(self, passage_ids: list[str], ratio: int) -> PassageStates:
@@ -159,24 +201,24 @@ class RerankService:
                                   f"max_request_state_bytes {limit / 2**20:.0f} MiB: send at most {most} per request "
                                   "at this ratio (the clients split for you), or use a coarser ratio")  # fmt: skip
 
-    def _score_in_chunks(self, prompt: np.ndarray, passages: PassageStates) -> np.ndarray:
-        """Margins, the candidates sent to the scorer in calls of at most score_chunk_bytes of ragged states (the
-        one chunker between here and the scorer, which sorts and pads its own runs)."""
-        margins = np.empty(len(passages), dtype=np.float32)
+    def score_chunks(self, passages: PassageStates) -> list[tuple[int, int]]:
+        """(start, end) of the calls to the scorer: at most score_chunk_bytes of ragged states each (the one chunker
+        between here and the scorer, which sorts and pads its own runs)."""
         sizes = passages.lengths * (2 * passages.width + 4)  # float16 rows and int32 counts, as they travel
-        start = 0
+        chunks, start = [], 0
         while start < len(passages):
             end, held = start + 1, int(sizes[start])
             while end < len(passages) and held + int(sizes[end]) <= self.config.score_chunk_bytes:
                 held += int(sizes[end])
                 end += 1
-            margins[start:end] = self.score(prompt, passages.slice(start, end))
+            chunks.append((start, end))
             start = end
-        return margins
+        return chunks
 
     # -- requests ---------------------------------------------------------------------------------------------
 
-    def store(self, kind: str, documents: list[str], ratio: int, user_ids: list[str] | None = None) -> Stored:
+    def store(self, kind: str, documents: list[str], user_ids: list[str] | None, options: RerankOptions,
+              calls: SubModels) -> Stored:  # fmt: skip
         """A warm or index request: encodes what is not stored yet and writes it through. `warm` (documents only),
         as the documents path does: on-demand entries. `index` (one user id per document), each document kept for
         good under its user id; a document whose id already names its text and whose states are stored is skipped,
@@ -188,10 +230,9 @@ class RerankService:
             raise ValidationError("passage_ids", "an index request sends one id per document")
         if kind not in (WARM, INDEX):
             raise ValidationError("kind", f"{kind!r} stores nothing; send kind=warm or kind=index")
-        if not documents:
-            raise ValidationError("documents", "nothing to store; send at least one document")
-        self._check_documents(documents)
-        self._check_state_bytes("documents", Candidates(documents=documents), RerankOptions(ratio, ""))
+        self._check_count("documents", len(documents))
+        ratio = options.compression_ratio
+        self._check_state_bytes("documents", Candidates(documents=documents), options)
         ids = [passage_id(d) for d in documents]
         unique_ids = list(dict.fromkeys(ids))
         pinned = user_ids is not None
@@ -202,7 +243,8 @@ class RerankService:
             have = {cid for cid, there in zip(unique_ids, self.passages.pin(unique_ids, ratio)) if there}
         else:
             have = set(self.passages.get(unique_ids, ratio, strict=False))
-        encoded, written = self._encode_and_put({c: d for c, d in zip(ids, documents) if c not in have}, ratio, pinned)
+        missing = {c: d for c, d in zip(ids, documents) if c not in have}
+        encoded, written = self._encode_and_put(missing, ratio, pinned, calls, options.traffic_class == BULK)
         alias_bytes = {}
         if pinned:
             renamed = [u for u, cid in names.items() if named[u] != cid]
@@ -226,7 +268,7 @@ class RerankService:
             if seen.setdefault(uid, doc) != doc:
                 raise ValidationError(f"passage_ids[{i}]", f"{shown(uid)} appears twice with different documents")
 
-    def rerank(self, query: str, candidates: Candidates, options: RerankOptions) -> RerankResult:
+    def rerank(self, query: str, candidates: Candidates, options: RerankOptions, calls: SubModels) -> RerankResult:
         given = [n for n, v in (("documents", candidates.documents), ("passage_ids", candidates.passage_ids),
                                 ("passage_states", candidates.states)) if v is not None]  # fmt: skip
         if len(given) != 1:
@@ -234,20 +276,18 @@ class RerankService:
                 "documents", f"send exactly one of documents, passage_ids, passage_states; got {given}"
             )
         n = candidates.count()
-        if n == 0:
-            raise ValidationError(given[0], "no candidates; send at least one")
-        if n > self.config.max_candidates:
-            raise ValidationError(given[0], f"{n} candidates exceed max_candidates {self.config.max_candidates}")
+        self._check_count(given[0], n)
         self._check_state_bytes(given[0], candidates, options)
         prompt = self.tokenizer.encode_prompt(query, options.instruction, options.truncate)  # validates the query first
         ratio = options.compression_ratio
         ids = [""] * n
         if candidates.documents is not None:
-            passages, ids = self._from_documents(candidates.documents, ratio)
+            passages, ids = self._from_documents(candidates.documents, ratio, calls, options.traffic_class == BULK)
         elif candidates.passage_ids is not None:
             passages, ids = self._from_ids(candidates.passage_ids, ratio), list(candidates.passage_ids)
         else:
             passages = self._from_states(candidates.states, options)
-        scores = sigmoid(self._score_in_chunks(prompt, passages))  # the one sigmoid: every model answers margins
-        order = rank(scores, options.top_n)
-        return RerankResult(order.astype(np.int32), scores[order].astype(np.float32), [ids[i] for i in order])
+        margins = calls.score(prompt, [passages.slice(start, end) for start, end in self.score_chunks(passages)])
+        order = rank(margins, options.top_n)
+        return RerankResult(order.astype(np.int32), sigmoid(margins[order]), margins[order].astype(np.float32),
+                            [ids[i] for i in order])  # fmt: skip

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from nestrank.protocol.passages import PassageStates
 from nestrank.protocol.reranking import RerankerConfig
 from nestrank.serving.pipeline.passage_encoder import ENCODER_FILE, PassageEncoder
 from nestrank.serving.pipeline.scorer import SCORER_FILE, Scorer
@@ -48,3 +49,11 @@ class FBNLReranker:
     def margins(self, query: str, documents: Sequence[str], ratio: int, instruction: str | None = None) -> np.ndarray:
         prompt = self.tokenizer.encode_prompt(query, instruction or self.config.default_instruction)
         return self.scorer.margins(prompt, self.encoder.encode(documents, ratio))
+
+    # -- the rerank service's SubModels, in process (tests, benchmarks) --------------------------------------
+
+    def encode(self, documents: list[str], ratio: int) -> PassageStates:
+        return self.encoder.encode(documents, ratio)
+
+    def score(self, prompt: np.ndarray, chunks: list[PassageStates]) -> np.ndarray:
+        return np.concatenate([self.scorer.margins(prompt, chunk) for chunk in chunks])

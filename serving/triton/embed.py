@@ -1,21 +1,25 @@
 """Triton glue for an embedder: texts → embeddings in the requested precision, each dtype in its own output.
 
-Requests are read as Triton hands them over (texts and options checked; their tokens estimated from their length),
-then queued in the token-budget scheduler (serving/pipeline/scheduler.py), which answers each through its response
-sender: at once when it cannot be read or would wait past the queue bound, else when its execution is done (where
-it is tokenized: a text refused there fails its own request only). `execute` itself returns nothing."""
+`execute` (Triton's thread) reads each request and checks it (texts and options: Embedder.pre, which estimates its
+tokens from their length), then queues it in the token-budget scheduler (serving/pipeline/scheduler.py: interactive
+requests first; `traffic_class` bulk ones one at a time between them), whose worker thread tokenizes, runs and
+answers each through its response sender: at once when it cannot be read or would wait past the queue bound, else
+when its execution is done (a text refused at tokenization fails its own request only). `execute` itself returns
+nothing."""
 
 import triton_python_backend_utils as pb_utils
 
-from nestrank.protocol.embedding import EMBEDDING_OUTPUTS, TEXT, EmbedderConfig, parse_options
+from nestrank.protocol.embedding import EMBEDDING_OUTPUTS, TEXT, EmbedderConfig, embed_signature, parse_options
 from nestrank.protocol.errors import ValidationError
-from nestrank.serving.pipeline.embedder import Embedder, EmbedJob
+from nestrank.protocol.parameters import BULK
+from nestrank.serving.pipeline.embedder import Embedder
 from nestrank.serving.pipeline.scheduler import Admitted, TokenBudgetScheduler
-from nestrank.serving.triton.glue import answerer as glue_answerer
 from nestrank.serving.triton.glue import (
+    answerer,
     decode_texts,
     input_array,
-    read_model_args,  # fmt: skip
+    log_error,
+    read_model_args,
     request_parameters,
     wanted_outputs,
 )
@@ -33,34 +37,27 @@ def read(request, config):
     return texts, options, output
 
 
-def answerer(request, output):
-    """Sends the request's one response: its embeddings, or its error."""
-    return glue_answerer(pb_utils, request, lambda result: [pb_utils.Tensor(output, result)])
-
-
 class TritonPythonModel:
     def initialize(self, args):
-        model_config, config, version_dir = read_model_args(pb_utils, args, EmbedderConfig)
+        model_config, config, version_dir = read_model_args(pb_utils, args, EmbedderConfig,
+                                                            lambda c: embed_signature(1))  # fmt: skip
         self.embedder = Embedder.load(version_dir, config)
-        self.scheduler = TokenBudgetScheduler(
-            self.embedder.run,
-            config.max_batch_tokens,
-            config.max_queue_wait_s,
-            self.embedder.measure_tokens_per_s(),
-            result=lambda job: job.result,
-        )
         self.metrics = SchedulerMetrics(pb_utils, model_config["name"], args["model_instance_name"])
+        self.scheduler = TokenBudgetScheduler(self.embedder, config.max_batch_tokens, config.max_queue_wait_s,
+                                              self.embedder.measure_tokens_per_s(), log=log_error(pb_utils),
+                                              on_progress=lambda: self.metrics.report(self.scheduler))  # fmt: skip
 
     def execute(self, requests):
         for request in requests:  # each on its own: a bad one is answered alone, at once
             try:
                 texts, options, output = read(request, self.embedder.config)
-                tokens = self.embedder.estimate_tokens(texts)  # tokenized later, by the scheduler's worker
+                job = self.embedder.pre(texts, options)
             except Exception as err:
-                answerer(request, None)(err)
+                answerer(pb_utils, request, None)(err)
                 continue
-            job = EmbedJob(texts, options)
-            self.scheduler.submit(Admitted(job, tokens, answerer(request, output), request.is_cancelled))
+            answer = answerer(pb_utils, request, lambda result, name=output: [pb_utils.Tensor(name, result)])
+            self.scheduler.submit(Admitted(job, job.tokens, answer, request.is_cancelled,
+                                           bulk=options.traffic_class == BULK))  # fmt: skip
         self.metrics.report(self.scheduler)
         return None
 

@@ -5,22 +5,20 @@ imports (and is tested) outside Triton.
 
 Every model reads and answers each request inside its own `try`: whatever goes wrong with one request becomes that
 request's error, never its batch-mates'. Bad input raises a typed error (INVALID_ARGUMENT naming the field and the
-limit); any other exception is a server bug: INTERNAL, its traceback in the server log. Only a failure of the
-shared model run fails the batch.
+limit); any other exception is a server bug: INTERNAL, its traceback in the server log. A shared run that fails is
+run again request by request (the scheduler), so that only the request that caused it fails.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 import traceback
-from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from nestrank.protocol.errors import TRITON_TO_GRPC, NestrankError, ValidationError, from_triton_error, marked
+from nestrank.protocol.errors import NestrankError, ValidationError, marked
 from nestrank.protocol.parameters import exported_version, string_parameters
 
 MAX_MESSAGE_CHARS = 1000  # gRPC trailers are small (16 KB): an error never carries a request's bulk back
@@ -45,21 +43,40 @@ def decode_texts(array: np.ndarray | None, field: str, max_count: int | None = N
     return texts
 
 
-def read_model_args(pb_utils, args: dict, config_type):
+def read_model_args(pb_utils, args: dict, config_type, signature=None):
     """`initialize`'s arguments → (Triton's model config as a dict, the served config, the version directory).
 
-    A model exported by another nestrank still loads (its model.py imports this glue); the log says so, since
-    re-exporting brings it the new exporter's fixes."""
+    A model exported by another nestrank still loads (its model.py imports this glue), and the log says so, since
+    re-exporting brings it the new exporter's fixes; unless its tensors are not the contract's `signature(config)`
+    (an export from before a change of the wire): then it is refused, with what to do."""
     from nestrank import __version__
 
     model_config = json.loads(args["model_config"])
     parameters = string_parameters(model_config)
     exported = exported_version(parameters) or "an earlier version"
+    config = config_type.from_parameters(parameters)  # its own checks first (an export from before the layout)
+    if signature is not None:
+        check_tensors(model_config, signature(config), exported)
     if exported != __version__:
         pb_utils.Logger.log_warn(f"nestrank: {model_config.get('name')} was exported by nestrank {exported}; this is "
                                  f"{__version__}. It serves; re-export it to pick up exporter changes.")  # fmt: skip
     version_dir = Path(args["model_repository"]) / args["model_version"]
-    return model_config, config_type.from_parameters(parameters), version_dir
+    return model_config, config, version_dir
+
+
+def check_tensors(model_config: dict, signature, exported: str) -> None:
+    """ValueError (the model does not load) when the config's inputs and outputs are not the signature's."""
+
+    def names(tensors, optional=False):
+        return sorted(f"{t['name']}{' (optional)' if t.get('optional', False) and optional else ''}" for t in tensors)
+
+    have = (names(model_config.get("input", []), True), names(model_config.get("output", [])))
+    want = (names([{"name": t.name, "optional": t.optional} for t in signature.inputs], True),
+            names([{"name": t.name} for t in signature.outputs]))  # fmt: skip
+    if have != want:
+        raise ValueError(f"{model_config.get('name')} was exported by nestrank {exported} with the tensors {have}, "
+                         f"and this nestrank serves {want}: re-export the model (`nestrank export`, or "
+                         "`nestrank serve --reranker <checkpoint>`)")  # fmt: skip
 
 
 def wanted_outputs(request, default: tuple[str, ...]) -> set[str]:
@@ -109,64 +126,32 @@ def error_response(pb_utils, err: Exception):
 
 def answerer(pb_utils, request, tensors):
     """The request's one answer, sent through its response sender (from any thread, once): `tensors(result)` (the
-    output tensors) for a result, its error for an exception (or when building the tensors fails)."""
+    output tensors) for a result, no tensors for None (a cancel request's answer), its error for an exception (or
+    when building the tensors fails). Sending may raise (the caller went away): the scheduler that calls it logs
+    that and goes on."""
     sender = request.get_response_sender()
 
     def answer(result):
-        try:
-            if isinstance(result, Exception):
-                raise result
-            response = pb_utils.InferenceResponse(tensors(result))
-        except Exception as err:
-            response = error_response(pb_utils, err)
-        sender.send(response, flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+        if isinstance(result, Exception):
+            send(pb_utils, sender, result)
+        else:
+            send(pb_utils, sender, lambda: [] if result is None else tensors(result))
 
     return answer
 
 
-def _bls_request(pb_utils, model: str, inputs, outputs: list[str], parameters: dict | None):
-    return pb_utils.InferenceRequest(model_name=model, inputs=inputs, requested_output_names=outputs,
-                                     parameters=parameters or {})  # fmt: skip
+def log_error(pb_utils):
+    """A `log(message)` into Triton's log, for code that runs outside a request (the schedulers' workers)."""
+    return lambda message: pb_utils.Logger.log_error(f"nestrank: {message}")
 
 
-def _bls_outputs(pb_utils, model: str, response, outputs: list[str]) -> list[np.ndarray]:
-    """The response's outputs; its error keeps its kind, so a full queue below is still overload for the caller,
-    and a dead sub-model is UNAVAILABLE, not the caller's bug."""
-    if response.has_error():
-        codes = {getattr(pb_utils.TritonError, name): name for name in TRITON_TO_GRPC
-                 if hasattr(pb_utils.TritonError, name)}  # fmt: skip
-        error = response.error()
-        raise from_triton_error(codes.get(error.code(), "INTERNAL"), f"{model}: {error.message()}")
-    return [pb_utils.get_output_tensor_by_name(response, name).as_numpy() for name in outputs]
-
-
-def bls_call(pb_utils, model: str, inputs, outputs: list[str], parameters: dict | None = None) -> list[np.ndarray]:
-    """A request to another model of this server (BLS), from the thread running `execute` (one at a time: for
-    several in flight, `BlsLoop`)."""
-    response = _bls_request(pb_utils, model, inputs, outputs, parameters).exec()
-    return _bls_outputs(pb_utils, model, response, outputs)
-
-
-class BlsLoop:
-    """BLS requests in flight at once, asked for from any thread, each made and sent (`async_exec`) on the event
-    loop the model's `async def execute` runs on, its outputs copied there: every Triton object of the process is
-    touched by that one thread. (Triton objects made and BLS calls sent from several threads at once crashed
-    tritonserver 2.51: SIGSEGV and `boost::interprocess::lock_exception` in the Python backend, measured with 16
-    reranks at once.)"""
-
-    def __init__(self, pb_utils):
-        self.pb_utils = pb_utils
-        self.loop: asyncio.AbstractEventLoop | None = None
-
-    def attach(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.loop = loop
-
-    async def _call(self, model, inputs: dict, outputs, parameters):
-        tensors = [self.pb_utils.Tensor(name, value) for name, value in inputs.items()]
-        response = await _bls_request(self.pb_utils, model, tensors, outputs, parameters).async_exec()
-        return [np.array(a, copy=True) for a in _bls_outputs(self.pb_utils, model, response, outputs)]
-
-    def submit(self, model: str, inputs: dict[str, np.ndarray], outputs: list[str],
-               parameters: dict | None = None) -> Future:  # fmt: skip
-        """From a worker thread: a future of the outputs (or of the error, typed as `bls_call`'s)."""
-        return asyncio.run_coroutine_threadsafe(self._call(model, inputs, outputs, parameters), self.loop)
+def send(pb_utils, sender, outcome) -> None:
+    """One final response: an error for an exception, else the tensors `outcome()` builds (an error if that
+    fails)."""
+    try:
+        if isinstance(outcome, Exception):
+            raise outcome
+        response = pb_utils.InferenceResponse(outcome())
+    except Exception as err:
+        response = error_response(pb_utils, err)
+    sender.send(response, flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)

@@ -1,7 +1,16 @@
 """nestrank's own metrics on Triton's Prometheus endpoint (`pb_utils.MetricFamily`, passed in so this imports and is
-tested outside Triton): the passage tiers' counters and the schedulers'."""
+tested outside Triton): the passage tiers' counters and the schedulers'.
+
+Every call into a metric holds `LOCK`, one per process: python_backend 2.51 writes a metric's message into shared
+memory that the metric object owns, and two threads updating one metric at once had tritonserver read a message
+another thread was freeing (SIGSEGV in its `PbString::LoadFromSharedMemory`, under `ProcessMetricRequest`;
+reproduced with the passage-fetch histogram observed by 8 reranks at once)."""
 
 from __future__ import annotations
+
+import threading
+
+LOCK = threading.Lock()
 
 
 class PassageMetrics:
@@ -39,7 +48,15 @@ class PassageMetrics:
         self.fetch = self.families["fetch"].Metric(labels={**labels, "store": store}, buckets=self.FETCH_BUCKETS)
         self.reported: dict[str, int] = {}
 
+    def observe_fetch(self, seconds: float) -> None:
+        with LOCK:
+            self.fetch.observe(seconds)
+
     def report(self, cache_stats, store_stats) -> None:
+        with LOCK:
+            self._report(cache_stats, store_stats)
+
+    def _report(self, cache_stats, store_stats) -> None:
         for prefix, stats, keys in (("cache", cache_stats, ("hits", "misses", "evictions")),
                                     ("store", store_stats, tuple(self.STORE))):  # fmt: skip
             for key in keys:
@@ -52,14 +69,20 @@ class PassageMetrics:
 
 class SchedulerMetrics:
     """A token-budget scheduler on Triton's Prometheus endpoint, labelled by model and instance, its families named
-    by kind (`embed`, `rerank_encode`, `rerank_score`): counters nestrank_<kind>_{admitted, shed, expired, cancelled,
-    batches, tokens}, the gauge nestrank_<kind>_tokens_per_s (its estimate), and histograms
-    nestrank_<kind>_queue_seconds (per request) and nestrank_<kind>_batch_seconds."""
+    by kind (`embed`, `rerank_encode`, `rerank_score`): counters nestrank_<kind>_{admitted, bulk, shed, expired,
+    cancelled, isolated, answer_failures, batches, tokens}, the gauges nestrank_<kind>_tokens_per_s (its estimate)
+    and nestrank_<kind>_progress_deadline_seconds (the Unix time by which the running execution should be over, 0
+    when idle: the launcher restarts a model whose worker passed it), and histograms nestrank_<kind>_queue_seconds
+    (per request) and nestrank_<kind>_batch_seconds. Reported from Triton's thread and the scheduler's worker."""
 
-    COUNTERS = {"admitted": "requests queued", "shed": "requests refused at once: they would wait past the bound",
+    COUNTERS = {"admitted": "requests queued", "bulk": "bulk requests queued (of the admitted)",
+                "shed": "requests refused at once: they would wait past the bound",
                 "expired": "requests admitted but refused when they reached the worker past the bound",
-                "cancelled": "requests their callers gave up before they ran", "batches": "executions",
-                "tokens": "tokens of work done (the kind's unit)"}  # fmt: skip
+                "cancelled": "requests their callers gave up before they ran",
+                "isolated": "shared executions that failed and were run again request by request",
+                "answer_failures": "answers that could not be sent (their callers went away)",
+                "batches": "executions", "tokens": "tokens of work done (the kind's unit)"}  # fmt: skip
+    PROGRESS = "progress_deadline_seconds"
     BUCKETS = [0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0]
 
     def __init__(self, pb_utils, model: str, instance: str, kind: str = "embed"):
@@ -68,24 +91,33 @@ class SchedulerMetrics:
                          for key, help_ in self.COUNTERS.items()}  # fmt: skip
         self.families["tokens_per_s"] = family(name=f"nestrank_{kind}_tokens_per_s", kind=family.GAUGE,
                                                description="the scheduler's estimate of its speed")  # fmt: skip
+        self.families[self.PROGRESS] = family(name=f"nestrank_{kind}_{self.PROGRESS}", kind=family.GAUGE,
+                                              description="Unix time by which the running execution should be "
+                                                          "over (0: idle)")  # fmt: skip
         for key in ("queue_seconds", "batch_seconds"):
             self.families[key] = family(name=f"nestrank_{kind}_{key}", kind=family.HISTOGRAM,
                                         description=f"{key.split('_')[0]} time in seconds")  # fmt: skip
-        self.metrics = {key: f.Metric(labels=labels, **({"buckets": self.BUCKETS} if "seconds" in key else {}))
+        histograms = ("queue_seconds", "batch_seconds")
+        self.metrics = {key: f.Metric(labels=labels, **({"buckets": self.BUCKETS} if key in histograms else {}))
                         for key, f in self.families.items()}  # fmt: skip
         self.reported = dict.fromkeys(self.COUNTERS, 0)
 
     def report(self, scheduler) -> None:
-        # Only what changed: each call is a round trip to the server, and this runs on the thread taking requests in.
+        with LOCK:
+            self._report(scheduler)
+
+    def _report(self, scheduler) -> None:
+        # Only what changed: each call is a round trip to the server.
         stats = scheduler.stats
         for key in self.COUNTERS:
             value = getattr(stats, key)
             if value != self.reported[key]:
                 self.metrics[key].increment(value - self.reported[key])
                 self.reported[key] = value
-        if scheduler.tokens_per_s != self.reported.get("tokens_per_s"):
-            self.metrics["tokens_per_s"].set(scheduler.tokens_per_s)
-            self.reported["tokens_per_s"] = scheduler.tokens_per_s
+        for key, value in (("tokens_per_s", scheduler.tokens_per_s), (self.PROGRESS, scheduler.progress_deadline)):
+            if value != self.reported.get(key):
+                self.metrics[key].set(value)
+                self.reported[key] = value
         for key in ("queue_seconds", "batch_seconds"):
             drained, values = getattr(stats, key), []
             while drained:  # the worker appends while this drains

@@ -2,26 +2,32 @@
 logit(yes) - logit(no) (the rerank model takes their sigmoid, once). One prompt per request (max_batch_size 1, so
 the leading dimension is 1).
 
-Requests are read as Triton hands them over, then queued in the token-budget scheduler
-(serving/pipeline/scheduler.py: executions within `score_batch_tokens` of candidates × pooled length, whole
-requests, arrival order; refused at once past `max_queue_wait_s`; skipped when their caller gave up), which answers
-each through its response sender. `execute` itself returns nothing."""
+`execute` (Triton's thread) reads and checks each request (Scorer.pre) and queues it in the token-budget scheduler
+(serving/pipeline/scheduler.py: interactive requests first, within `score_batch_tokens` of prompt tokens ×
+candidates + groups, their candidates run together; a rerank's chunks share an `admission_group`), whose worker
+thread answers each through its response sender. A `cancel_group` request drops a group's queued parts. `execute`
+itself returns nothing."""
 
 import triton_python_backend_utils as pb_utils
 
+from nestrank.protocol.parameters import BULK
 from nestrank.protocol.reranking import (
     DECODER_INPUT_IDS,
     MARGINS,
     PASSAGE_COUNTS,
+    PASSAGE_GROUPS,
     PASSAGE_STATES,
     RerankerConfig,
     from_wire,
+    parse_sub_request,
+    score_signature,
 )
-from nestrank.protocol.reranking import PASSAGE_GROUPS as GROUPS
 from nestrank.serving.pipeline.scheduler import Admitted, TokenBudgetScheduler
-from nestrank.serving.pipeline.scorer import SCORER_FILE, ScoreJob, Scorer, check_score_inputs
-from nestrank.serving.triton.glue import answerer, input_array, one_row, read_model_args
+from nestrank.serving.pipeline.scorer import SCORER_FILE, Scorer
+from nestrank.serving.triton.glue import answerer, input_array, log_error, one_row, read_model_args, request_parameters
 from nestrank.serving.triton.metrics import SchedulerMetrics
+
+INPUTS = (DECODER_INPUT_IDS, PASSAGE_STATES, PASSAGE_COUNTS, PASSAGE_GROUPS)
 
 
 def tensors(margins):
@@ -30,29 +36,32 @@ def tensors(margins):
 
 class TritonPythonModel:
     def initialize(self, args):
-        model_config, config, files = read_model_args(pb_utils, args, RerankerConfig)
+        model_config, config, files = read_model_args(pb_utils, args, RerankerConfig,
+                                                      lambda c: score_signature(c.hidden_size))  # fmt: skip
         self.scorer = Scorer(config, Scorer.open_session(files / SCORER_FILE, config))
-        self.scheduler = TokenBudgetScheduler(self.scorer.run, config.score_batch_tokens, config.max_queue_wait_s,
-                                              self.scorer.measure_tokens_per_s(), result=lambda job: job.result,
-                                              name="rerank-score")  # fmt: skip
         self.metrics = SchedulerMetrics(pb_utils, model_config["name"], args["model_instance_name"], "rerank_score")
+        self.scheduler = TokenBudgetScheduler(self.scorer, config.score_batch_tokens, config.max_queue_wait_s,
+                                              self.scorer.measure_tokens_per_s(), name="rerank-score",
+                                              max_group_parts=config.max_candidates, log=log_error(pb_utils),
+                                              on_progress=lambda: self.metrics.report(self.scheduler))  # fmt: skip
 
     def execute(self, requests):
         for request in requests:  # each on its own: a bad one is answered alone, at once
             answer = answerer(pb_utils, request, tensors)
             try:
-                prompt, states, counts, groups = (
-                    one_row(input_array(pb_utils, request, n, required=n != GROUPS), n)
-                    for n in (DECODER_INPUT_IDS, PASSAGE_STATES, PASSAGE_COUNTS, GROUPS)
-                )
+                group, cancel, traffic_class = parse_sub_request(request_parameters(request))
+                if cancel is not None:  # its tensors are placeholders
+                    self.scheduler.cancel(cancel)
+                    answer(None)
+                    continue
+                prompt, states, counts, groups = (one_row(input_array(pb_utils, request, n), n) for n in INPUTS)
                 # ratio 0: the scorer needs none (counts only mark valid groups)
-                passages = from_wire(self.scorer.config.passage_layout, states, counts, groups, ratio=0)
-                check_score_inputs(self.scorer.config, prompt, passages)
-                job = ScoreJob(prompt, passages)
+                job = self.scorer.pre(prompt, from_wire(states, counts, groups, ratio=0))
             except Exception as err:
                 answer(err)
                 continue
-            self.scheduler.submit(Admitted(job, job.tokens, answer, request.is_cancelled))
+            self.scheduler.submit(Admitted(job, job.tokens, answer, request.is_cancelled, group,
+                                           traffic_class == BULK))  # fmt: skip
         self.metrics.report(self.scheduler)
         return None
 
