@@ -9,3 +9,12 @@ KALM = "kalm-shaped"  # T5Gemma 2 with KaLM-Reranker-V1-Nano's widths and vocabu
 KALM_LAYERS = 2
 TINY_T5 = "tiny-t5-reranker"
 T5_MAX_PASSAGE_TOKENS = 256
+
+
+def reranker_config(architecture: str = "t5", hidden_size: int = 8, **fields):
+    """A RerankerConfig for tests that need no checkpoint: the architecture's templates, small ids."""
+    from nestrank.protocol.reranking import RerankerConfig
+    from nestrank.serving.pipeline.kalm import templates
+
+    fields = {"yes_token_id": 1, "no_token_id": 2, **templates(architecture), **fields}
+    return RerankerConfig(architecture=architecture, hidden_size=hidden_size, **fields)

@@ -78,6 +78,9 @@ MAX_GROUP_CHARS = 64
 # answer's tensors with a leading dimension of 1; padded once, right before ONNX Runtime, in the scorer. The config's
 # `passage_layout` says so; exports from before it (padded [N, G_max, H] states) are refused at load.
 RAGGED = "ragged"
+RE_EXPORT = ("this reranker was exported by a nestrank from before the one passage-state layout (ragged states); "
+             "re-export it: `nestrank export reranker --checkpoint <dir or id> --name <name>`, or `nestrank serve "
+             "--reranker <dir or id>`")  # fmt: skip
 
 
 def encode_signature(hidden: int, max_batch_size: int) -> Signature:
@@ -180,9 +183,9 @@ class RerankerConfig(RerankLimits):
     # Where the passage states live (serving/pipeline/passage_store.py's URLs, passed through as they are); "": the
     # default store, LMDB in the serving user's cache directory. `nestrank serve --passage-store` sets it.
     passage_store: str = ""
-    # How passage states travel between the models: RAGGED. Exports from before it say nothing (they sent padded
-    # states), and are refused at load: re-export them.
-    passage_layout: str = ""
+    # How passage states travel between the models: RAGGED, the only one. Exports from before it say nothing (they
+    # sent padded states) and are refused at load (`from_parameters`): re-export them.
+    passage_layout: str = RAGGED
     # serving/pipeline/passage_encoder.py's passage_fingerprint; "" in exports from before it existed
     passage_fingerprint: str = ""
 
@@ -201,10 +204,7 @@ class RerankerConfig(RerankLimits):
         if "{document}" not in self.document_template:
             raise ValueError("document_template lacks {document}")
         if self.passage_layout != RAGGED:
-            raise ValueError(f"passage_layout {self.passage_layout or 'unset'}: this reranker was exported by a "
-                             "nestrank from before the one passage-state layout (ragged); re-export it: `nestrank "
-                             "export reranker --checkpoint <dir or id> --name <name>`, or `nestrank serve --reranker "
-                             "<dir or id>`")  # fmt: skip
+            raise ValueError(f"passage_layout {self.passage_layout!r}: {RE_EXPORT}")
         if self.max_query_tokens < 1 or self.max_passage_tokens < 2:
             raise ValueError("max_query_tokens >= 1 and max_passage_tokens >= 2")
 
@@ -233,6 +233,8 @@ class RerankerConfig(RerankLimits):
 
     @classmethod
     def from_parameters(cls, parameters: Mapping[str, str]) -> RerankerConfig:
+        if "passage_layout" not in parameters:
+            raise ValueError(f"no passage_layout: {RE_EXPORT}")
         return from_parameters(cls, parameters)
 
 

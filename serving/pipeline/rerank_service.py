@@ -19,7 +19,25 @@ import numpy as np
 from nestrank.protocol.errors import NotFoundError, OverloadedError, ValidationError, retry_hint
 from nestrank.protocol.parameters import BULK, shown
 from nestrank.protocol.passages import PassageStates
-from nestrank.protocol.reranking import INDEX, WARM, RerankerConfig, RerankOptions, passage_id
+from nestrank.protocol.reranking import (
+    DOCUMENTS,
+    INDEX,
+    INDICES,
+    MARGINS,
+    PASSAGE_IDS,
+    PASSAGE_TOKENS,
+    QUERY,
+    RERANK,
+    SCORES,
+    STORED_BYTES,
+    WARM,
+    RerankerConfig,
+    RerankOptions,
+    from_wire,
+    parse_rerank_options,
+    passage_id,
+    request_kind,
+)
 from nestrank.serving.pipeline.mep import at_ratio
 from nestrank.serving.pipeline.passage_tiers import Passages
 from nestrank.serving.pipeline.scorer import rank, sigmoid, valid_groups
@@ -54,6 +72,16 @@ class Candidates:
             if given is not None:
                 return len(given)
         return 0
+
+
+@dataclass(frozen=True)
+class RerankRequest:
+    """One request to the rerank model, read (`RerankService.read`): its kind, query, candidates and options."""
+
+    kind: str
+    query: str | None
+    candidates: Candidates
+    options: RerankOptions
 
 
 @dataclass(frozen=True)
@@ -216,6 +244,45 @@ class RerankService:
         return chunks
 
     # -- requests ---------------------------------------------------------------------------------------------
+
+    def read(self, parameters: dict, texts: dict[str, list[str] | None],
+             wire: tuple[np.ndarray | None, ...]) -> RerankRequest:  # fmt: skip
+        """A request from what it sent: its parameters, its texts by tensor name (query, documents, passage_ids;
+        None where it sent none) and its passage-state tensors (states, counts, groups). What needs no work is
+        checked here; the rest before any work (`rerank`, `store`)."""
+        options = parse_rerank_options(parameters, self.config)
+        documents, ids = texts[DOCUMENTS], texts[PASSAGE_IDS]
+        kind = request_kind(options, ids is not None)
+        if kind != RERANK:
+            return RerankRequest(kind, None, Candidates(documents or [], ids), options)
+        query = texts[QUERY]
+        if not query or len(query) != 1:
+            raise ValidationError(QUERY, "send exactly one query")
+        ratio = options.states_ratio or options.compression_ratio  # their fingerprint: checked by `rerank`
+        states = None if wire[0] is None else from_wire(*wire, ratio)
+        return RerankRequest(kind, query[0], Candidates(documents, ids, states), options)
+
+    def work(self, request: RerankRequest, calls: SubModels) -> RerankResult | Stored:
+        if request.kind != RERANK:  # warm: documents only; index: documents and the user's ids for them
+            candidates = request.candidates
+            return self.store(request.kind, candidates.documents, candidates.passage_ids, request.options, calls)
+        return self.rerank(request.query, request.candidates, request.options, calls)
+
+    @staticmethod
+    def outputs(request: RerankRequest, done: RerankResult | Stored) -> dict[str, np.ndarray]:
+        """The answer's tensors, each with the leading dimension of 1 (BYTES as object arrays)."""
+
+        def texts(values):
+            return np.array([[v.encode() for v in values]], dtype=object)
+
+        if request.kind != RERANK:
+            return {PASSAGE_IDS: texts(done.content_ids), PASSAGE_TOKENS: done.tokens[None],
+                    STORED_BYTES: done.stored_bytes[None]}  # fmt: skip
+        out = {SCORES: done.scores[None], MARGINS: done.margins[None], INDICES: done.indices[None],
+               PASSAGE_IDS: texts(done.passage_ids)}  # fmt: skip
+        if request.options.return_documents and request.candidates.documents is not None:
+            out[DOCUMENTS] = texts([request.candidates.documents[i] for i in done.indices])
+        return out
 
     def store(self, kind: str, documents: list[str], user_ids: list[str] | None, options: RerankOptions,
               calls: SubModels) -> Stored:  # fmt: skip

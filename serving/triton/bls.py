@@ -20,12 +20,9 @@ fails the request, with its kind (an overloaded `_encode` is overload).
 
 from __future__ import annotations
 
-import asyncio
 import concurrent.futures
 import os
-import threading
 import uuid
-from collections.abc import Callable, Coroutine
 from pathlib import Path
 
 import numpy as np
@@ -34,51 +31,9 @@ from nestrank.protocol import reranking as r
 from nestrank.protocol.errors import TRITON_TO_GRPC, UnavailableError, from_triton_error
 from nestrank.protocol.parameters import TRAFFIC_CLASS
 from nestrank.protocol.passages import PassageStates
+from nestrank.serving.triton.request_loop import Abandoned, RequestLoop, in_daemon_thread
 
 POLL_S = 0.1  # how often a waiting request looks whether it was abandoned
-WATCH_S = 0.25  # how often the loop asks Triton about callers, and /proc about sub-model processes
-
-
-class RequestLoop:
-    """An asyncio loop on a daemon thread of its own: the one thread that makes and reads Triton objects for the
-    requests in flight (see the module's docstring)."""
-
-    def __init__(self, name: str):
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, name=f"nestrank-{name}-loop", daemon=True)
-        self.thread.start()
-
-    def submit(self, coroutine: Coroutine) -> concurrent.futures.Future:
-        return asyncio.run_coroutine_threadsafe(coroutine, self.loop)
-
-    def stop(self) -> None:
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(timeout=10)
-
-
-async def in_daemon_thread(fn: Callable[[], object]) -> object:
-    """`fn()` on a daemon thread of its own, awaited on the running loop."""
-    loop = asyncio.get_running_loop()
-    future = loop.create_future()
-
-    def run() -> None:
-        try:
-            result, error = fn(), None
-        except BaseException as err:  # noqa: BLE001 - handed to the awaiting coroutine
-            result, error = None, err
-        loop.call_soon_threadsafe(_settle, future, result, error)
-
-    threading.Thread(target=run, name="nestrank-bls", daemon=True).start()
-    return await future
-
-
-def _settle(future: asyncio.Future, result: object, error: BaseException | None) -> None:
-    if future.done():
-        return
-    if error is not None:
-        future.set_exception(error)
-    else:
-        future.set_result(result)
 
 
 class StubWatch:
@@ -106,17 +61,6 @@ class StubWatch:
             if self._pids[model] - now[model]:
                 self.generation[model] += 1
             self._pids[model] = now[model]
-
-
-class Abandoned:
-    """Why a request stopped being worth its work (set once, from the loop; read by its worker thread)."""
-
-    def __init__(self):
-        self.reason: Exception | None = None
-
-    def set(self, reason: Exception) -> None:
-        if self.reason is None:
-            self.reason = reason
 
 
 class RequestCalls:

@@ -16,10 +16,10 @@ from tritonclient.grpc import model_config_pb2, service_pb2, service_pb2_grpc
 from tritonclient.utils import deserialize_bytes_tensor, serialize_byte_tensor
 
 from nestrank.protocol.embedding import EmbedderConfig
-from nestrank.protocol.reranking import RerankerConfig
+from tests.names import reranker_config
 
 EMBEDDER = EmbedderConfig(width=8, max_length=16, pooling="mean", dimensions=(8, 4), precisions=("float32", "ubinary"))
-RERANKER = RerankerConfig(architecture="t5", hidden_size=8, yes_token_id=1, no_token_id=2, max_candidates=4)
+RERANKER = reranker_config(max_candidates=4)
 HOLD_LIMIT_S = 30.0  # a held request is let go after this, so that a broken test cannot hang
 
 

@@ -17,6 +17,7 @@ from nestrank.export.triton_config import (
 )
 from nestrank.protocol.embedding import EMBEDDING_OUTPUTS, embed_signature
 from nestrank.protocol.tensors import NUMPY
+from tests.names import reranker_config
 
 
 def test_build_write_parse_round_trip(tmp_path):
@@ -35,12 +36,11 @@ def test_build_write_parse_round_trip(tmp_path):
 
 def test_each_reranker_model_queues_as_long_as_its_limit_says():
     from nestrank.export.reranker import model_configs
-    from nestrank.protocol.reranking import RerankerConfig
 
-    default = model_configs("k", RerankerConfig(architecture="t5", hidden_size=8, yes_token_id=1, no_token_id=2), 64)
+    default = model_configs("k", reranker_config(), 64)
     waits = {name: c.dynamic_batching.default_queue_policy.default_timeout_microseconds for name, c in default.items()}
     assert waits == {"k_encode": 30_000_000, "k_score": 30_000_000, "k": 30_000_000}
-    config = RerankerConfig(architecture="t5", hidden_size=8, yes_token_id=1, no_token_id=2, max_queue_wait_s=5)
+    config = reranker_config(max_queue_wait_s=5)
     for model in model_configs("k", config, 64).values():
         assert model.dynamic_batching.default_queue_policy.default_timeout_microseconds == 5_000_000
         assert string_parameters(model)["max_queue_wait_s"] == "5"

@@ -10,18 +10,20 @@ from nestrank.protocol.embedding import EmbedderConfig
 from nestrank.protocol.limits import EmbedLimits, RerankLimits, markdown_table, parse_limit
 from nestrank.protocol.parameters import ModelInfo
 from nestrank.protocol.reranking import RerankerConfig
+from nestrank.serving.pipeline.kalm import templates
 
 EMBEDDER = dict(width=8, max_length=16, pooling="mean")
-RERANKER = dict(architecture="t5", hidden_size=8, yes_token_id=1, no_token_id=2)
+RERANKER = dict(architecture="t5", hidden_size=8, yes_token_id=1, no_token_id=2, **templates("t5"))
 
 
 def test_each_limit_has_one_name_and_its_default():
     assert vars(EmbedLimits()) == {"max_batch_tokens": 16384, "max_queue_wait_s": 60.0, "max_run_tokens": 8192,
                                    "max_run_sequences": 64, "intra_op_threads": 0}  # fmt: skip
     assert vars(RerankLimits()) == {"max_candidates": 1000, "max_request_state_bytes": 512 << 20,
-                                    "max_encode_documents": 32, "encode_batch_tokens": 16384,
-                                    "max_requests_in_flight": 16, "score_batch_tokens": 16384,
-                                    "score_chunk_bytes": 64 << 20,
+                                    "max_encode_documents": 32, "bulk_encode_documents": 8,
+                                    "encode_batch_tokens": 16384, "max_requests_in_flight": 32,
+                                    "score_batch_tokens": 16384, "score_chunk_bytes": 64 << 20,
+                                    "max_run_tokens": 8192, "max_run_sequences": 64, "max_score_run_candidates": 256,
                                     "passage_cache_bytes": 512 << 20, "max_queue_wait_s": 30.0,
                                     "intra_op_threads": 0}  # fmt: skip
     assert EmbedderConfig(**EMBEDDER).limits == EmbedLimits()

@@ -12,7 +12,6 @@ from nestrank.export.triton_config import python_model_config, read_config, stri
 from nestrank.protocol.embedding import EmbedderConfig, embed_signature
 from nestrank.protocol.reranking import (
     STORE_PASSWORD_VARIABLE,
-    RerankerConfig,
     encode_signature,
     rerank_signature,
     score_signature,
@@ -21,9 +20,10 @@ from nestrank.serving.launcher import cli as serving_cli
 from nestrank.serving.launcher.config import ServerConfig
 from nestrank.serving.launcher.served import Override, served_repository, split_password
 from nestrank.serving.pipeline.passage_store import configured_store, default_passage_store
+from tests.names import reranker_config
 
 EMBEDDER = EmbedderConfig(width=8, max_length=16, pooling="mean")
-RERANKER = RerankerConfig(architecture="t5", hidden_size=8, yes_token_id=1, no_token_id=2)
+RERANKER = reranker_config()
 
 
 def write(repo, name, signature, config):

@@ -22,13 +22,16 @@ def embedder(tiny_decoder_dir, tmp_path_factory) -> Embedder:
     return Embedder.load(repository / "tiny" / "1", config)
 
 
-def test_unprepared_jobs_are_tokenized_in_the_run_and_bad_ones_fail_alone(embedder):
+def test_jobs_are_tokenized_in_the_run_and_bad_ones_fail_alone(embedder):
     options = EmbedOptions(dimensions=embedder.config.width)
-    good, also_good = EmbedJob(["a first text"], options), EmbedJob(["a second text", "and a third"], options)
-    empty = EmbedJob(["fine", ""], options)
-    too_long = EmbedJob(["lorem ipsum " * 440_000], dataclasses.replace(options, truncate=False))  # 5 MB, not cut
-    embedder.run([good, empty, too_long, also_good])
-    assert isinstance(empty.result, ValidationError) and "text[1]" in str(empty.result)
+    good, also_good = embedder.pre(["a first text"], options), embedder.pre(["a second text", "and a third"], options)
+    too_long = embedder.pre(["lorem ipsum " * 440_000], dataclasses.replace(options, truncate=False))  # 5 MB, not cut
+    assert good.sequences is None and good.tokens == embedder.estimate_tokens(["a first text"])  # tokenized in `core`
+    with pytest.raises(ValidationError, match=r"text\[1\]: empty string"):  # refused before it can share a run
+        embedder.pre(["fine", ""], options)
+    with pytest.raises(ValidationError, match="text: no texts in the request"):
+        embedder.pre([], options)
+    embedder.core([good, too_long, also_good])
     assert isinstance(too_long.result, ValidationError) and "text[0]: 5280000 characters exceed" in str(too_long.result)
     assert good.result.shape == (1, embedder.config.width) and also_good.result.shape == (2, embedder.config.width)
     np.testing.assert_allclose(also_good.result, embedder.embed(["a second text", "and a third"]), atol=1e-6)

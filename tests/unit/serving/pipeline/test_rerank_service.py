@@ -10,7 +10,6 @@ from nestrank.protocol.errors import NotFoundError, ValidationError
 from nestrank.protocol.passages import PassageStates
 from nestrank.protocol.reranking import (
     INDEX,
-    RAGGED,
     RerankOptions,
     from_wire,
     parse_rerank_options,
@@ -36,16 +35,41 @@ def reranker(reranker_exports):
     return FBNLReranker.from_repository(export.model_dirs[0].parent, KALM, export.config)
 
 
-def service_on(reranker, store):
-    encoded = []
+class Counted:
+    """The service's SubModels in process, keeping what it encodes and the sizes of what it scores."""
 
-    def encode(documents, ratio):
-        encoded.extend(documents)
-        return reranker.encoder.encode(documents, ratio)
+    def __init__(self, reranker):
+        self.reranker, self.encoded, self.encode_calls, self.score_calls = reranker, [], [], []
 
-    config = reranker.config
+    def encode(self, documents, ratio):
+        self.encoded.extend(documents)
+        self.encode_calls.append(len(documents))
+        return self.reranker.encode(documents, ratio)
+
+    def score(self, prompt, chunks):
+        self.score_calls.append([chunk.states.nbytes + chunk.counts.nbytes for chunk in chunks])  # as they travel
+        return self.reranker.score(prompt, chunks)
+
+
+class Bound:
+    """A RerankService with its SubModels, called as the rerank model calls it."""
+
+    def __init__(self, service, calls):
+        self.service, self.calls, self.config, self.passages = service, calls, service.config, service.passages
+
+    def rerank(self, query, candidates, options):
+        return self.service.rerank(query, candidates, options, self.calls)
+
+    def store(self, kind, documents, ratio, ids, **params):
+        options = parse_rerank_options({"kind": kind, "compression_ratio": ratio, **params}, self.config)
+        return self.service.store(kind, documents, ids, options, self.calls)
+
+
+def service_on(reranker, store, config=None):
+    config = config or reranker.config
     passages = Passages(config.passage_fingerprint, config.ratios, PassageCache(1 << 20), store)
-    return RerankService(config, reranker.tokenizer, passages, encode, reranker.scorer.margins), encoded
+    calls = Counted(reranker)
+    return Bound(RerankService(config, reranker.tokenizer, passages), calls), calls.encoded
 
 
 @pytest.fixture
@@ -142,11 +166,39 @@ def test_top_n(setup):
     assert len(service.rerank(QUERY, Candidates(documents=DOCS), options(service, top_n=2)).indices) == 2
 
 
+def test_candidates_rank_by_their_margins_and_score_by_the_one_sigmoid(setup):
+    """Margins past ~17 all score 1.0 in float32: the order follows the margins, not input order."""
+    service, _ = setup
+
+    class Saturated:
+        def encode(self, documents, ratio):
+            return service.calls.encode(documents, ratio)
+
+        def score(self, prompt, chunks):
+            return np.array([18.0, 25.0, 17.5, -3.0], np.float32)
+
+    result = service.service.rerank(QUERY, Candidates(documents=DOCS), options(service), Saturated())
+    assert list(result.indices) == [1, 0, 2, 3]
+    np.testing.assert_array_equal(result.margins, [25.0, 18.0, 17.5, -3.0])
+    assert list(result.scores[:3]) == [1.0, 1.0, 1.0] and result.scores.dtype == np.float32
+
+
+def test_bulk_work_is_encoded_a_chunk_at_a_time_and_stored_as_it_goes(reranker):
+    import dataclasses
+
+    config = dataclasses.replace(reranker.config, bulk_encode_documents=3)
+    service, _ = service_on(reranker, MemoryStore(), config)
+    documents = [f"{d} (copy {i})" for i in range(2) for d in DOCS]  # 8 distinct documents
+    service.store(INDEX, documents, 4, [f"d{i}" for i in range(8)])  # bulk: the default of index
+    assert service.calls.encode_calls == [3, 3, 2]
+    service.rerank(QUERY, Candidates(documents=[d + "!" for d in documents]), options(service))  # interactive
+    assert service.calls.encode_calls[3:] == [8]
+
+
 def sent(states, counts) -> PassageStates:
-    """Client-sent passages as the rerank model reads them off the wire (ragged, no fingerprint yet)."""
-    wire = wire_tensors(PassageStates.from_padded(np.asarray(states, np.float16), np.asarray(counts, np.int32), 4),
-                        RAGGED)  # fmt: skip
-    return from_wire(RAGGED, *wire.values(), ratio=4)
+    """Client-sent passages as the rerank model reads them off the wire (no fingerprint yet)."""
+    wire = wire_tensors(PassageStates.from_padded(np.asarray(states, np.float16), np.asarray(counts, np.int32), 4))
+    return from_wire(*wire.values(), ratio=4)
 
 
 @pytest.mark.parametrize(
@@ -187,14 +239,7 @@ def test_requests_are_bounded_in_bytes_and_the_scorer_gets_bounded_calls(reranke
     import dataclasses
 
     config = dataclasses.replace(reranker.config, score_chunk_bytes=200_000)
-    calls = []
-
-    def score(prompt, passages):
-        calls.append(passages.states.nbytes + passages.counts.nbytes)  # ragged, as they travel
-        return reranker.scorer.margins(prompt, passages)
-
-    passages = Passages(config.passage_fingerprint, config.ratios, PassageCache(1 << 20), MemoryStore())
-    service = RerankService(config, reranker.tokenizer, passages, reranker.encoder.encode, score)
+    service, _ = service_on(reranker, MemoryStore(), config)
     most = config.candidates_per_request(1)
     assert most == (512 << 20) // (1024 * (2 * 640 + 4)) == 408 and config.candidates_per_request(4) == 1000
     with pytest.raises(ValidationError, match=r"documents: 409 candidates at ratio 1 may hold up to 513 MiB .* "
@@ -208,7 +253,8 @@ def test_requests_are_bounded_in_bytes_and_the_scorer_gets_bounded_calls(reranke
                        options(service, compression_ratio=1, passage_fingerprint=fingerprint))  # fmt: skip
     docs = DOCS * 5
     result = service.rerank(QUERY, Candidates(documents=docs), options(service, compression_ratio=1))
-    assert len(calls) > 1 and max(calls) <= 200_000
+    (chunks,) = service.calls.score_calls  # one call, its chunks admitted together
+    assert len(chunks) > 1 and max(chunks) <= 200_000
     np.testing.assert_allclose(np.sort(result.scores), np.sort(official(official_kalm, docs, 1)), atol=1e-4)
 
 

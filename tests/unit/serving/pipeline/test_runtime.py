@@ -4,6 +4,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from nestrank.serving.pipeline.runtime import pick_providers
+from tests.names import reranker_config
 
 
 @pytest.mark.parametrize(
@@ -111,22 +112,24 @@ def test_every_bucket_shape_lies_inside_the_tensorrt_profile(lengths, max_batch,
 
 
 @settings(max_examples=200, deadline=None)
-@given(groups=st.lists(st.integers(1, 1024), min_size=1, max_size=600), ratios=st.sampled_from([(1, 4), (4, 8), (8,)]),
-       max_passage_tokens=st.sampled_from([256, 1024]), score_batch_tokens=st.sampled_from([1024, 16384]))  # fmt: skip
-def test_every_scorer_batch_lies_inside_its_tensorrt_profile(groups, ratios, max_passage_tokens, score_batch_tokens):
-    from nestrank.protocol.reranking import RerankerConfig
-    from nestrank.serving.pipeline.batching import length_buckets
-    from nestrank.serving.pipeline.scorer import SCORE_BATCH, Scorer
+@given(rows=st.lists(st.tuples(st.integers(1, 600), st.integers(1, 1024)), min_size=1, max_size=600),
+       ratios=st.sampled_from([(1, 4), (4, 8), (8,)]), max_passage_tokens=st.sampled_from([256, 1024]),
+       score_batch_tokens=st.sampled_from([1024, 16384]))  # fmt: skip
+def test_every_scorer_run_lies_inside_its_tensorrt_profile(rows, ratios, max_passage_tokens, score_batch_tokens):
+    """Rows of several requests (prompt tokens, pooled groups) cut as Scorer.core cuts them."""
+    from nestrank.serving.pipeline.batching import padded_buckets
+    from nestrank.serving.pipeline.scorer import Scorer
 
-    config = RerankerConfig(architecture="t5gemma2", hidden_size=64, yes_token_id=7, no_token_id=8, ratios=ratios,
-                            default_ratio=ratios[-1], max_passage_tokens=max_passage_tokens,
-                            score_batch_tokens=score_batch_tokens)  # fmt: skip
+    config = reranker_config("t5gemma2", 64, ratios=ratios, default_ratio=ratios[-1],
+                             max_passage_tokens=max_passage_tokens, score_batch_tokens=score_batch_tokens)  # fmt: skip
     shapes = {name: (low, high) for name, low, _, high in Scorer.profile(config).shapes}
-    lengths = [min(g, shapes["passage_mask"][1][1]) for g in groups]  # pooled passages hold at most that many groups
-    budget = max(config.score_batch_tokens, max(lengths))  # as Scorer.margins cuts them
-    for bucket in length_buckets(lengths, SCORE_BATCH, budget, min_fill=0.8):
-        batch = (len(bucket), max(lengths[i] for i in bucket))
-        for name, shape in (("passage_mask", batch), ("passage_states", (*batch, 64)),
-                            ("decoder_input_ids", (len(bucket), config.max_query_tokens))):  # fmt: skip
+    most_groups, longest_prompt = shapes["passage_mask"][1][1], shapes["decoder_input_ids"][1][1]
+    prompts = [min(p, longest_prompt) for p, _ in rows]  # what check_score_inputs lets through
+    groups = [min(g, most_groups) for _, g in rows]  # pooled passages hold at most that many groups
+    budget = max(config.score_batch_tokens, max(p + g for p, g in zip(prompts, groups)))  # as Scorer.core cuts them
+    for run in padded_buckets(prompts, groups, config.max_score_run_candidates, budget):
+        size, prompt, most = len(run), max(prompts[i] for i in run), max(groups[i] for i in run)
+        for name, shape in (("passage_mask", (size, most)), ("passage_states", (size, most, 64)),
+                            ("decoder_input_ids", (size, prompt)), ("prompt_lengths", (size,))):  # fmt: skip
             low, high = shapes[name]
             assert all(a <= s <= b for a, s, b in zip(low, shape, high)), (name, shape, low, high)

@@ -1,5 +1,6 @@
-"""The embed scheduler: arrival order, executions within the token budget, refusal at once when the wait would pass
-the bound, cancelled requests skipped, a failed execution failing only its own requests."""
+"""The scheduler every model runs: arrival order, executions within the token budget, refusal at once when the wait
+would pass the bound, cancelled requests skipped, a failed execution failing only the request that caused it;
+interactive work ahead of bulk work, cancelled groups, and a worker that nothing a request does can stop."""
 
 import threading
 
@@ -10,7 +11,7 @@ from nestrank.serving.pipeline.scheduler import Admitted, TokenBudgetScheduler
 
 
 class Recorder:
-    """`run` for the scheduler: records each execution, may hold until released, may fail."""
+    """A Stage for the scheduler: records each execution, may hold until released, may fail."""
 
     def __init__(self):
         self.batches: list[list[str]] = []
@@ -19,23 +20,26 @@ class Recorder:
         self.started = threading.Semaphore(0)
         self.fail_on: str | None = None
 
-    def __call__(self, works):
+    def core(self, works):
         self.batches.append(list(works))
         self.started.release()
         self.release.wait(10)
         if self.fail_on in works:
             raise RuntimeError("the execution failed")
-        return [f"done {w}" for w in works]
+
+    def post(self, work):
+        return f"done {work}"
 
 
-def request(name, tokens, answers, cancelled=False, group=None):
+def request(name, tokens, answers, cancelled=False, group=None, bulk=False):
     done = threading.Event()
 
     def answer(result):
         answers[name] = result
         done.set()
 
-    return Admitted(name, tokens, answer, lambda: cancelled, group), done
+    gave_up = cancelled if callable(cancelled) else lambda: cancelled
+    return Admitted(name, tokens, answer, gave_up, group, bulk), done
 
 
 @pytest.fixture
@@ -128,17 +132,126 @@ def test_a_cancelled_request_is_not_run(run):
     scheduler.stop()
 
 
-def test_a_failed_execution_fails_its_own_requests_only(run):
-    scheduler = TokenBudgetScheduler(run, max_batch_tokens=10, max_wait_s=1e6, tokens_per_s=1e6)
-    run.fail_on = "bad"
+def test_a_failed_shared_execution_fails_only_the_request_that_caused_it(run):
+    scheduler = TokenBudgetScheduler(run, max_batch_tokens=100, max_wait_s=1e6, tokens_per_s=1e6)
+    run.release.clear()
     answers, events = {}, []
-    for name in ("bad", "good"):
+    scheduler.submit(request("first", 10, answers)[0])
+    run.started.acquire(timeout=5)
+    run.fail_on = "bad"
+    for name in ("good", "bad", "also good"):  # queued behind `first`: one execution of three
         admitted, event = request(name, 10, answers)
         scheduler.submit(admitted)
         events.append(event)
+    run.release.set()
     assert all(e.wait(5) for e in events)
     assert isinstance(answers["bad"], RuntimeError) and answers["good"] == "done good"
+    assert answers["also good"] == "done also good"
+    assert run.batches[1] == ["good", "bad", "also good"] and scheduler.stats.isolated == 1  # then one by one
     scheduler.stop()
+
+
+def test_interactive_work_goes_first_and_bulk_work_one_part_at_a_time_never_refused(run):
+    """Bulk parts queued long past the bound are neither refused nor expired; every interactive request queued
+    meanwhile runs before the next bulk part, and is judged against interactive work only."""
+    scheduler = TokenBudgetScheduler(run, max_batch_tokens=1000, max_wait_s=1.0, tokens_per_s=100.0)
+    run.release.clear()
+    answers, events = {}, []
+    scheduler.submit(request("bulk 0", 50, answers, bulk=True)[0])
+    run.started.acquire(timeout=5)
+    for i in range(1, 5):  # 200 tokens of bulk work: 2 s at 100 tokens/s, past the 1 s bound
+        admitted, event = request(f"bulk {i}", 50, answers, bulk=True)
+        scheduler.submit(admitted)
+        events.append(event)
+    for name in ("query a", "query b"):  # 50 running + 20 + 20: within the bound, whatever bulk work waits
+        admitted, event = request(name, 20, answers)
+        scheduler.submit(admitted)
+        events.append(event)
+    scheduler.submit(request("query c", 30, answers)[0])  # 50 + 40 interactive ahead + 30: past the bound
+    assert isinstance(answers["query c"], OverloadedError)
+    run.release.set()
+    assert all(e.wait(5) for e in events)
+    assert run.batches == [["bulk 0"], ["query a", "query b"], ["bulk 1"], ["bulk 2"], ["bulk 3"], ["bulk 4"]]
+    assert all(answers[f"bulk {i}"] == f"done bulk {i}" for i in range(5))
+    assert scheduler.stats.bulk == 5 and scheduler.stats.expired == 0
+    scheduler.stop()
+
+
+def test_too_many_waiting_bulk_parts_are_refused_with_a_hint():
+    stage = Recorder()
+    stage.release.clear()
+    scheduler = TokenBudgetScheduler(stage, 100, 1.0, 100.0, max_bulk_parts=2)
+    answers = {}
+    for i in range(4):
+        scheduler.submit(request(f"bulk {i}", 100, answers, bulk=True)[0])
+        if i == 0:
+            stage.started.acquire(timeout=5)
+    assert isinstance(answers["bulk 3"], OverloadedError) and answers["bulk 3"].retry_after_s == 2
+    assert "2 bulk requests wait already" in str(answers["bulk 3"])
+    stage.release.set()
+    scheduler.stop()
+
+
+def test_a_cancelled_group_drops_its_queued_parts_and_refuses_its_later_ones(run):
+    scheduler = TokenBudgetScheduler(run, max_batch_tokens=10, max_wait_s=1e6, tokens_per_s=1e6)
+    run.release.clear()
+    answers = {}
+    running, running_done = request("running", 10, answers, group="g")
+    scheduler.submit(running)
+    run.started.acquire(timeout=5)
+    other, other_done = request("other", 10, answers, group="h")
+    scheduler.submit(request("queued", 10, answers, group="g")[0])
+    scheduler.submit(other)
+    assert scheduler.cancel("g") == 1
+    assert str(answers["queued"]) == "cancelled by the caller before it ran" and "other" not in answers
+    scheduler.submit(request("late", 10, answers, group="g")[0])
+    assert isinstance(answers["late"], UnavailableError)
+    run.release.set()
+    assert running_done.wait(5) and other_done.wait(5)
+    assert answers["running"] == "done running" and answers["other"] == "done other"  # running parts finish
+    scheduler.stop()
+
+
+def test_nothing_a_request_does_stops_the_worker(run):
+    """An answer that raises (the caller went away), a cancellation check that raises (Triton no longer knows the
+    request): that request is dropped, logged, and the next ones are served."""
+    logged = []
+    scheduler = TokenBudgetScheduler(run, max_batch_tokens=10, max_wait_s=1e6, tokens_per_s=1e6, log=logged.append)
+    answers = {}
+
+    def gone(result):
+        raise RuntimeError("the response sender is closed")
+
+    def unknown():
+        raise RuntimeError("request not found")
+
+    scheduler.submit(Admitted("raising answer", 10, gone))
+    scheduler.submit(request("raising check", 10, answers, cancelled=unknown)[0])
+    admitted, done = request("next", 10, answers)
+    scheduler.submit(admitted)
+    assert done.wait(5) and answers["next"] == "done next"
+    assert isinstance(answers["raising check"], UnavailableError)  # read as a caller that gave up
+    assert scheduler.stats.answer_failures == 1 and any("sending an answer failed" in m for m in logged)
+    scheduler.stop()
+
+
+def test_the_progress_deadline_is_set_while_an_execution_runs(run):
+    import time
+
+    reports = []
+    scheduler = TokenBudgetScheduler(run, max_batch_tokens=100, max_wait_s=1e6, tokens_per_s=10.0,
+                                     on_progress=lambda: reports.append(scheduler.progress_deadline))  # fmt: skip
+    run.release.clear()
+    answers = {}
+    admitted, done = request("slow", 50, answers)  # 5 s expected at 10 tokens/s
+    scheduler.submit(admitted)
+    run.started.acquire(timeout=5)
+    expected = time.time() + scheduler.STALL_GRACE_S + scheduler.STALL_FACTOR * 5
+    assert abs(scheduler.progress_deadline - expected) < 2
+    run.release.set()
+    assert done.wait(5)
+    scheduler.stop()
+    assert reports[0] > 0 and reports[-1] == 0.0  # reported when it starts and when it ends
 
 
 def test_stopping_refuses_what_is_queued_as_unavailable(run):

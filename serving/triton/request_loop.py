@@ -1,0 +1,99 @@
+"""The rerank model's request loop: one asyncio loop on a thread of its own, for the requests an instance works on
+at once (serving/triton/rerank.py). It makes and reads every Triton object of those requests (their BLS calls,
+bls.py, and their answers), and every WATCH_S it looks whether each one is still worth its work: a caller that
+gave up (Triton's `is_cancelled`: a cancellation, or a gRPC deadline that passed) abandons its request, which stops
+at its next wait (bls.RequestCalls) and cancels what it left queued in the sub-models."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import threading
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass, field
+
+from nestrank.protocol.errors import UnavailableError
+
+WATCH_S = 0.25  # how often the loop asks Triton about callers (and /proc about sub-model processes)
+
+
+class Abandoned:
+    """Why a request stopped being worth its work (set once, from the loop; read by its worker thread)."""
+
+    def __init__(self):
+        self.reason: Exception | None = None
+
+    def set(self, reason: Exception) -> None:
+        if self.reason is None:
+            self.reason = reason
+
+
+@dataclass(eq=False)
+class InFlight:
+    """A request being worked on: how to ask whether its caller gave up, how to answer it, and whether it was
+    abandoned."""
+
+    request: object
+    sender: object
+    abandoned: Abandoned = field(default_factory=lambda: Abandoned())
+
+
+class RequestLoop:
+    """An asyncio loop on a daemon thread of its own: the one thread that makes and reads Triton objects for the
+    requests in flight (see the module's docstring)."""
+
+    def __init__(self, name: str):
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, name=f"nestrank-{name}-loop", daemon=True)
+        self.thread.start()
+
+    def submit(self, coroutine: Coroutine) -> concurrent.futures.Future:
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop)
+
+    def stop(self) -> None:
+        if getattr(self, "watcher", None) is not None:
+            self.watcher.cancel()
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(timeout=10)
+
+    def watch(self, in_flight: set[InFlight], also: Callable[[], None], log: Callable[[str], None]) -> None:
+        """Every WATCH_S, on the loop: `also()` (the sub-model processes), then each request in `in_flight` (a set
+        the loop's thread alone touches) whose caller gave up is abandoned."""
+
+        async def watching():
+            while True:
+                await asyncio.sleep(WATCH_S)
+                try:
+                    also()
+                    for flight in list(in_flight):
+                        if flight.abandoned.reason is None and flight.request.is_cancelled():
+                            flight.abandoned.set(UnavailableError("cancelled by the caller"))
+                except Exception as err:  # noqa: BLE001 - the watch goes on
+                    log(f"watching the requests in flight failed: {err!r}")
+
+        self.watcher = self.submit(watching())
+
+
+async def in_daemon_thread(fn: Callable[[], object]) -> object:
+    """`fn()` on a daemon thread of its own, awaited on the running loop."""
+    loop = asyncio.get_running_loop()
+    future = loop.create_future()
+
+    def run() -> None:
+        try:
+            result, error = fn(), None
+        except BaseException as err:  # noqa: BLE001 - handed to the awaiting coroutine
+            result, error = None, err
+        loop.call_soon_threadsafe(_settle, future, result, error)
+
+    threading.Thread(target=run, name="nestrank-bls", daemon=True).start()
+    return await future
+
+
+def _settle(future: asyncio.Future, result: object, error: BaseException | None) -> None:
+    if future.done():
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(result)
