@@ -40,6 +40,7 @@ from nestrank.serving.launcher.shm import SHM_DIR, Regions, new_regions, private
 from nestrank.serving.launcher.supervisor import RESTART_BACKOFF_S, RESTART_STABLE_S, EventLog, Supervisor
 
 PROGRESS_DEADLINE = "_progress_deadline_seconds"  # serving/triton/metrics.py's SchedulerMetrics gauge
+# (a family's name as prometheus_client parses it: gauges keep their whole name)
 
 __all__ = [  # what callers import from here
     "SHM_DIR", "ServerConfig", "ServerStartError", "TlsConfig", "TritonServer", "free_ports", "find_tritonserver",
@@ -69,6 +70,7 @@ class TritonServer:
         self._supervisor: Supervisor | None = None
         self._workdir: Path | None = None
         self._repository = config.model_repository  # what tritonserver serves: the served copy, with overrides
+        self._waiting: dict[str, float | None] = {}  # models with queued requests at the last look: their executions
 
     # -- lifecycle -------------------------------------------------------------------------------------------
 
@@ -225,18 +227,28 @@ class TritonServer:
             return
 
     def stalled(self) -> list[str]:
-        """Models whose scheduler has run past its progress deadline (their stubs alive, their worker stuck): what
-        their `nestrank_*_progress_deadline_seconds` gauges say on Triton's metrics endpoint."""
+        """Models that stopped making progress, from Triton's metrics endpoint: a scheduler whose worker ran past its
+        progress deadline (`nestrank_*_progress_deadline_seconds`: a worker stuck inside a live stub), or requests
+        waiting in Triton's queue while no execution started since the last look (`nv_inference_pending_request
+        _count` and `nv_inference_exec_count`: a stub that no longer takes requests, frozen or deadlocked)."""
         try:
             with urllib.request.urlopen(self.config.metrics_url, timeout=2.0) as response:
                 text = response.read().decode()
         except (OSError, ValueError):
             return []
-        now = time.time()
-        found = set()
+        now, found, pending, executions = time.time(), set(), {}, {}
         for family in text_string_to_metric_families(text):
-            if family.name.startswith("nestrank_") and family.name.endswith(PROGRESS_DEADLINE):
-                found.update(s.labels.get("model", "") for s in family.samples if 0 < s.value < now)
+            for sample in family.samples:
+                model = sample.labels.get("model", "")
+                if family.name.startswith("nestrank_") and family.name.endswith(PROGRESS_DEADLINE):
+                    if 0 < sample.value < now:
+                        found.add(model)
+                elif sample.name == "nv_inference_pending_request_count" and sample.value > 0:
+                    pending[model] = sample.value
+                elif sample.name == "nv_inference_exec_count":
+                    executions[model] = sample.value
+        waiting, self._waiting = self._waiting, {m: executions.get(m) for m in pending}
+        found.update(m for m, before in self._waiting.items() if m in waiting and waiting[m] == before)
         return sorted(found - {""})
 
     def kill_stubs(self, model: str) -> None:

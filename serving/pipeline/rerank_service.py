@@ -150,6 +150,13 @@ class RerankService:
         if count > self.config.max_candidates:
             raise ValidationError(field, f"{count} exceed max_candidates {self.config.max_candidates}")
 
+    @staticmethod
+    def _check_documents(documents: list[str]) -> None:
+        """Before any work: an empty document is the request's mistake, not a sub-model's."""
+        empty = next((i for i, d in enumerate(documents) if not d), None)
+        if empty is not None:
+            raise ValidationError(f"documents[{empty}]", "empty string; send at least one character")
+
     def _encode_and_put(self, texts: dict[str, str], ratio: int, pinned: bool, calls: SubModels, bulk: bool):
         """Encodes {content id: document} and writes the passages through: ({content id: passage}, {content id:
         bytes written}). Bulk work goes `bulk_encode_documents` at a time, each chunk stored before the next."""
@@ -298,6 +305,7 @@ class RerankService:
         if kind not in (WARM, INDEX):
             raise ValidationError("kind", f"{kind!r} stores nothing; send kind=warm or kind=index")
         self._check_count("documents", len(documents))
+        self._check_documents(documents)
         ratio = options.compression_ratio
         self._check_state_bytes("documents", Candidates(documents=documents), options)
         ids = [passage_id(d) for d in documents]
@@ -344,6 +352,8 @@ class RerankService:
             )
         n = candidates.count()
         self._check_count(given[0], n)
+        if candidates.documents is not None:
+            self._check_documents(candidates.documents)
         self._check_state_bytes(given[0], candidates, options)
         prompt = self.tokenizer.encode_prompt(query, options.instruction, options.truncate)  # validates the query first
         ratio = options.compression_ratio

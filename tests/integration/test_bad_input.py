@@ -112,8 +112,9 @@ CASES = {
     "rerank: ratio not exported": Case(KALM, [Q, row("documents", ["a"])], "compression_ratio: 3 was not exported", {"compression_ratio": 3}),
     "rerank: ratio ²": Case(KALM, [Q, row("documents", ["a"])], "compression_ratio: must be an integer", {"compression_ratio": "²"}),
     "rerank: query over the limit": Case(KALM, [row("query", [" ".join(["file"] * 600)]), row("documents", ["a"])], "exceed max_query_tokens 512", {"truncate": False}),
-    "rerank: 1,001 documents": Case(KALM, [Q, row("documents", ["d"] * 1001)], "documents: 1001 texts exceed the limit of 1000"),
-    "rerank: warm 1,001 documents": Case(KALM, [row("documents", ["d"] * 1001)], "documents: 1001 texts exceed", {"warm": True}),
+    "rerank: 1,001 documents": Case(KALM, [Q, row("documents", ["d"] * 1001)], "documents: 1001 exceed max_candidates 1000"),
+    "rerank: warm 1,001 documents": Case(KALM, [row("documents", ["d"] * 1001)], "documents: 1001 exceed max_candidates 1000", {"warm": True}),
+    "rerank: unknown traffic class": Case(KALM, [Q, row("documents", ["a"])], "traffic_class: 'urgent' is not a traffic class", {"traffic_class": "urgent"}),
     "rerank: top_n 0": Case(KALM, [Q, row("documents", ["a"])], "top_n: must be in 1..", {"top_n": 0}),
     "rerank: empty instruction": Case(KALM, [Q, row("documents", ["a"])], "instruction: empty", {"instruction": " "}),
     "rerank: instruction of 100 KB": Case(KALM, [Q, row("documents", ["a"])], "instruction: 100000 characters exceed", {"instruction": "i" * 100_000}),
@@ -130,6 +131,8 @@ CASES = {
     "rerank: a batch of 2": Case(KALM, [texts("query", ["a", "b"], (2, 1)), texts("documents", ["a", "b"], (2, 1))], "batch-size must be <= 1", by_triton=True),
     # the passage encoder (internal, reachable)
     "encode: empty document": Case(ENCODE, [texts("documents", [""])], "documents[0]: empty string"),
+    "encode: no documents": Case(ENCODE, [row("documents", [])], "documents: no documents in the request"),  # shared a run once: every batch-mate failed
+    "encode: bad admission group": Case(ENCODE, [texts("documents", ["a"])], "admission_group: a string of 1..64", {"admission_group": "g" * 65}),
     "encode: invalid utf-8": Case(ENCODE, [texts("documents", [b"\xc3\x28"])], "documents[0]: not valid UTF-8"),
     "encode: ratio not exported": Case(ENCODE, [texts("documents", ["a"])], "compression_ratio: 3 was not exported", {"compression_ratio": 3}),
     "encode: ratio --4": Case(ENCODE, [texts("documents", ["a"])], "compression_ratio: must be an integer", {"compression_ratio": "--4"}),

@@ -29,11 +29,12 @@ def start(repository, folder, *models) -> TritonServer:
     return TritonServer(config).start()
 
 
-def wait_for(condition, timeout_s: float) -> float:
-    """Seconds until `condition()` held; fails after `timeout_s` (a bound for a hung server, not a speed claim)."""
+def wait_for(condition, timeout_s: float, state=lambda: None) -> float:
+    """Seconds until `condition()` held; fails after `timeout_s` (a bound for a hung server, not a speed claim),
+    showing `state()`."""
     started = time.monotonic()
     while not condition():
-        assert time.monotonic() - started < timeout_s, f"not within {timeout_s} s"
+        assert time.monotonic() - started < timeout_s, f"not within {timeout_s} s: {state()}"
         time.sleep(0.05)
     return time.monotonic() - started
 
@@ -147,7 +148,7 @@ def test_a_dead_sub_model_is_an_outage_of_this_replica_not_a_bug(reranker_export
             (encode_stub,) = [pid for pid, m in stub_models(server.process.pid).items() if m == f"{TINY_T5}_encode"]
             os.kill(encode_stub, signal.SIGKILL)
             wait_for(lambda: any(isinstance(o, UnavailableError) for o in outcomes), 30)
-            wait_for(lambda: outcomes[-1] == "ok" and server.is_ready(), 60)  # reloaded, and serving again
+            wait_for(lambda: outcomes[-1] == "ok" and server.is_ready(), 60, lambda: (outcomes[-5:], server.events.snapshot()))  # reloaded, and serving again
             stop.set()
             thread.join(30)
     finally:

@@ -1,8 +1,8 @@
 """A flood of reranks of new documents (issue 22's check), on the session server's tiny T5 reranker: 160 at once of
 48 new documents each, from a client that does not retry. Every request gets its right answer or an overloaded
-refusal that comes within 2 s (Triton's queue of max_requests_in_flight in front of the rerank model's instances,
-`_encode` and `_score`'s schedulers); nothing INTERNAL, no crash (BLS calls from several threads of one stub crashed
-tritonserver 2.51: serving/triton/rerank.py); the server is ready afterwards."""
+refusal that comes within 2 s (the rerank model's max_requests_in_flight, `_encode` and `_score`'s schedulers);
+nothing INTERNAL, no crash (metrics updated from several threads at once crashed tritonserver 2.51:
+serving/triton/metrics.py); the server is ready afterwards."""
 
 from __future__ import annotations
 

@@ -175,42 +175,24 @@ def test_client_side_validation_matches(client):
         client.rerank(QUERY)
 
 
-@pytest.fixture
-def last_release_t5(server, reranker_exports):
-    """The tiny T5 reranker as the last release configured it (padded passage states, no passage_layout, none of
-    the limits since), loaded into the session's server under another name for one test."""
+def test_a_reranker_exported_before_the_ragged_layout_is_refused_at_load_saying_to_re_export(
+    repository, reranker_exports, tmp_path
+):
+    """The tiny T5 reranker as the last release configured it (padded passage states, no passage_layout): the
+    launcher refuses to serve it before tritonserver starts, naming the model, why and what to do."""
     import shutil
 
+    from nestrank.serving.launcher.server import ServerConfig, ServerStartError, TritonServer
     from tests.legacy import as_configured_by_the_last_release
 
-    name, export = "last-release-t5", reranker_exports[TINY_T5]
-    targets = []
+    export = reranker_exports[TINY_T5]
     for model_dir in export.model_dirs:
         suffix = model_dir.name.removeprefix(TINY_T5)
         kind = {"": "rerank", "_encode": "rerank_encode", "_score": "rerank_score"}[suffix]
-        target = server.served_repository / f"{name}{suffix}"
-        shutil.copytree(server.served_repository / model_dir.name, target, symlinks=True)
+        target = tmp_path / "repo" / model_dir.name
+        shutil.copytree(repository / model_dir.name, target)
         as_configured_by_the_last_release(target, target.name, kind, export.config.hidden_size)
-        targets.append(target)
-    for target in sorted(targets, key=lambda t: len(t.name), reverse=True):  # the sub-models first
-        assert server.admin("POST", f"/v2/repository/models/{target.name}/load") == 200
-    yield name
-    for target in targets:
-        server.admin("POST", f"/v2/repository/models/{target.name}/unload")
-        shutil.rmtree(target)
-
-
-def test_a_reranker_exported_before_the_ragged_layout_still_serves(grpc_url, last_release_t5):
-    """Its models and today's clients speak the padded layout its configs declare: the same scores as today's
-    export of the same checkpoint, by documents, by client-held states, and after warm / index."""
-    docs = [f"{d} (before the ragged layout)" for d in DOCS[:6]]
-    with RerankClient(grpc_url, TINY_T5) as today, RerankClient(grpc_url, last_release_t5) as old:
-        assert old.info().config.passage_layout == "padded" and today.info().config.passage_layout == "ragged"
-        expected = served(today.rerank(QUERY, docs))
-        assert np.abs(served(old.rerank(QUERY, docs)) - expected).max() <= 1e-6
-        states = old.encode_passages(docs)
-        assert np.abs(served(old.rerank(QUERY, passages=states)) - expected).max() <= 1e-6
-        more = [f"{d} (indexed before the ragged layout)" for d in DOCS[:3]]
-        old.index(more, ["old-0", "old-1", "old-2"])
-        np.testing.assert_allclose(served(old.rerank(QUERY, passages=["old-0", "old-1", "old-2"])),
-                                   served(today.rerank(QUERY, more)), atol=1e-6)  # fmt: skip
+    with pytest.raises(ServerStartError) as refused:
+        TritonServer(ServerConfig.on_free_ports(tmp_path / "repo", startup_timeout_s=120)).start()
+    assert f"{TINY_T5}: no passage_layout: this reranker was exported by a nestrank from before the one passage-state layout" \
+        in str(refused.value) and "re-export it: `nestrank export reranker" in str(refused.value)
