@@ -45,12 +45,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--metrics-host", default=os.environ.get("NESTRANK_METRICS_HOST"),
                    help="address for Prometheus metrics (default: --http-host)")  # fmt: skip
     p.add_argument("--api-key", default=os.environ.get("NESTRANK_API_KEY"),
-                   help="require this key (header nestrank-api-key) for inference, model config and metadata; "
-                   "env NESTRANK_API_KEY")  # fmt: skip
+                   help="require this key (header nestrank-api-key) for inference, model config, metadata and "
+                   "statistics; env NESTRANK_API_KEY")  # fmt: skip
     p.add_argument("--admin-key", default=os.environ.get("NESTRANK_ADMIN_KEY"),
-                   help="key (header nestrank-admin-key) that opens Triton's admin APIs: shared memory, model "
-                   "repository, statistics, trace, logging (default: a random key, so they stay closed); "
-                   "env NESTRANK_ADMIN_KEY")  # fmt: skip
+                   help="key (header nestrank-admin-key) that opens Triton's admin APIs, the ones that change the "
+                   "server: shared memory, model repository, trace, logging (default: a random key, so they stay "
+                   "closed); env NESTRANK_ADMIN_KEY")  # fmt: skip
     # Removed: a client that registers shared memory can crash the server (it may name the backend's own regions).
     p.add_argument("--allow-shared-memory", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--tls-cert", type=Path, help="gRPC TLS: the server certificate (PEM)")
