@@ -61,6 +61,8 @@ def parser() -> argparse.ArgumentParser:
                    "written into the served copy of their config: " + ", ".join(LIMIT_NAMES) + "; sizes take "
                    "KiB/MiB/GiB (README: Limits). Repeatable, e.g. --limit max_candidates=200 "
                    "--limit kalm-reranker-v1-nano:passage_cache_bytes=2GiB")  # fmt: skip
+    p.add_argument("--otlp-endpoint", help="the HTTP front exports traces over OTLP/HTTP to this collector, e.g. "
+                   "http://127.0.0.1:4318 (default: the OTEL_EXPORTER_OTLP_* variables; none: no export)")  # fmt: skip
     p.add_argument(
         "--triton-arg",
         action="append",
