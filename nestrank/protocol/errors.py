@@ -242,7 +242,7 @@ def marked(err: NestrankError) -> str:
 
 
 def markdown_table() -> str:
-    """The table as the README shows it: one row per kind, every column."""
+    """The table as docs/errors.md shows it: one row per kind, every column."""
     rows = ["| kind | gRPC | Triton | HTTP | OpenAI type | OpenAI code | TEI error_type | TEI HTTP | retry | marker |",
             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]  # fmt: skip
     for cls, w in WIRE.items():

@@ -59,7 +59,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", action="append", default=[], type=limit, metavar="[MODEL:]NAME=VALUE",
                    help="set a limit of the served models (every model that has it, or MODEL and its sub-models), "
                    "written into the served copy of their config: " + ", ".join(LIMIT_NAMES) + "; sizes take "
-                   "KiB/MiB/GiB (README: Limits). Repeatable, e.g. --limit max_candidates=200 "
+                   "KiB/MiB/GiB (docs/limits.md). Repeatable, e.g. --limit max_candidates=200 "
                    "--limit kalm-reranker-v1-nano:passage_cache_bytes=2GiB")  # fmt: skip
     p.add_argument("--otlp-endpoint", help="the HTTP front exports traces over OTLP/HTTP to this collector, e.g. "
                    "http://127.0.0.1:4318 (default: the OTEL_EXPORTER_OTLP_* variables; none: no export)")  # fmt: skip
@@ -83,7 +83,7 @@ def refused(args: argparse.Namespace) -> str | None:
     """Why these flags cannot start a server (checked before anything is exported or started)."""
     if args.allow_shared_memory:
         return ("--allow-shared-memory was removed: a client that registers shared memory can crash the server, so "
-                "shared memory needs --admin-key (README: Operating it safely)")  # fmt: skip
+                "shared memory needs --admin-key (docs/security.md)")  # fmt: skip
     if (args.tls_cert is None) != (args.tls_key is None) or (args.tls_ca and not args.tls_cert):
         return "--tls-cert and --tls-key go together (and --tls-ca needs them)"
     return None
