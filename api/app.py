@@ -14,6 +14,7 @@ import contextlib
 import tritonclient.grpc.aio as grpcclient_aio
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
+from opentelemetry.instrumentation.utils import suppress_instrumentation
 from tritonclient.utils import InferenceServerException
 
 import nestrank
@@ -47,7 +48,8 @@ class Health:
             except InferenceServerException:
                 return False
 
-        return any(await asyncio.gather(*(one(c) for c in self.clients)))
+        with suppress_instrumentation():  # probes and balancers' polls are no traces
+            return any(await asyncio.gather(*(one(c) for c in self.clients)))
 
     async def live(self) -> bool:
         return await self._any("is_server_live")

@@ -104,19 +104,18 @@ def test_the_front_continues_a_callers_trace_into_its_grpc_calls_and_exports_it(
                                   headers={"traceparent": f"00-{trace_id}-{parent_id}-01"}, timeout=60)  # fmt: skip
             assert response.status_code == 200
             deadline = time.monotonic() + 30
-            while not any(s.kind == s.SPAN_KIND_CLIENT for _, s in receiver.spans) and time.monotonic() < deadline:
+            while not any(s.name == "nestrank.embed" for _, s in receiver.spans) and time.monotonic() < deadline:
                 time.sleep(0.1)
     finally:
         receiver.shutdown()
-    spans = {span.name: span for service, span in receiver.spans if service == "nestrank-front"}
-    assert {span.trace_id.hex() for span in spans.values()} == {trace_id}, list(spans)  # the caller's trace
-    served = spans["POST /v1/embeddings"]
+    spans = [span for service, span in receiver.spans if service == "nestrank-front"]
+    assert {span.trace_id.hex() for span in spans} == {trace_id}, [s.name for s in spans]  # the caller's, alone
+    (served,) = [s for s in spans if s.name == "POST /v1/embeddings"]
     assert served.parent_span_id.hex() == parent_id and served.kind == served.SPAN_KIND_SERVER
-    embed = spans["nestrank.embed"]
+    (embed,) = [s for s in spans if s.name == "nestrank.embed"]
     assert embed.parent_span_id == served.span_id
-    grpc_calls = [s for s in spans.values() if s.kind == s.SPAN_KIND_CLIENT]
-    assert grpc_calls and all(s.parent_span_id == embed.span_id for s in grpc_calls)
-    assert grpc_calls[0].name == "/inference.GRPCInferenceService/ModelInfer"
+    infers = [s for s in spans if s.name == "/inference.GRPCInferenceService/ModelInfer"]
+    assert infers and all(s.kind == s.SPAN_KIND_CLIENT and s.parent_span_id == embed.span_id for s in infers)
 
 
 def test_the_fronts_prometheus_metrics(server, grpc_url):
