@@ -37,7 +37,8 @@ class EmbedV1Request(BaseModel):
     model: StrictStr | None = Field(None, description="a served embedder (default: the first by name)")
     input_type: InputType | None = None
     embedding_types: list[EmbeddingType] | None = Field(None, description="default: float")
-    truncate: Literal["NONE", "START", "END"] = "END"
+    truncate: Literal["NONE", "START", "END"] | None = Field(None, description="default END (null too, as "
+                                                             "langchain-cohere sends it)")  # fmt: skip
 
 
 class EmbedV2Request(EmbedV1Request):
@@ -67,7 +68,7 @@ async def embeddings_by_type(body: EmbedV1Request, request: Request, dimensions:
     model = await calls.embed_model(request.app.state.catalogue, body.model)
     types = list(dict.fromkeys(body.embedding_types or ["float"]))
     options = dict(dimensions=dimensions, input_type=prompt_name(model, body.input_type),
-                   **calls.truncation(body.truncate))  # fmt: skip
+                   **calls.truncation(body.truncate or "END"))  # fmt: skip
     by_precision, tokens = await calls.embed_precisions(model, texts, [PRECISION[t] for t in types], options,
                                                         settings.request_concurrency)  # fmt: skip
     embeddings = {t: encoded_rows(by_precision[PRECISION[t]], "base64" if t == "base64" else "float") for t in types}
