@@ -34,7 +34,7 @@ class Guard:
             return await error_response(path, refusal, self.retry_after_s)(scope, receive, send)
         await self.app(scope, self._counted(receive), send)
 
-    def refusal(self, path: str, headers: dict[bytes, bytes], method: str = "GET") -> Exception | None:
+    def refusal(self, path: str, headers: dict[bytes, bytes], method: str) -> Exception | None:
         if self.key is not None and not (path in OPEN_PATHS and method in ("GET", "HEAD")):
             scheme, _, given = headers.get(b"authorization", b"").partition(b" ")
             if scheme.lower() != b"bearer" or not hmac.compare_digest(given.strip(), self.key):

@@ -543,8 +543,8 @@ def test_every_route_of_the_served_spec_survives_a_fuzz(front):
 
             try:
                 run()
-            except Unsatisfiable:  # nothing to get wrong: a GET without parameters has no negative cases
-                assert mode == GenerationMode.NEGATIVE and not operation.body and operation.method == "get"
+            except Unsatisfiable:  # nothing to get wrong: a route that reads neither parameters nor a body
+                assert mode == GenerationMode.NEGATIVE and not operation.body
     assert not failures, "\n".join(failures[:10])
     assert httpx.get(f"{front.url}/ready").status_code == 200
 
