@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
 
 from nestrank.api import calls
 from nestrank.api.openai_routes import encoded_rows, json_response
-from nestrank.protocol.errors import UnsupportedError, ValidationError
+from nestrank.protocol.errors import ValidationError
 
 router = APIRouter(tags=["Cohere / Jina"])
 EmbeddingType = Literal["float", "int8", "uint8", "binary", "ubinary", "base64"]
@@ -50,7 +50,7 @@ class EmbedV2Request(EmbedV1Request):
 
 def prompt_name(model, input_type: str | None) -> str | None:
     if input_type == "image":
-        raise UnsupportedError("input_type: image is not served; nestrank's embedders read text")
+        raise ValidationError("input_type", "image is not served; nestrank's embedders read text")
     if input_type in PROMPT_NAME:
         return PROMPT_NAME[input_type]
     return input_type if input_type in dict(model.info.config.prompts) else None
@@ -60,7 +60,7 @@ async def embeddings_by_type(body: EmbedV1Request, request: Request, dimensions:
     """(the embeddings object, the texts, the tokens embedded)."""
     for field in ("images", "inputs"):
         if getattr(body, field, None) is not None:
-            raise UnsupportedError(f"{field}: not served; nestrank's embedders read text: send texts")
+            raise ValidationError(field, "not served; nestrank's embedders read text: send texts")
     if body.texts is None:
         raise ValidationError("texts", "missing; send the texts to embed")
     settings = request.app.state.settings

@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictStr
 
 from nestrank.api import calls
 from nestrank.api.openai_routes import json_response
-from nestrank.protocol.errors import UnsupportedError
+from nestrank.protocol.errors import ValidationError
 
 router = APIRouter(tags=["NIM"])
 
@@ -49,8 +49,8 @@ class RankingResponse(BaseModel):
 @router.post("/v1/ranking", response_model=RankingResponse, summary="Rank passages (NIM)")
 async def ranking(body: RankingRequest, request: Request):
     if body.truncate == "NONE":
-        raise UnsupportedError("truncate: NONE is not served; the reranker cuts passages and the query at the limits "
-                               "it was trained with: send END or leave it out")  # fmt: skip
+        raise ValidationError("truncate", "NONE is not served; the reranker cuts passages and the query at the limits "
+                              "it was trained with: send END or leave it out")  # fmt: skip
     model = await calls.rerank_model(request.app.state.catalogue, body.model)
     ranked = await calls.rerank(model, body.query.text, [p.text for p in body.passages], None, top_n=None,
                                 instruction=None, compression_ratio=None, documents_field="passages")  # fmt: skip

@@ -360,7 +360,8 @@ def test_nim_ranking_logits_and_embeddings_truncate_and_input_type(http, grpc_re
     assert [r["index"] for r in rankings] == [r.index for r in expected]
     assert np.allclose(1 / (1 + np.exp(-np.array([r["logit"] for r in rankings]))), [r.score for r in expected],
                        atol=1e-6)  # fmt: skip
-    assert http.post("/v1/ranking", json={**body, "truncate": "NONE"}).status_code == 501
+    refused = http.post("/v1/ranking", json={**body, "truncate": "NONE"})
+    assert refused.status_code == 400 and refused.json()["error"]["param"] == "truncate"
     nim = {"model": MINILM, "input": TEXTS, "input_type": "query", "truncate": "START", "encoding_format": "float"}
     vectors = [d["embedding"] for d in http.post("/v1/embeddings", json=nim).json()["data"]]
     expected = grpc_embed.embed(TEXTS, input_type="query", truncation_direction="left")
