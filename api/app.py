@@ -124,7 +124,7 @@ def create_app(settings: FrontSettings) -> FastAPI:
         body, content_type = request.app.state.metrics.exposition()
         return Response(body, media_type=content_type)
 
-    instrument(app)
+    instrument(app, grpc_calls=tracing is not None)
     app.add_middleware(Guard, api_key=settings.api_key, max_body_bytes=settings.max_body_bytes,
                        retry_after_s=settings.retry_after_s)  # fmt: skip
     app.add_middleware(Measured, metrics=metrics, spec=app)

@@ -6,8 +6,8 @@ requests in flight; tokens embedded per model (counted with the model's own toke
 Traces: every request continues the caller's W3C `traceparent` (a server span per request, a span per embed or
 rerank call, a client span per gRPC call to Triton, whose metadata carries the `traceparent` on). Spans are exported
 over OTLP/HTTP when `--otlp-endpoint` or the standard variables (`OTEL_EXPORTER_OTLP_ENDPOINT`,
-`OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`, `OTEL_SERVICE_NAME`, ...) say where; without either the caller's context is
-still passed on to Triton, and nothing is recorded.
+`OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`, `OTEL_SERVICE_NAME`, ...) say where; without either nothing is recorded and
+the gRPC calls are left as they are (`instrument`).
 """
 
 from __future__ import annotations
@@ -132,14 +132,16 @@ def start_tracing(otlp_endpoint: str | None):
     return provider
 
 
-def instrument(app) -> None:
-    """Server spans for the app's routes (the caller's traceparent continued), client spans for gRPC calls made on
-    channels opened from now on (tritonclient opens them through grpc.aio; the instrumentor patches it once per
-    process, and the interceptor writes the traceparent into each call's metadata)."""
+def instrument(app, grpc_calls: bool) -> None:
+    """Server spans for the app's routes (the caller's traceparent continued); with `grpc_calls` (tracing is exported),
+    client spans for the gRPC calls made on channels opened from now on: tritonclient opens them through grpc.aio,
+    which the instrumentor patches once per process, and its interceptor writes the traceparent into each call's
+    metadata. Only then: grpc.aio's interceptors keep a call running when the call that started it is cancelled
+    (tests/unit/clients/test_client_calls.py catches it), so a default front keeps its cancellation exact."""
     from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
     from opentelemetry.instrumentation.grpc import GrpcAioInstrumentorClient
 
     FastAPIInstrumentor.instrument_app(app, excluded_urls=NOT_TRACED, exclude_spans=["receive", "send"])
     instrumentor = GrpcAioInstrumentorClient()
-    if not instrumentor.is_instrumented_by_opentelemetry:
+    if grpc_calls and not instrumentor.is_instrumented_by_opentelemetry:
         instrumentor.instrument()
