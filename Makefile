@@ -9,7 +9,7 @@ PYVER := $(shell $(PYTHON) -c 'import sys; print(f"{sys.version_info[0]}.{sys.ve
 
 setup: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml bench/loadtest/install_perf_analyzer.sh
 	@# The Python backend stub bundled with nvidia-pytriton links the system libpython; the tests run a real
 	@# redis-server (the passage store shared by replicas).
 	@(ldconfig -p | grep -q "libpython$(PYVER).so.1.0" && command -v redis-server >/dev/null) || \
@@ -18,6 +18,8 @@ $(VENV)/.installed: pyproject.toml
 	@# The local CPU build of torch first, so that no resolver pulls CUDA torch.
 	$(BIN)/pip install --quiet "torch==2.13.0"
 	$(BIN)/pip install --quiet -e ".[all]"
+	@# perf_analyzer, Triton's load tester (docs/load-testing.md), beside the venv; a test drives it.
+	bash bench/loadtest/install_perf_analyzer.sh $(VENV)
 	touch $@
 
 serve: setup

@@ -1,18 +1,29 @@
-"""The two calls every API family makes, over the project's async clients: embed texts (with the token count for
-`usage`) and rerank candidates. Texts are checked here under the caller's own field name, so that an error names
-`input[3]` or `documents[2]` as the request spelled it."""
+"""The calls every API family makes, over the project's async clients: embed texts (with the token count for
+`usage`), embed them once into several precisions, and rerank candidates; and the spellings the families share
+(NIM's and Cohere's `truncate`, a score's raw margin). Texts are checked here under the caller's own field name, so
+that an error names `input[3]` or `documents[2]` as the request spelled it. Each call is a span of its own."""
 
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import Sequence
 
 import numpy as np
+from opentelemetry import trace
 
 from nestrank.api.catalogue import EMBEDDER, RERANKER, Catalogue, ServedModel
 from nestrank.clients.rerank import RankedPassage
 from nestrank.clients.tensors import encode_text, encode_texts
 from nestrank.protocol.errors import ValidationError
+from nestrank.protocol.parameters import shown
+from nestrank.serving.pipeline.embedder import calibration_key  # pure functions: how the server keys and quantizes
+from nestrank.serving.pipeline.quantization import quantize
+
+tracer = trace.get_tracer("nestrank.api")
+# NIM's and Cohere's `truncate`: which end of an over-long text goes, or NONE to refuse it.
+TRUNCATE_MODES = {"NONE": {"truncate": False}, "END": {"truncate": True, "truncation_direction": "right"},
+                  "START": {"truncate": True, "truncation_direction": "left"}}  # fmt: skip
 
 TOKEN_ID_ADVICE = (
     "token ids (int[] or int[][]) are not accepted: they are another tokenizer's ids, and embedding them would be "
@@ -34,26 +45,71 @@ def texts_of(field: str, value, max_inputs: int) -> list[str]:
     return value
 
 
+def truncation(truncate, direction: str | None = None) -> dict:
+    """Embed options for a `truncate` of true/false (nestrank's) or NONE/START/END (NIM's, Cohere's)."""
+    if not isinstance(truncate, str):
+        return {"truncate": truncate, "truncation_direction": direction}
+    mode = TRUNCATE_MODES[truncate]
+    if direction is not None and mode.get("truncation_direction", direction) != direction:
+        raise ValidationError("truncation_direction", f"{direction} contradicts truncate {truncate}; send one")
+    return mode
+
+
+def margin(score: float) -> float:
+    """A score's raw value (TEI's raw_scores, NIM's logit): the yes-minus-no margin back from its sigmoid; a score
+    of exactly 0 or 1 (float32 saturates) gives the float32 bounds."""
+    p = min(max(score, 1e-38), 1 - 2**-24)
+    return math.log(p) - math.log1p(-p)
+
+
 async def embed(model: ServedModel, texts: Sequence[str], options: dict, concurrency: int) -> tuple[np.ndarray, int]:
     """(vectors in the asked precision, tokens embedded). The token count runs in a worker thread while Triton
     embeds; 0 where the front has no tokenizer for the model (no repository on this host)."""
     assert model.kind == EMBEDDER
     options = {k: v for k, v in options.items() if v is not None}
-    if model.counter is None:
-        return await model.client.embed(texts, concurrency=concurrency, **options), 0
-    prompt = model.info.config.prompt_for(options.get("input_type"))  # a bad input_type raises here, first
-    direction = options.get("truncation_direction", "right")
-    call = model.client.embed(texts, concurrency=concurrency, **options)
-    counting = asyncio.ensure_future(asyncio.to_thread(model.counter.count, texts, prompt, direction))
-    try:
-        vectors = await call
-    except BaseException:
-        counting.cancel()
-        raise
-    try:
-        return vectors, await counting
-    except ValidationError:  # the server took the texts: count what it could
-        return vectors, 0
+    attributes = {"nestrank.model": model.name, "nestrank.texts": len(texts)}
+    with tracer.start_as_current_span("nestrank.embed", attributes=attributes) as span:
+        if model.counter is None:
+            return await model.client.embed(texts, concurrency=concurrency, **options), 0
+        prompt = model.info.config.prompt_for(options.get("input_type"))  # a bad input_type raises here, first
+        direction = options.get("truncation_direction", "right")
+        call = model.client.embed(texts, concurrency=concurrency, **options)
+        counting = asyncio.ensure_future(asyncio.to_thread(model.counter.count, texts, prompt, direction))
+        try:
+            vectors = await call
+        except BaseException:
+            counting.cancel()
+            raise
+        try:
+            tokens = await counting
+        except ValidationError:  # the server took the texts: count what it could
+            tokens = 0
+        span.set_attribute("nestrank.tokens", tokens)
+        if model.tokens is not None:
+            model.tokens.inc(tokens)
+        return vectors, tokens
+
+
+async def embed_precisions(model: ServedModel, texts: Sequence[str], precisions: Sequence[str], options: dict,
+                           concurrency: int) -> tuple[dict[str, np.ndarray], int]:  # fmt: skip
+    """Each precision of `precisions` (the model's), from ONE float32 pass: quantized here with the server's own
+    function and the model's calibration ranges, so every row equals what the server sends for that precision.
+    Where the calibration is not on this host (a front without --repository), int8 and uint8 cost a pass each."""
+    config = model.info.config
+    unserved = [p for p in precisions if p not in config.precisions]
+    if unserved:
+        raise ValidationError("embedding_types", f"{shown(unserved[0])} is not served by {model.name}; it serves "
+                              f"{', '.join(config.precisions)}")  # fmt: skip
+    vectors, tokens = await embed(model, texts, {**options, "precision": "float32", "normalize": True}, concurrency)
+    key = calibration_key(vectors.shape[1], config.depth_for(options.get("layers")))
+    ranges = (model.ranges or {}).get(key)
+    out = {}
+    for precision in dict.fromkeys(precisions):
+        if precision in ("int8", "uint8") and ranges is None:
+            out[precision], _ = await embed(model, texts, {**options, "precision": precision}, concurrency)
+        else:
+            out[precision] = quantize(vectors, precision, ranges)
+    return out, tokens
 
 
 async def rerank(model: ServedModel, query: str, documents: list[str] | None, passage_ids: list[str] | None, *,
@@ -73,9 +129,11 @@ async def rerank(model: ServedModel, query: str, documents: list[str] | None, pa
     if top_n is not None and top_n < 1:
         raise ValidationError("top_n", f"must be an integer >= 1, got {top_n}")
     kwargs = dict(top_n=top_n, instruction=instruction, compression_ratio=compression_ratio)
-    if documents is not None:
-        return await model.client.rerank(query, documents, **kwargs)
-    return await model.client.rerank(query, passages=passage_ids, **kwargs)
+    attributes = {"nestrank.model": model.name, "nestrank.candidates": len(candidates)}
+    with tracer.start_as_current_span("nestrank.rerank", attributes=attributes):
+        if documents is not None:
+            return await model.client.rerank(query, documents, **kwargs)
+        return await model.client.rerank(query, passages=passage_ids, **kwargs)
 
 
 async def embed_model(catalogue: Catalogue, name: str | None) -> ServedModel:

@@ -1,5 +1,6 @@
 """The models the front serves: which names are embedders and which rerankers (read from each model's config, the
-way the clients read it), one async client per model, and token counters for `usage`.
+way the clients read it), one async client per model, and from the repository on this host each embedder's tokenizer
+(for `usage`, /tokenize, /decode) and int8/uint8 calibration (to quantize in the front).
 
 Names come from the model repository when the front runs on Triton's host (`nestrank serve` passes it), else from
 `--model`; any other name a caller sends is looked up on first use, so a model loaded later is served too.
@@ -13,12 +14,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from nestrank.api.settings import FrontSettings
 from nestrank.clients.embed import AsyncEmbedClient
 from nestrank.clients.rerank import AsyncRerankClient
 from nestrank.clients.transport import RetryPolicy
 from nestrank.protocol.errors import ModelNotFoundError, UnsupportedError, ValidationError
 from nestrank.protocol.parameters import ModelInfo, shown
+from nestrank.serving.pipeline.embedder import CALIBRATION_FILE  # names of an export's files, no onnxruntime
+from nestrank.serving.pipeline.tokenization import TOKENIZER_FILE
 
 EMBEDDER, RERANKER = "embedding", "rerank"
 SUB_MODELS = ("_encode", "_score")  # a reranker NAME is served by NAME_encode and NAME_score as well
@@ -26,12 +31,18 @@ SUB_MODELS = ("_encode", "_score")  # a reranker NAME is served by NAME_encode a
 
 class TokenCounter:
     """Counts tokens as the served embedder does (its own tokenizer.json, prompt, max_length cut), for `usage`.
-    Runs in a worker thread while Triton embeds, so it adds no latency."""
+    Runs in a worker thread while Triton embeds, so it adds no latency. `whole` is the same tokenizer uncut, for
+    TEI's /tokenize and /decode."""
 
     def __init__(self, tokenizer_json: Path, max_length: int):
+        from tokenizers import Tokenizer
+
         from nestrank.serving.pipeline.tokenization import TextTokenizer  # numpy and `tokenizers` only
 
         self.tokenizer = TextTokenizer(tokenizer_json, max_length)
+        self.whole = Tokenizer.from_file(str(tokenizer_json))
+        self.whole.no_truncation()
+        self.whole.no_padding()
 
     def count(self, texts: Sequence[str], prompt: str = "", direction: str = "right") -> int:
         texts = [prompt + t for t in texts] if prompt else texts
@@ -46,11 +57,15 @@ class ServedModel:
     info: ModelInfo
     created: int  # when this front first saw it (OpenAI's `created`)
     counter: TokenCounter | None = None
+    ranges: dict[str, np.ndarray] | None = None  # the embedder's int8/uint8 calibration, when its files are here
+    tokens: object = None  # its child of the front's tokens counter (`.inc(n)`), if the front counts them
 
 
 class Catalogue:
-    def __init__(self, settings: FrontSettings):
+    def __init__(self, settings: FrontSettings, tokens=None):
+        """`tokens`: a Prometheus counter with a `model` label, for the tokens each embedder embeds."""
         self.settings = settings
+        self.tokens = tokens
         self._models: dict[str, ServedModel] = {}
         self._not_ours: set[str] = set()  # names Triton serves that are neither (sub-models, other kinds)
         self._lock = asyncio.Lock()
@@ -86,17 +101,23 @@ class Catalogue:
                 await client.close()
                 raise
             model = ServedModel(name, kind, client, info, int(time.time()))
-            if kind == EMBEDDER:
-                model.counter = self._counter(name, info)
+            if self.tokens is not None and kind == EMBEDDER:
+                model.tokens = self.tokens.labels(model=name)
+            if kind == EMBEDDER and (files := self._version_dir(name)) is not None:
+                model.counter = TokenCounter(files / TOKENIZER_FILE, info.config.max_length)
+                if (files / CALIBRATION_FILE).is_file():
+                    with np.load(files / CALIBRATION_FILE) as stored:
+                        model.ranges = {key: stored[key] for key in stored.files}
             return model
         return None
 
-    def _counter(self, name: str, info: ModelInfo) -> TokenCounter | None:
+    def _version_dir(self, name: str) -> Path | None:
+        """The newest version directory of an embedder in the repository on this host (its tokenizer, calibration)."""
         if self.settings.repository is None:
             return None
-        versions = sorted((p for p in (Path(self.settings.repository) / name).glob("*/tokenizer.json")),
-                          key=lambda p: int(p.parent.name) if p.parent.name.isdigit() else -1)  # fmt: skip
-        return TokenCounter(versions[-1], info.config.max_length) if versions else None
+        versions = sorted((p.parent for p in (Path(self.settings.repository) / name).glob(f"*/{TOKENIZER_FILE}")),
+                          key=lambda p: int(p.name) if p.name.isdigit() else -1)  # fmt: skip
+        return versions[-1] if versions else None
 
     async def get(self, name: str) -> ServedModel | None:
         """The model called `name` (looked up on first use), None if Triton serves it but it is neither kind."""

@@ -23,7 +23,7 @@ from nestrank.api.settings import DEFAULT_PORT, MAX_BODY_BYTES, MAX_INPUTS, Fron
 def parser() -> argparse.ArgumentParser:
     env = os.environ.get
     p = argparse.ArgumentParser(prog="python -m nestrank.api", description="nestrank's HTTP front (OpenAI, "
-                                "Cohere/Jina and TEI routes) over Triton gRPC.")  # fmt: skip
+                                "Cohere/Jina, TEI and NIM routes) over Triton gRPC.")  # fmt: skip
     p.add_argument("--triton", action="append", metavar="HOST:PORT",
                    help="a Triton gRPC endpoint (repeatable; default 127.0.0.1:8001)")  # fmt: skip
     p.add_argument("--host", default=env("NESTRANK_API_HOST", "127.0.0.1"))
@@ -42,6 +42,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--request-concurrency", type=int, default=4, help="Triton requests in flight per HTTP request")
     p.add_argument("--concurrency", type=int, default=256, help="Triton requests in flight per model")
     p.add_argument("--timeout-s", type=float, default=300.0, help="one HTTP request, end to end")
+    p.add_argument("--otlp-endpoint", help="export traces over OTLP/HTTP to this collector, e.g. "
+                   "http://127.0.0.1:4318 (default: the OTEL_EXPORTER_OTLP_* variables; none: no export)")  # fmt: skip
     return p
 
 
@@ -52,7 +54,7 @@ def settings_from(args: argparse.Namespace) -> FrontSettings:
         tls_client_ca=args.tls_ca, triton_ca=args.triton_ca, repository=args.repository, models=tuple(args.model),
         embed_model=args.embed_model, rerank_model=args.rerank_model, max_body_bytes=args.max_body_bytes,
         max_inputs=args.max_inputs, request_concurrency=args.request_concurrency, concurrency=args.concurrency,
-        timeout_s=args.timeout_s,
+        timeout_s=args.timeout_s, otlp_endpoint=args.otlp_endpoint,
     )  # fmt: skip
 
 

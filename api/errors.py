@@ -1,13 +1,15 @@
 """Error responses, rendered from the protocol's one error table (nestrank/protocol/errors.py, WIRE): the status is the
 kind's HTTP column, the body the envelope of the API family the path belongs to: OpenAI's `{"error": {"message",
 "type", "param", "code"}}` on /v1 and /v2 (and the front's own routes), with the kind's OpenAI type and code; TEI's
-`{"error", "error_type"}` on TEI's routes, with its TEI type. No mapping of its own keyed by status: a passage id's
-404 (`not_found`) and a model's 404 (`model_not_found`) differ because their kinds do. Nothing a caller sends answers
-500: a 500 is a bug of the front (logged with its traceback) or a model's failure (BackendError)."""
+`{"error", "error_type"}` on TEI's routes, with its TEI type and TEI's status for it (413 for a bad request, 424 for
+what the model cannot do). No mapping of its own keyed by status: a passage id's 404 (`not_found`) and a model's 404
+(`model_not_found`) differ because their kinds do. Nothing a caller sends answers 500: a 500 is a bug of the front
+(logged with its traceback) or a model's failure (BackendError)."""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -27,7 +29,9 @@ from nestrank.protocol.errors import (
 )
 
 log = logging.getLogger("nestrank.api")
-TEI_PATHS = frozenset({"/embed", "/rerank", "/info", "/health"})  # TEI's routes answer in TEI's envelope
+# TEI's routes answer in TEI's envelope, with TEI's statuses (its /embeddings is the OpenAI route, in OpenAI's).
+TEI_PATHS = frozenset({"/", "/embed", "/embed_all", "/embed_sparse", "/predict", "/rerank", "/similarity",
+                       "/tokenize", "/decode", "/invocations", "/info", "/health", "/ping"})  # fmt: skip
 MAX_MESSAGE_CHARS = 1000  # never a request's bulk back
 RETRY_STATUSES = (429, 503)  # HTTP's own rule: these carry Retry-After
 
@@ -55,8 +59,9 @@ def error_response(path: str, err: BaseException, retry_after_s: int = 1) -> JSO
         row, message = WIRE[BackendError], "internal error in the HTTP front; its log has the traceback"
     param = err.field if isinstance(err, ValidationError) else "model" if isinstance(err, ModelNotFoundError) else None
     body = error_body(path, row, message, param)
+    status = row.tei_http if path in TEI_PATHS else row.http
     hint = err.retry_after_s if isinstance(err, OverloadedError) else None  # the server's own estimate, when it has one
-    return JSONResponse(body, row.http, headers=error_headers(row.http, int(hint or retry_after_s)))
+    return JSONResponse(body, status, headers=error_headers(status, int(hint or retry_after_s)))
 
 
 def status_row(status: int) -> Wire:
@@ -78,8 +83,9 @@ def _field(loc) -> str:
     return "".join(parts) or "body"
 
 
-def validation_error(exc: RequestValidationError) -> ValidationError:
-    first = exc.errors()[0]
+def validation_error(errors: Sequence[dict]) -> ValidationError:
+    """The first of pydantic's errors as the one the request gets, named by its field."""
+    first = errors[0]
     field = _field(first.get("loc", ()))
     if first.get("type") == "json_invalid":
         return ValidationError("body", f"not valid JSON ({first.get('ctx', {}).get('error', 'decode error')})")
@@ -95,7 +101,7 @@ def install(app: FastAPI, retry_after_s: int) -> None:
         return error_response(request.url.path, exc, retry_after_s)
 
     async def request_validation(request: Request, exc: RequestValidationError):
-        return error_response(request.url.path, validation_error(exc), retry_after_s)
+        return error_response(request.url.path, validation_error(exc.errors()), retry_after_s)
 
     async def http_error(request: Request, exc: HTTPException):
         path, status = request.url.path, exc.status_code

@@ -12,7 +12,9 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from nestrank.api.errors import error_response
 from nestrank.protocol.errors import RequestTooLargeError, UnauthenticatedError, ValidationError
 
-OPEN_PATHS = frozenset({"/health", "/ready", "/docs", "/docs/oauth2-redirect", "/openapi.json"})  # probes, the spec
+# Probes, the scrape, the spec: open to GET (a POST to / is TEI's inference route).
+OPEN_PATHS = frozenset({"/health", "/ready", "/ping", "/", "/v1/health/live", "/v1/health/ready", "/metrics", "/docs",
+                        "/docs/oauth2-redirect", "/openapi.json"})  # fmt: skip
 
 
 class Guard:
@@ -27,13 +29,13 @@ class Guard:
             return await self.app(scope, receive, send)
         path = scope["path"]
         headers = dict(scope["headers"])  # lower-case byte names, as ASGI servers give them
-        refusal = self.refusal(path, headers)
+        refusal = self.refusal(path, headers, scope["method"])
         if refusal is not None:
             return await error_response(path, refusal, self.retry_after_s)(scope, receive, send)
         await self.app(scope, self._counted(receive), send)
 
-    def refusal(self, path: str, headers: dict[bytes, bytes]) -> Exception | None:
-        if self.key is not None and path not in OPEN_PATHS:
+    def refusal(self, path: str, headers: dict[bytes, bytes], method: str) -> Exception | None:
+        if self.key is not None and not (path in OPEN_PATHS and method in ("GET", "HEAD")):
             scheme, _, given = headers.get(b"authorization", b"").partition(b" ")
             if scheme.lower() != b"bearer" or not hmac.compare_digest(given.strip(), self.key):
                 what = "missing" if b"authorization" not in headers else "wrong"

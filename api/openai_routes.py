@@ -1,11 +1,12 @@
 """OpenAI's embeddings API: `POST /v1/embeddings`, `GET /v1/models`, `GET /v1/models/{model}`.
 
 Field for field as the `openai` SDK sends and reads them. The SDK asks for `encoding_format: "base64"` unless told
-otherwise and decodes it as little-endian float32 with numpy. Extensions (extra body fields, `extra_body=` in the
-SDK): `precision` (one of the model's; int8/uint8/binary/ubinary come back as base64 of their bytes, or as integer
-lists with `"float"`; float16 as its 2-byte little-endian values in base64), `input_type` (query | passage),
-`truncate` (false refuses over-long texts), `truncation_direction` (right | left), `layers` (a depth on the
-model's ladder).
+otherwise and decodes it as little-endian float32 with numpy. NVIDIA's retriever NIMs speak the same route with two
+more fields, both served: `input_type` (query | passage: the model's prompt) and `truncate` (NONE refuses over-long
+texts, END cuts their end, START their start). TEI serves it as `/embeddings` too, and so does this front.
+Extensions (extra body fields, `extra_body=` in the SDK): `precision` (one of the model's; int8/uint8/binary/ubinary
+come back as base64 of their bytes, or as integer lists with `"float"`; float16 as its 2-byte little-endian values in
+base64), `truncate` true/false, `truncation_direction` (right | left), `layers` (a depth on the model's ladder).
 """
 
 from __future__ import annotations
@@ -39,8 +40,11 @@ class EmbeddingsRequest(BaseModel):
     user: StrictStr | None = None
     precision: StrictStr | None = Field(None, description="extension: float32 (default), float16, int8, uint8, "
                                         "binary, ubinary, as the model serves them")  # fmt: skip
-    input_type: StrictStr | None = Field(None, description="extension: query or passage (the model's prompt)")
-    truncate: StrictBool | None = Field(None, description="extension: false refuses texts over the max length")
+    input_type: StrictStr | None = Field(None, description="NIM: query or passage (the model's prompt)")
+    truncate: StrictBool | Literal["NONE", "START", "END"] | None = Field(
+        None, description="NIM: NONE refuses texts over the max length, END (the default) or START cuts that end; "
+        "nestrank's true/false as END/NONE"
+    )  # fmt: skip
     truncation_direction: Literal["right", "left"] | None = Field(None, description="extension")
     layers: StrictInt | None = Field(None, description="extension: a depth on the model's ladder (default: full)")
 
@@ -93,8 +97,7 @@ async def create_embeddings(body: EmbeddingsRequest, request: Request):
     texts = calls.texts_of("input", body.input, settings.max_inputs)
     model = await calls.embed_model(request.app.state.catalogue, body.model)
     options = dict(dimensions=body.dimensions, precision=body.precision, input_type=body.input_type,
-                   truncate=body.truncate, truncation_direction=body.truncation_direction,
-                   layers=body.layers)  # fmt: skip
+                   layers=body.layers, **calls.truncation(body.truncate, body.truncation_direction))  # fmt: skip
     vectors, tokens = await calls.embed(model, texts, options, settings.request_concurrency)
     rows = encoded_rows(vectors, body.encoding_format)
     return json_response({
@@ -103,6 +106,10 @@ async def create_embeddings(body: EmbeddingsRequest, request: Request):
         "model": model.name,
         "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
     })  # fmt: skip
+
+
+router.add_api_route("/embeddings", create_embeddings, methods=["POST"], response_model=EmbeddingsResponse,
+                     summary="Create embeddings (TEI's alias of the OpenAI route)")  # fmt: skip
 
 
 def card(model) -> dict:

@@ -31,6 +31,7 @@ class FrontSettings:
     concurrency: int = 256  # Triton requests in flight per model; past Triton's queue it sheds (429), not the front
     timeout_s: float = 300.0  # one HTTP request, end to end
     retry_after_s: int = 1  # what a 429 / 503 tells callers to wait
+    otlp_endpoint: str | None = None  # OTLP/HTTP collector for traces, e.g. http://127.0.0.1:4318 (else OTEL_* vars)
     extra: dict = field(default_factory=dict, hash=False)  # uvicorn settings for tests and benchmarks
 
     def __post_init__(self):
@@ -51,6 +52,8 @@ class FrontSettings:
         for name in ("max_body_bytes", "max_inputs", "request_concurrency", "concurrency", "retry_after_s"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.otlp_endpoint is not None and not self.otlp_endpoint.startswith(("http://", "https://")):
+            raise ValueError(f"otlp_endpoint must be an http:// or https:// URL, got {self.otlp_endpoint!r:.80}")
         if not self.timeout_s > 0:
             raise ValueError(f"timeout_s must be > 0, got {self.timeout_s}")
 

@@ -25,6 +25,7 @@ import numpy as np
 
 from nestrank.bench.http_front import FrontProcess, cpu_seconds, grpc_embed_run, http_embed_run
 from nestrank.bench.loadgen import closed_loop
+from nestrank.bench.prometheus_text import samples
 from nestrank.bench.results import update_section
 from nestrank.clients.transport import NO_RETRIES
 from nestrank.texts import realistic_texts
@@ -295,14 +296,11 @@ def measure_infinity(infinity: Infinity, batches, config: CompareConfig, referen
 def served_time_split(metrics_url: str, model: str) -> dict:
     """Mean ms a request waits in the embed scheduler's queue, mean ms per execution, and requests per execution,
     from the model's own histograms (Triton's statistics see only the hand-over to the scheduler)."""
-    import urllib.request
-
     totals: dict[str, float] = {}
-    for line in urllib.request.urlopen(metrics_url, timeout=10).read().decode().splitlines():
-        name, _, value = line.rpartition(" ")
-        if f'model="{model}"' in name and name.startswith("nestrank_embed_"):
-            key = name.split("{")[0].removeprefix("nestrank_embed_")
-            totals[key] = totals.get(key, 0.0) + float(value)
+    for sample in samples(metrics_url):
+        if sample.labels.get("model") == model and sample.name.startswith("nestrank_embed_"):
+            key = sample.name.removeprefix("nestrank_embed_")
+            totals[key] = totals.get(key, 0.0) + sample.value
     requests, executions = max(1.0, totals["queue_seconds_count"]), max(1.0, totals["batch_seconds_count"])
     return {"queue (per request)": 1e3 * totals["queue_seconds_sum"] / requests,
             "execution": 1e3 * totals["batch_seconds_sum"] / executions,

@@ -23,7 +23,6 @@ import json
 import statistics
 import tempfile
 import time
-import urllib.request
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -32,6 +31,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from nestrank.bench.fbnl import QUERY, make_passages
+from nestrank.bench.prometheus_text import samples
 from nestrank.bench.redis_process import RedisServer
 from nestrank.bench.results import RESULTS, update_section
 from nestrank.clients.indexing import main as index_main
@@ -94,11 +94,10 @@ def served(repository: Path, store: str, first_level_bytes: int | None = None):
 def scheduler_counters(config: ServerConfig, kind: str = "rerank_encode") -> dict[str, float]:
     """The `kind` scheduler's counters (nestrank_<kind>_{admitted, shed, expired, ...}), summed over instances."""
     counters: dict[str, float] = {}
-    for line in urllib.request.urlopen(config.metrics_url, timeout=10).read().decode().splitlines():
-        if line.startswith(f"nestrank_{kind}_") and f'model="{NAME}_encode"' in line:
-            name, value = line.rsplit(" ", 1)
-            key = name.split("{")[0].removeprefix(f"nestrank_{kind}_")
-            counters[key] = counters.get(key, 0.0) + float(value)
+    for sample in samples(config.metrics_url):
+        if sample.name.startswith(f"nestrank_{kind}_") and sample.labels.get("model") == f"{NAME}_encode":
+            key = sample.name.removeprefix(f"nestrank_{kind}_")
+            counters[key] = counters.get(key, 0.0) + sample.value
     return counters
 
 

@@ -117,6 +117,8 @@ def front(args):
         command = [sys.executable, "-m", "nestrank.api", "--triton", f"{grpc_host}:{config.grpc_port}",
                    "--host", host, "--port", str(args.api_port),
                    "--repository", str(config.model_repository)]  # fmt: skip
+        if args.otlp_endpoint:
+            command += ["--otlp-endpoint", args.otlp_endpoint]
         if args.tls_cert:  # the same certificate for HTTPS, and trusted on the gRPC hop to Triton
             command += ["--tls-cert", str(args.tls_cert), "--tls-key", str(args.tls_key), "--triton-ca",
                         str(args.tls_cert)]  # fmt: skip

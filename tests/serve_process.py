@@ -10,6 +10,7 @@ import sys
 import threading
 from pathlib import Path
 
+from nestrank.bench.prometheus_text import samples
 from nestrank.serving.launcher.server import free_ports
 
 
@@ -71,12 +72,4 @@ class ServeProcess:
 
 def metric_values(url: str, name: str, model: str) -> dict[str, float]:
     """{instance: value} of a nestrank counter for `model`, from the Prometheus text."""
-    import urllib.request
-
-    values = {}
-    for line in urllib.request.urlopen(url, timeout=5).read().decode().splitlines():
-        if line.startswith(name + "{") and f'model="{model}"' in line:
-            labels, value = line.rsplit(" ", 1)
-            instance = labels.split('instance="', 1)[1].split('"', 1)[0]
-            values[instance] = float(value)
-    return values
+    return {s.labels["instance"]: s.value for s in samples(url, 5) if s.name == name and s.labels.get("model") == model}

@@ -1,13 +1,13 @@
 """One error hierarchy for server and client, and the one table (WIRE) that maps each kind to every wire: the gRPC
 status, the Triton code a model answers with, the HTTP status, the OpenAI envelope's `type` and `code`, TEI's
-`error_type`, and the client's retry rule.
+`error_type` (and so TEI's status for it), and the client's retry rule.
 
 - A model answers with the error's `triton_code` and, where that status is shared, its `marker` at the start of the
   message (pb_utils.TritonError has no RESOURCE_EXHAUSTED, so overload and a full store go out as UNAVAILABLE).
 - A client reads the status it sees back into the kind with `from_grpc_status`; a BLS model reads a sub-model's
   error with `from_triton_error`; the HTTP front renders the row of the kind (api/errors.py). All of them use the
   table and the one short list of messages that tell apart what one status covers.
-- `markdown_table()` is the README's table (a test keeps the two equal).
+- `markdown_table()` is the docs' table (docs/errors.md; a test keeps the two equal).
 """
 
 from __future__ import annotations
@@ -117,6 +117,16 @@ class Wire:
     retry: str  # "no", "elsewhere" or "backoff"
     marker: str = ""  # the message's start, where the status is shared (a model's error_response adds it)
 
+    @property
+    def tei_http(self) -> int:
+        """What a TEI route answers: TEI's own status for its error_type."""
+        return TEI_STATUS[self.tei]
+
+
+# Text Embeddings Inference's status per error_type (its router's ErrorType → StatusCode), and its 401.
+TEI_STATUS = {"validation": 413, "tokenizer": 422, "backend": 424, "overloaded": 429, "unhealthy": 503,
+              "empty": 400, "unauthorized": 401}  # fmt: skip
+
 
 OVERLOADED = "overloaded: "  # how a nestrank model's OverloadedError message starts (UNAVAILABLE is shared)
 STORE_FULL = "passage store full: "  # likewise for StoreFullError
@@ -130,9 +140,9 @@ WIRE: dict[type[NestrankError], Wire] = {
     RequestTooLargeError: Wire("RESOURCE_EXHAUSTED", "INVALID_ARG", 413, "invalid_request_error", "request_too_large",
                                "validation", "no"),
     NotFoundError: Wire("NOT_FOUND", "NOT_FOUND", 404, "invalid_request_error", "not_found", "validation", "no"),
-    ModelNotFoundError: Wire("NOT_FOUND", "NOT_FOUND", 404, "invalid_request_error", "model_not_found", "validation",
-                             "no"),
-    UnsupportedError: Wire("UNIMPLEMENTED", "UNSUPPORTED", 501, "invalid_request_error", "unsupported", "validation",
+    ModelNotFoundError: Wire("NOT_FOUND", "NOT_FOUND", 404, "invalid_request_error", "model_not_found", "backend",
+                             "no"),  # TEI: "model is not a re-ranker model", its 424
+    UnsupportedError: Wire("UNIMPLEMENTED", "UNSUPPORTED", 501, "invalid_request_error", "unsupported", "backend",
                            "no"),
     UnavailableError: Wire("UNAVAILABLE", "UNAVAILABLE", 503, "server_error", "unavailable", "unhealthy", "elsewhere"),
     StoreError: Wire("UNAVAILABLE", "UNAVAILABLE", 503, "server_error", "store_unavailable", "unhealthy", "elsewhere",
@@ -232,11 +242,11 @@ def marked(err: NestrankError) -> str:
 
 
 def markdown_table() -> str:
-    """The table as the README shows it: one row per kind, every column."""
-    rows = ["| kind | gRPC | Triton | HTTP | OpenAI type | OpenAI code | TEI error_type | retry | marker |",
-            "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]  # fmt: skip
+    """The table as docs/errors.md shows it: one row per kind, every column."""
+    rows = ["| kind | gRPC | Triton | HTTP | OpenAI type | OpenAI code | TEI error_type | TEI HTTP | retry | marker |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]  # fmt: skip
     for cls, w in WIRE.items():
         cells = (f"`{cls.__name__}`", w.grpc, w.triton, str(w.http), w.openai_type, w.openai_code or "null", w.tei,
-                 w.retry, f'"{w.marker}"' if w.marker else "")  # fmt: skip
+                 str(w.tei_http), w.retry, f'"{w.marker}"' if w.marker else "")  # fmt: skip
         rows.append("| " + " | ".join(cells) + " |")
     return "\n".join(rows)

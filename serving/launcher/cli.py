@@ -45,12 +45,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--metrics-host", default=os.environ.get("NESTRANK_METRICS_HOST"),
                    help="address for Prometheus metrics (default: --http-host)")  # fmt: skip
     p.add_argument("--api-key", default=os.environ.get("NESTRANK_API_KEY"),
-                   help="require this key (header nestrank-api-key) for inference, model config and metadata; "
-                   "env NESTRANK_API_KEY")  # fmt: skip
+                   help="require this key (header nestrank-api-key) for inference, model config, metadata and "
+                   "statistics; env NESTRANK_API_KEY")  # fmt: skip
     p.add_argument("--admin-key", default=os.environ.get("NESTRANK_ADMIN_KEY"),
-                   help="key (header nestrank-admin-key) that opens Triton's admin APIs: shared memory, model "
-                   "repository, statistics, trace, logging (default: a random key, so they stay closed); "
-                   "env NESTRANK_ADMIN_KEY")  # fmt: skip
+                   help="key (header nestrank-admin-key) that opens Triton's admin APIs, the ones that change the "
+                   "server: shared memory, model repository, trace, logging (default: a random key, so they stay "
+                   "closed); env NESTRANK_ADMIN_KEY")  # fmt: skip
     # Removed: a client that registers shared memory can crash the server (it may name the backend's own regions).
     p.add_argument("--allow-shared-memory", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--tls-cert", type=Path, help="gRPC TLS: the server certificate (PEM)")
@@ -59,8 +59,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", action="append", default=[], type=limit, metavar="[MODEL:]NAME=VALUE",
                    help="set a limit of the served models (every model that has it, or MODEL and its sub-models), "
                    "written into the served copy of their config: " + ", ".join(LIMIT_NAMES) + "; sizes take "
-                   "KiB/MiB/GiB (README: Limits). Repeatable, e.g. --limit max_candidates=200 "
+                   "KiB/MiB/GiB (docs/limits.md). Repeatable, e.g. --limit max_candidates=200 "
                    "--limit kalm-reranker-v1-nano:passage_cache_bytes=2GiB")  # fmt: skip
+    p.add_argument("--otlp-endpoint", help="the HTTP front exports traces over OTLP/HTTP to this collector, e.g. "
+                   "http://127.0.0.1:4318 (default: the OTEL_EXPORTER_OTLP_* variables; none: no export)")  # fmt: skip
     p.add_argument(
         "--triton-arg",
         action="append",
@@ -81,7 +83,7 @@ def refused(args: argparse.Namespace) -> str | None:
     """Why these flags cannot start a server (checked before anything is exported or started)."""
     if args.allow_shared_memory:
         return ("--allow-shared-memory was removed: a client that registers shared memory can crash the server, so "
-                "shared memory needs --admin-key (README: Operating it safely)")  # fmt: skip
+                "shared memory needs --admin-key (docs/security.md)")  # fmt: skip
     if (args.tls_cert is None) != (args.tls_key is None) or (args.tls_ca and not args.tls_cert):
         return "--tls-cert and --tls-key go together (and --tls-ca needs them)"
     return None

@@ -8,13 +8,16 @@ from nestrank.protocol.headers import ADMIN_KEY_HEADER, API_KEY_HEADER
 from nestrank.serving.launcher.config import ServerConfig, TlsConfig
 from nestrank.serving.launcher.install import TritonInstall
 
-ADMIN_PROTOCOLS = ("shared-memory", "model-repository", "statistics", "trace", "logging")
-API_KEY_PROTOCOLS = ("inference", "model-config", "metadata")
+# The protocols that change the server (or read its memory): behind the admin key, always.
+ADMIN_PROTOCOLS = ("shared-memory", "model-repository", "trace", "logging")
+# The ones that only read: open like metrics and health without an API key, behind it with one. Statistics and
+# model config are what load testers (perf_analyzer, AIPerf) read before and after each measurement.
+API_KEY_PROTOCOLS = ("inference", "model-config", "metadata", "statistics")
 
 
 def restriction_flags(config: ServerConfig) -> list[str]:
     """Triton's own restricted-API flags: the admin protocols behind the admin key, and (with an API key)
-    inference behind the API key. Triton takes the keys on its command line only."""
+    inference and the read-only protocols behind the API key. Triton takes the keys on its command line only."""
     groups = [(ADMIN_PROTOCOLS, ADMIN_KEY_HEADER, config.admin_key)]
     if config.api_key:
         groups.append((API_KEY_PROTOCOLS, API_KEY_HEADER, config.api_key))

@@ -262,7 +262,7 @@ def test_layers_on_openai_and_tei_equal_grpc(http, grpc_url, grpc_embed):
     assert cosines(np.array(tei.json()), grpc_embed.embed(TEXTS)).min() >= 0.99999
     assert http.get("/info").json()["layers"] == [6]
     off = http.post("/embed", json={"inputs": TEXTS, "layers": 3})
-    assert off.status_code == 400 and off.json()["error"] == "layers: 3 is not served; choose one of 6 (full depth 6)"
+    assert off.status_code == 413 and off.json()["error"] == "layers: 3 is not served; choose one of 6 (full depth 6)"
 
 
 def test_tei_rerank_scores_raw_scores_and_text(http, grpc_rerank):
@@ -284,12 +284,125 @@ def test_tei_info_and_errors(http):
     assert info["max_batch_tokens"] == 16384 and info["limits"]["max_batch_tokens"] == 16384  # the scheduler's
     assert info["limits"]["max_queue_wait_s"] == 60 and info["limits"]["max_run_tokens"] == 8192
     bad = http.post("/embed", json={"inputs": ["ok", ""]})
-    assert bad.status_code == 400
+    assert bad.status_code == 413  # TEI answers a bad request 413
     assert bad.json() == {"error": "inputs[1]: empty string; send at least one character", "error_type": "validation"}
     ids = http.post("/embed", json={"inputs": [[101, 2023, 102]]})
-    assert ids.status_code == 400 and ids.json()["error"].startswith("inputs: token ids")
+    assert ids.status_code == 413 and ids.json()["error"].startswith("inputs: token ids")
     long = http.post("/embed", json={"inputs": "word " * 2000, "truncate": False})
-    assert long.status_code == 400 and "max_length 256" in long.json()["error"]
+    assert long.status_code == 413 and "max_length 256" in long.json()["error"]
+
+
+def test_tei_ignores_the_fields_it_does_not_know_as_rerankers_tei_provider_sends_them(http, grpc_rerank):
+    expected = grpc_rerank.rerank(QUERY, DOCUMENTS)
+    body = {"query": QUERY, "texts": DOCUMENTS, "model": "any", "top_n": 2, "raw_scores": False}  # rerankers' TEI
+    ranks = http.post("/rerank", json=body).json()
+    assert [r["index"] for r in ranks] == [r.index for r in expected]  # TEI has no top_n: every text, ranked
+    assert http.post("/embed", json={"inputs": "x", "model": "any", "user": "u"}).status_code == 200
+
+
+def test_tei_root_and_sagemaker_routes_answer_by_the_bodys_shape(http, grpc_embed, grpc_rerank):
+    expected = grpc_embed.embed(TEXTS[:2])
+    for path in ("/", "/invocations"):
+        vectors = np.array(http.post(path, json={"inputs": TEXTS[:2]}).json())
+        assert cosines(vectors, expected).min() >= 0.99999
+        ranks = http.post(path, json={"query": QUERY, "texts": DOCUMENTS}).json()
+        assert [r["index"] for r in ranks] == [r.index for r in grpc_rerank.rerank(QUERY, DOCUMENTS)]
+    similar = http.post("/", json={"inputs": {"source_sentence": TEXTS[0], "sentences": TEXTS[:3]}}).json()
+    assert np.allclose(similar, grpc_embed.embed(TEXTS[:3]) @ expected[0], atol=1e-5) and similar[0] > 0.9999
+    assert http.get("/").status_code == http.get("/ping").status_code == 200  # TEI's and SageMaker's health
+    bad = http.post("/", json={"texts": DOCUMENTS})
+    assert bad.status_code == 413 and bad.json()["error"].startswith("body: send an /embed body")
+
+
+def test_tei_tokenize_and_decode_use_the_embedders_tokenizer(http, minilm_dir):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(minilm_dir))
+    text = "Ünïcödé text, too."
+    (tokens,) = http.post("/tokenize", json={"inputs": text}).json()
+    assert [t["id"] for t in tokens] == tokenizer(text)["input_ids"]
+    assert tokens[0] == {"id": tokenizer.cls_token_id, "text": "[CLS]", "special": True, "start": None, "stop": None}
+    word = tokens[1]  # TEI's offsets are bytes of the text
+    assert text.encode()[word["start"] : word["stop"]].decode() == word["text"] and not word["special"]
+    ids = [t["id"] for t in tokens]
+    assert http.post("/decode", json={"ids": ids}).json() == [tokenizer.decode(ids, skip_special_tokens=True)]
+    bad = http.post("/decode", json={"ids": [[101, 10**9]]})
+    assert bad.status_code == 413 and bad.json()["error"].startswith("ids[0]: 1000000000 is not a token id")
+
+
+@pytest.mark.parametrize("path", ["/embed_all", "/embed_sparse", "/predict"])
+def test_tei_routes_these_models_cannot_serve_answer_424_saying_why(http, path):
+    response = http.post(path, json={"inputs": "x"})
+    assert response.status_code == 424 and response.json()["error_type"] == "backend"
+    assert response.json()["error"].startswith(f"{path}: ")
+
+
+def test_huggingface_hub_inference_client_on_the_front(front, grpc_embed, monkeypatch):
+    import huggingface_hub
+    from huggingface_hub import InferenceClient
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)  # the tests' guard against the hub
+
+    client = InferenceClient(model=front.url, token=KEY)
+    vectors = client.feature_extraction(TEXTS[:3])
+    assert cosines(vectors, grpc_embed.embed(TEXTS[:3])).min() >= 0.99999
+    similar = client.sentence_similarity(TEXTS[0], TEXTS[:3])
+    assert np.allclose(similar, grpc_embed.embed(TEXTS[:3]) @ grpc_embed.embed(TEXTS[:1])[0], atol=1e-5)
+
+
+# -- NIM ---------------------------------------------------------------------------------------------------------
+
+
+def test_nim_ranking_logits_and_embeddings_truncate_and_input_type(http, grpc_rerank, grpc_embed):
+    expected = grpc_rerank.rerank(QUERY, DOCUMENTS)
+    body = {"model": KALM, "query": {"text": QUERY}, "passages": [{"text": d} for d in DOCUMENTS], "truncate": "END"}
+    rankings = http.post("/v1/ranking", json=body).json()["rankings"]
+    assert [r["index"] for r in rankings] == [r.index for r in expected]
+    assert np.allclose(1 / (1 + np.exp(-np.array([r["logit"] for r in rankings]))), [r.score for r in expected],
+                       atol=1e-6)  # fmt: skip
+    refused = http.post("/v1/ranking", json={**body, "truncate": "NONE"})
+    assert refused.status_code == 400 and refused.json()["error"]["param"] == "truncate"
+    nim = {"model": MINILM, "input": TEXTS, "input_type": "query", "truncate": "START", "encoding_format": "float"}
+    vectors = [d["embedding"] for d in http.post("/v1/embeddings", json=nim).json()["data"]]
+    expected = grpc_embed.embed(TEXTS, input_type="query", truncation_direction="left")
+    assert cosines(vectors, expected).min() >= 0.99999
+    refused = http.post("/v1/embeddings", json={**nim, "truncate": "NONE"})  # TEXTS[4] is over 256 tokens
+    assert refused.status_code == 400 and "max_length 256" in refused.json()["error"]["message"]
+    assert http.get("/v1/health/ready").json()["message"] == "Service is ready."
+
+
+# -- Cohere embed ------------------------------------------------------------------------------------------------
+
+
+def inferences(grpc_url: str, model: str) -> int:
+    """Texts Triton has run through `model` (its statistics: readable without the admin key)."""
+    import tritonclient.grpc as grpcclient
+
+    with grpcclient.InferenceServerClient(grpc_url) as client:
+        return int(client.get_inference_statistics(model, as_json=True)["model_stats"][0]["inference_count"])
+
+
+def test_cohere_embed_every_type_comes_from_one_pass_and_equals_grpc(front, grpc_url, grpc_embed):
+    import cohere
+
+    client = cohere.ClientV2(api_key=KEY, base_url=front.url)
+    types = ["float", "int8", "uint8", "binary", "ubinary", "base64"]
+    before = inferences(grpc_url, MINILM)
+    response = client.embed(model=MINILM, texts=TEXTS, input_type="search_query", embedding_types=types,
+                            output_dimension=128)  # fmt: skip
+    assert inferences(grpc_url, MINILM) - before == len(TEXTS)  # one forward pass per text, for six types
+    with EmbedClient(grpc_url, MINILM) as grpc:
+        for kind, precision in [("int8", "int8"), ("uint8", "uint8"), ("binary", "binary"), ("ubinary", "ubinary")]:
+            expected = grpc.embed(TEXTS, precision=precision, dimensions=128, input_type="query")
+            assert np.array_equal(np.array(getattr(response.embeddings, kind)), expected), kind
+        floats = grpc.embed(TEXTS, dimensions=128, input_type="query")
+    assert cosines(response.embeddings.float_, floats).min() >= 0.99999
+    decoded = np.stack([np.frombuffer(base64.b64decode(row), "<f4") for row in response.embeddings.base64])
+    assert np.array_equal(decoded, np.array(response.embeddings.float_, np.float32))
+    assert response.meta.billed_units.input_tokens > 0 and response.texts == TEXTS
+    v1 = cohere.Client(api_key=KEY, base_url=front.url).embed(texts=TEXTS[:2], model=MINILM)  # the v1 SDK's default
+    assert v1.response_type == "embeddings_floats"
+    assert cosines(v1.embeddings, grpc_embed.embed(TEXTS[:2])).min() >= 0.99999
 
 
 # -- errors, auth, limits ----------------------------------------------------------------------------------------
@@ -415,7 +528,7 @@ def test_every_route_of_the_served_spec_survives_a_fuzz(front):
 
     schema = schemathesis.openapi.from_url(f"{front.url}/openapi.json")
     operations = [result.ok() for result in schema.get_all_operations()]
-    assert len(operations) == 10  # every route: OpenAI 3, Cohere 2, TEI 3, health 2
+    assert len(operations) == 27  # every route: OpenAI 4, Cohere 4, TEI 12, NIM 1, health 6
     failures = []
     for operation in operations:
         for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
@@ -431,8 +544,8 @@ def test_every_route_of_the_served_spec_survives_a_fuzz(front):
 
             try:
                 run()
-            except Unsatisfiable:  # nothing to get wrong: a GET without parameters has no negative cases
-                assert mode == GenerationMode.NEGATIVE and not operation.body and operation.method == "get"
+            except Unsatisfiable:  # nothing to get wrong: a route that reads neither parameters nor a body
+                assert mode == GenerationMode.NEGATIVE and not operation.body
     assert not failures, "\n".join(failures[:10])
     assert httpx.get(f"{front.url}/ready").status_code == 200
 

@@ -1,5 +1,6 @@
 """Closed by default, against the real server: every restricted protocol refused without its key and granted
-with it, over gRPC (TLS) and HTTP; health open for balancers; gRPC TLS and mutual TLS with certificates made
+with it, over gRPC (TLS) and HTTP; without an API key, what only reads open and what changes the server closed;
+health open for balancers; gRPC TLS and mutual TLS with certificates made
 here; the clients' api_key= and TLS options; shared memory: a client cannot register the backend's own regions,
 and another local user cannot open them, at start-up, across a stub reload or after a restart."""
 
@@ -79,7 +80,7 @@ PROTOCOLS = {
     "metadata": (API_KEY, lambda c, h: c.get_server_metadata(headers=h)),
     "model-config": (API_KEY, lambda c, h: c.get_model_config(TINY_DECODER, headers=h)),
     "inference": (API_KEY, lambda c, h: c.infer(TINY_DECODER, [text_input(_module(c))], headers=h)),
-    "statistics": (ADMIN_KEY, lambda c, h: c.get_inference_statistics(TINY_DECODER, headers=h)),
+    "statistics": (API_KEY, lambda c, h: c.get_inference_statistics(TINY_DECODER, headers=h)),
     "model-repository": (ADMIN_KEY, lambda c, h: c.get_model_repository_index(headers=h)),
     "shared-memory": (ADMIN_KEY, lambda c, h: c.get_system_shared_memory_status(headers=h)),
     "trace": (ADMIN_KEY, lambda c, h: c.get_trace_settings(headers=h)),
@@ -130,6 +131,20 @@ def test_each_restricted_protocol_needs_its_key(grpc_tls, http, transport, proto
     wrong = {k: v[:-1] + "x" for k, v in headers(key, grpc).items()}
     refused(lambda: call(client, wrong))
     call(client, headers(key, grpc))  # granted
+
+
+def test_without_an_api_key_what_only_reads_is_open_and_what_changes_the_server_is_closed(mutual, certs):
+    """What load testers read (statistics, model config) is open like metrics on a server without --api-key."""
+    client = grpcclient.InferenceServerClient(mutual.config.grpc_url, ssl=True, root_certificates=str(certs.ca),
+                                              private_key=str(certs.client_key),
+                                              certificate_chain=str(certs.client_cert))  # fmt: skip
+    try:
+        for protocol in ("statistics", "model-config", "metadata"):
+            PROTOCOLS[protocol][1](client, None)
+        for protocol in ("model-repository", "shared-memory", "trace", "logging"):
+            refused(lambda: PROTOCOLS[protocol][1](client, None))
+    finally:
+        client.close()
 
 
 def test_health_stays_open_for_balancers(grpc_tls, http):

@@ -17,21 +17,21 @@ from nestrank.serving.launcher.server import free_ports
 KEY = "unit-test-key-0123456789"
 
 
-# kind: (HTTP status, OpenAI type, OpenAI code, TEI error_type), as a caller of each API family expects them
+# kind: (HTTP status, OpenAI type, OpenAI code, TEI error_type, TEI status), as a caller of each API family expects them
 ENVELOPES = {
-    errors.ValidationError: (400, "invalid_request_error", None, "validation"),
-    errors.RequestTooLargeError: (413, "invalid_request_error", "request_too_large", "validation"),
-    errors.UnauthenticatedError: (401, "invalid_request_error", "invalid_api_key", "unauthorized"),
-    errors.NotFoundError: (404, "invalid_request_error", "not_found", "validation"),
-    errors.ModelNotFoundError: (404, "invalid_request_error", "model_not_found", "validation"),
-    errors.UnsupportedError: (501, "invalid_request_error", "unsupported", "validation"),
-    errors.OverloadedError: (429, "rate_limit_error", "overloaded", "overloaded"),
-    errors.UnavailableError: (503, "server_error", "unavailable", "unhealthy"),
-    errors.StoreError: (503, "server_error", "store_unavailable", "unhealthy"),
-    errors.StoreFullError: (507, "server_error", "store_full", "backend"),
-    errors.ClientClosedError: (503, "server_error", "client_closed", "unhealthy"),
-    errors.DeadlineExceededError: (504, "server_error", "deadline_exceeded", "unhealthy"),
-    errors.BackendError: (500, "server_error", "internal_error", "backend"),
+    errors.ValidationError: (400, "invalid_request_error", None, "validation", 413),
+    errors.RequestTooLargeError: (413, "invalid_request_error", "request_too_large", "validation", 413),
+    errors.UnauthenticatedError: (401, "invalid_request_error", "invalid_api_key", "unauthorized", 401),
+    errors.NotFoundError: (404, "invalid_request_error", "not_found", "validation", 413),
+    errors.ModelNotFoundError: (404, "invalid_request_error", "model_not_found", "backend", 424),
+    errors.UnsupportedError: (501, "invalid_request_error", "unsupported", "backend", 424),
+    errors.OverloadedError: (429, "rate_limit_error", "overloaded", "overloaded", 429),
+    errors.UnavailableError: (503, "server_error", "unavailable", "unhealthy", 503),
+    errors.StoreError: (503, "server_error", "store_unavailable", "unhealthy", 503),
+    errors.StoreFullError: (507, "server_error", "store_full", "backend", 424),
+    errors.ClientClosedError: (503, "server_error", "client_closed", "unhealthy", 503),
+    errors.DeadlineExceededError: (504, "server_error", "deadline_exceeded", "unhealthy", 503),
+    errors.BackendError: (500, "server_error", "internal_error", "backend", 424),
 }
 
 
@@ -41,7 +41,7 @@ def test_every_kind_of_the_table_has_its_envelope_here():
 
 @pytest.mark.parametrize("kind", list(ENVELOPES))
 def test_every_error_kind_answers_its_status_in_both_envelopes(kind):
-    status, openai_type, openai_code, tei_type = ENVELOPES[kind]
+    status, openai_type, openai_code, tei_type, tei_status = ENVELOPES[kind]
     err = errors.error(kind, "what went wrong")
     openai = error_response("/v1/embeddings", err)
     assert openai.status_code == status
@@ -49,8 +49,10 @@ def test_every_error_kind_answers_its_status_in_both_envelopes(kind):
     assert set(body) == {"message", "type", "param", "code"} and body["message"].endswith("what went wrong")
     assert (body["type"], body["code"]) == (openai_type, openai_code)
     tei = error_response("/embed", err)
-    assert tei.status_code == status and json.loads(tei.body) == {"error": "what went wrong", "error_type": tei_type}
+    assert tei.status_code == tei_status
+    assert json.loads(tei.body) == {"error": "what went wrong", "error_type": tei_type}
     assert ("retry-after" in openai.headers) == (status in (429, 503))
+    assert ("retry-after" in tei.headers) == (tei_status in (429, 503))
 
 
 def test_an_overload_with_the_servers_estimate_says_when_in_retry_after():

@@ -19,13 +19,15 @@ def test_flags_it_refuses(tmp_path):
 def test_the_front_command_carries_tls_and_leaves_the_key_to_the_environment(tmp_path):
     certs = make_certificates(tmp_path)
     args = serve.parser().parse_args(["--host", "0.0.0.0", "--api-port", "9080", "--api-key", KEY, "--tls-cert",
-                                      str(certs.server_cert), "--tls-key", str(certs.server_key)])  # fmt: skip
+                                      str(certs.server_cert), "--tls-key", str(certs.server_key),
+                                      "--otlp-endpoint", "http://127.0.0.1:4318"])  # fmt: skip
     config = ServerConfig(tmp_path, host="0.0.0.0", grpc_port=9001, api_key=KEY)
     front = serve.front(args)(config, EventLog(echo=False))
     command = " ".join(front.command)
     assert "-m nestrank.api --triton 127.0.0.1:9001 --host 0.0.0.0 --port 9080" in command
     assert f"--tls-cert {certs.server_cert}" in command and f"--triton-ca {certs.server_cert}" in command
     assert KEY not in command and front.env["NESTRANK_API_KEY"] == KEY
+    assert "--otlp-endpoint http://127.0.0.1:4318" in command
     assert front.url == "https://0.0.0.0:9080" and front.address == ("127.0.0.1", 9080)
 
 

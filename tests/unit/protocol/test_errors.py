@@ -20,12 +20,12 @@ EXPECTED = {
     errors.NotFoundError: ("NOT_FOUND", "NOT_FOUND", 404, "invalid_request_error", "not_found", "validation", "no",
                            ""),
     errors.ModelNotFoundError: ("NOT_FOUND", "NOT_FOUND", 404, "invalid_request_error", "model_not_found",
-                                "validation", "no", ""),
+                                "backend", "no", ""),
     errors.OverloadedError: ("UNAVAILABLE", "UNAVAILABLE", 429, "rate_limit_error", "overloaded", "overloaded",
                              "backoff", "overloaded: "),
     errors.BackendError: ("INTERNAL", "INTERNAL", 500, "server_error", "internal_error", "backend", "no", ""),
     errors.UnsupportedError: ("UNIMPLEMENTED", "UNSUPPORTED", 501, "invalid_request_error", "unsupported",
-                              "validation", "no", ""),
+                              "backend", "no", ""),
     errors.UnavailableError: ("UNAVAILABLE", "UNAVAILABLE", 503, "server_error", "unavailable", "unhealthy",
                               "elsewhere", ""),
     errors.StoreError: ("UNAVAILABLE", "UNAVAILABLE", 503, "server_error", "store_unavailable", "unhealthy",
@@ -51,6 +51,7 @@ def test_every_kind_has_the_wire_codes_it_promises():
             grpc, triton, http, retry, marker), cls  # fmt: skip
         row = errors.wire(err)
         assert (row.openai_type, row.openai_code, row.tei) == (openai_type, openai_code, tei), cls
+        assert row.tei_http == errors.TEI_STATUS[tei]  # TEI's own status for its error_type
         assert errors.http_status(err) == http
         assert err.retryable is (retry != "no")
     assert errors.http_status(KeyError("x")) == 500
@@ -74,8 +75,8 @@ def test_a_full_store_is_not_an_outage_and_an_outage_is_unavailable():
 
 
 def test_the_readme_shows_the_table_as_the_code_has_it():
-    readme = (Path(__file__).resolve().parents[3] / "README.md").read_text(encoding="utf-8")
-    assert errors.markdown_table() in readme, "README: paste errors.markdown_table() into the error table"
+    readme = (Path(__file__).resolve().parents[3] / "docs" / "errors.md").read_text(encoding="utf-8")
+    assert errors.markdown_table() in readme, "docs/errors.md: paste errors.markdown_table() into the error table"
 
 
 def test_the_kinds_keep_the_python_types_callers_catch():

@@ -93,7 +93,7 @@ def test_bad_flag_values_name_the_limit():
 
 
 def test_the_readme_lists_every_limit_with_its_default():
-    readme = (Path(__file__).resolve().parents[3] / "README.md").read_text(encoding="utf-8")
-    assert markdown_table() in readme, "README: paste limits.markdown_table() into the limits section"
+    readme = (Path(__file__).resolve().parents[3] / "docs" / "limits.md").read_text(encoding="utf-8")
+    assert markdown_table() in readme, "docs/limits.md: paste limits.markdown_table() into the limits section"
     assert "| `max_queue_wait_s` | 60 s | 30 s | the longest a request may wait" in markdown_table()
     assert "| `passage_cache_bytes` |  | 512 MiB | the rerank model's first level" in markdown_table()

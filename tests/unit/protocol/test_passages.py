@@ -183,6 +183,6 @@ def passage_bytes_table(tokens=256, width=640) -> list[str]:
 def test_the_readme_sizing_table_is_what_the_codec_writes():
     rows = passage_bytes_table()
     print("\n".join(rows))
-    readme = (Path(__file__).parents[3] / "README.md").read_text().splitlines()
+    readme = (Path(__file__).parents[3] / "docs" / "store.md").read_text().splitlines()
     start = readme.index("<!-- passage-bytes-table -->") + 3  # the marker, the header, the rule
     assert readme[start : start + len(rows)] == rows

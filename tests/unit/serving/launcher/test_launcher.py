@@ -98,7 +98,7 @@ def test_missing_binary_and_repository_are_reported(tmp_path):
 def test_admin_protocols_shared_memory_included_are_closed_by_default_behind_a_random_key(tmp_path):
     config = ServerConfig(tmp_path)
     cmd = triton_command(config, find_tritonserver(), None, "p_")
-    admin = "shared-memory,model-repository,statistics,trace,logging"
+    admin = "shared-memory,model-repository,trace,logging"  # statistics and model config stay readable
     assert f"--grpc-restricted-protocol={admin}:nestrank-admin-key={config.admin_key}" in cmd
     assert f"--http-restricted-api={admin}:nestrank-admin-key={config.admin_key}" in cmd
     assert len(config.admin_key) >= 32 and ServerConfig(tmp_path).admin_key != config.admin_key
@@ -112,7 +112,8 @@ def test_api_key_and_tls_flags(tmp_path):
     tls = TlsConfig(tmp_path / "cert.pem", tmp_path / "key.pem", client_ca=tmp_path / "ca.pem")
     config = ServerConfig(tmp_path, api_key="k" * 20, tls=tls, extra_args=("--log-info=0",))
     cmd = triton_command(config, find_tritonserver(), None, "p_")
-    assert f"--grpc-restricted-protocol=inference,model-config,metadata:nestrank-api-key={'k' * 20}" in cmd
+    readers = "inference,model-config,metadata,statistics"  # one key for everything a load tester calls
+    assert f"--grpc-restricted-protocol={readers}:nestrank-api-key={'k' * 20}" in cmd
     assert "--grpc-use-ssl-mutual=true" in cmd and f"--grpc-root-cert={tmp_path / 'ca.pem'}" in cmd
     assert cmd[-1] == "--log-info=0"
 
