@@ -6,7 +6,6 @@ that an error names `input[3]` or `documents[2]` as the request spelled it. Each
 from __future__ import annotations
 
 import asyncio
-import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -53,13 +52,6 @@ def truncation(truncate, direction: str | None = None) -> dict:
     if direction is not None and mode.get("truncation_direction", direction) != direction:
         raise ValidationError("truncation_direction", f"{direction} contradicts truncate {truncate}; send one")
     return mode
-
-
-def margin(score: float) -> float:
-    """A score's raw value (TEI's raw_scores, NIM's logit): the yes-minus-no margin back from its sigmoid; a score
-    of exactly 0 or 1 (float32 saturates) gives the float32 bounds."""
-    p = min(max(score, 1e-38), 1 - 2**-24)
-    return math.log(p) - math.log1p(-p)
 
 
 async def embed(model: ServedModel, texts: Sequence[str], options: dict, concurrency: int) -> tuple[np.ndarray, int]:

@@ -54,4 +54,4 @@ async def ranking(body: RankingRequest, request: Request):
     model = await calls.rerank_model(request.app.state.catalogue, body.model)
     ranked = await calls.rerank(model, body.query.text, [p.text for p in body.passages], None, top_n=None,
                                 instruction=None, compression_ratio=None, documents_field="passages")  # fmt: skip
-    return json_response({"rankings": [{"index": r.index, "logit": calls.margin(r.score)} for r in ranked]})
+    return json_response({"rankings": [{"index": r.index, "logit": r.margin} for r in ranked]})

@@ -137,7 +137,7 @@ async def rerank(body: RerankRequest, request: Request):
                                 compression_ratio=None, documents_field="texts")  # fmt: skip
     ranks = []
     for r in ranked:
-        rank = {"index": r.index, "score": calls.margin(r.score) if body.raw_scores else r.score}
+        rank = {"index": r.index, "score": r.margin if body.raw_scores else r.score}
         if body.return_text:
             rank["text"] = body.texts[r.index]
         ranks.append(rank)

@@ -1,6 +1,7 @@
 """Faults against real servers: a killed backend stub (readiness turns false, the model is reloaded), a killed
 tritonserver (restarted, its shared memory removed), and a client that keeps a 3,000-text embed call whole
-across two servers while one is killed with SIGKILL and comes back."""
+across two servers while one is killed with SIGKILL and comes back. The reranker's faults under traffic:
+test_rerank_faults.py."""
 
 from __future__ import annotations
 
@@ -115,45 +116,3 @@ def test_an_embed_call_survives_a_server_killed_and_restarted_mid_call(repositor
     finally:
         for server in servers:
             server.stop()
-
-
-def test_a_dead_sub_model_is_an_outage_of_this_replica_not_a_bug(reranker_exports, tmp_path):
-    """The rerank model's `_encode` stub is killed under rerank traffic: the reranks that needed it are UNAVAILABLE
-    (retried on another replica), never INTERNAL, until the launcher has the model back."""
-    from nestrank.clients.rerank import RerankClient
-    from nestrank.clients.transport import NO_RETRIES
-    from nestrank.protocol.errors import BackendError, UnavailableError
-    from tests.names import TINY_T5
-
-    for model_dir in reranker_exports[TINY_T5].model_dirs:
-        shutil.copytree(model_dir, tmp_path / "repo" / model_dir.name)
-    server = TritonServer(ServerConfig.on_free_ports(tmp_path / "repo")).start()
-    outcomes, stop = [], threading.Event()
-    try:
-        with RerankClient(server.config.grpc_url, TINY_T5, retry=NO_RETRIES) as client:
-
-            def traffic():
-                i = 0
-                while not stop.is_set():
-                    i += 1  # new documents every time: each rerank needs `_encode`
-                    try:
-                        client.rerank("a query", [f"document {i} {j} about reading files" for j in range(8)])
-                        outcomes.append("ok")
-                    except (UnavailableError, BackendError) as err:
-                        outcomes.append(err)
-
-            thread = threading.Thread(target=traffic)
-            thread.start()
-            wait_for(lambda: len(outcomes) >= 3, 60)
-            (encode_stub,) = [pid for pid, m in stub_models(server.process.pid).items() if m == f"{TINY_T5}_encode"]
-            os.kill(encode_stub, signal.SIGKILL)
-            wait_for(lambda: any(isinstance(o, UnavailableError) for o in outcomes), 30)
-            wait_for(lambda: outcomes[-1] == "ok" and server.is_ready(), 60, lambda: (outcomes[-5:], server.events.snapshot()))  # reloaded, and serving again
-            stop.set()
-            thread.join(30)
-    finally:
-        stop.set()
-        server.stop()
-    failures = [o for o in outcomes if o != "ok"]
-    assert failures and all(isinstance(o, UnavailableError) for o in failures), failures[:3]
-    print(f"encode stub killed under rerank traffic: {len(outcomes)} reranks, {len(failures)} UNAVAILABLE, 0 INTERNAL")

@@ -156,7 +156,8 @@ def test_callers_who_give_up_stop_costing_and_leave_every_model_answering(server
     cancelled = counter(server, "nestrank_rerank_encode_cancelled", ENCODE) - cancelled_before
     print(f"200 callers gone after 30 ms, a 3,000-document warm gone after 1 s: {cancelled:.0f} parts dropped in "
           f"`_encode`; the next rerank of 8 new documents answered {time.monotonic() - abandoned_at:.2f} s after "
-          f"the warm was abandoned ({answered_s:.2f} s itself); {spent:.0f} tokens encoded in the 2 s after")  # fmt: skip
+          f"the warm was abandoned ({answered_s:.2f} s itself); {spent:.0f} tokens encoded in the 2 s "
+          "after")  # fmt: skip
     assert answered_s < 5 and len(burst) == 3 and cancelled > 0
     assert spent < 32 * 40  # at most a chunk or two of the warm's 256-token passages ran on
     for model in (TINY_T5, ENCODE, SCORE):

@@ -41,7 +41,9 @@ def test_a_ranking_is_interactive_and_storing_is_bulk_unless_the_request_says_ot
     assert parse_rerank_options({"warm": True}, CONFIG).traffic_class == "bulk"  # the last release's warm
     assert parse_rerank_options({"kind": "warm", "traffic_class": "interactive"}, CONFIG).traffic_class == "interactive"
     assert parse_rerank_options({"traffic_class": "bulk"}, CONFIG).traffic_class == "bulk"
-    with pytest.raises(ValidationError, match="traffic_class: 'urgent' is not a traffic class; one of interactive, bulk"):
+    with pytest.raises(
+        ValidationError, match="traffic_class: 'urgent' is not a traffic class; one of interactive, bulk"
+    ):
         parse_rerank_options({"traffic_class": "urgent"}, CONFIG)
 
 

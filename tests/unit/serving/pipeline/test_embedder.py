@@ -8,7 +8,7 @@ import pytest
 
 from nestrank.protocol.embedding import EmbedderConfig, EmbedOptions
 from nestrank.protocol.errors import ValidationError
-from nestrank.serving.pipeline.embedder import Embedder, EmbedJob
+from nestrank.serving.pipeline.embedder import Embedder
 
 
 @pytest.fixture(scope="module")
