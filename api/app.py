@@ -20,6 +20,7 @@ from tritonclient.utils import InferenceServerException
 import nestrank
 from nestrank.api import cohere_embed_routes, errors, nim_routes, openai_routes, rerank_routes, tei_routes
 from nestrank.api.catalogue import Catalogue
+from nestrank.api.disconnect import CancelledWhenTheCallerLeaves
 from nestrank.api.guard import Guard
 from nestrank.api.observability import FrontMetrics, Measured, instrument, start_tracing
 from nestrank.api.settings import FrontSettings
@@ -125,6 +126,7 @@ def create_app(settings: FrontSettings) -> FastAPI:
         return Response(body, media_type=content_type)
 
     instrument(app, grpc_calls=tracing is not None)
+    app.add_middleware(CancelledWhenTheCallerLeaves)  # innermost: the guard has bounded the body it reads
     app.add_middleware(Guard, api_key=settings.api_key, max_body_bytes=settings.max_body_bytes,
                        retry_after_s=settings.retry_after_s)  # fmt: skip
     app.add_middleware(Measured, metrics=metrics, spec=app)

@@ -7,15 +7,17 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
+from typing import Annotated, Literal
 
 import numpy as np
 from opentelemetry import trace
+from pydantic import Field, StrictInt
 
 from nestrank.api.catalogue import EMBEDDER, RERANKER, Catalogue, ServedModel
 from nestrank.clients.rerank import RankedPassage
 from nestrank.clients.tensors import encode_text, encode_texts
 from nestrank.protocol.errors import ValidationError
-from nestrank.protocol.parameters import shown
+from nestrank.protocol.parameters import BULK, INTERACTIVE, shown
 from nestrank.serving.pipeline.embedder import calibration_key  # pure functions: how the server keys and quantizes
 from nestrank.serving.pipeline.quantization import quantize
 
@@ -44,6 +46,26 @@ def texts_of(field: str, value, max_inputs: int) -> list[str]:
     return value
 
 
+# `priority` on every inference route: Cohere's integer (0, the default, is served first) or a traffic class's name.
+Priority = Annotated[
+    StrictInt | Literal["interactive", "bulk"] | None,
+    Field(
+        None,
+        description="0 or 'interactive' (the default): ahead of bulk work, refused at once (429 with Retry-After) "
+        "when it would wait past the queue bound; 1 or more, or 'bulk': behind interactive work, waiting for room",
+    ),
+]
+
+
+def traffic_class(priority: int | str | None) -> str | None:
+    """The traffic class of a route's `priority` (None: the server's default for the call)."""
+    if priority is None or isinstance(priority, str):
+        return priority
+    if priority < 0:
+        raise ValidationError("priority", f"must be >= 0 (0 is served first), got {priority}")
+    return INTERACTIVE if priority == 0 else BULK
+
+
 def truncation(truncate, direction: str | None = None) -> dict:
     """Embed options for a `truncate` of true/false (nestrank's) or NONE/START/END (NIM's, Cohere's)."""
     if not isinstance(truncate, str):
@@ -58,6 +80,7 @@ async def embed(model: ServedModel, texts: Sequence[str], options: dict, concurr
     """(vectors in the asked precision, tokens embedded). The token count runs in a worker thread while Triton
     embeds; 0 where the front has no tokenizer for the model (no repository on this host)."""
     assert model.kind == EMBEDDER
+    options = {**options, "priority": traffic_class(options.get("priority"))}
     options = {k: v for k, v in options.items() if v is not None}
     attributes = {"nestrank.model": model.name, "nestrank.texts": len(texts)}
     with tracer.start_as_current_span("nestrank.embed", attributes=attributes) as span:
@@ -104,10 +127,19 @@ async def embed_precisions(model: ServedModel, texts: Sequence[str], precisions:
     return out, tokens
 
 
-async def rerank(model: ServedModel, query: str, documents: list[str] | None, passage_ids: list[str] | None, *,
-                 top_n: int | None, instruction: str | None, compression_ratio: int | None,
-                 documents_field: str = "documents") -> list[RankedPassage]:  # fmt: skip
-    """Candidates by descending score (documents, or stored passage ids), within the model's max_candidates."""
+async def rerank(
+    model: ServedModel,
+    query: str,
+    documents: list[str] | None,
+    passage_ids: list[str] | None,
+    *,
+    top_n: int | None,
+    instruction: str | None,
+    compression_ratio: int | None,
+    documents_field: str = "documents",
+    priority: int | str | None = None,
+) -> list[RankedPassage]:
+    """Candidates by descending margin (documents, or stored passage ids), within the model's max_candidates."""
     assert model.kind == RERANKER
     if (documents is None) == (passage_ids is None):
         raise ValidationError(documents_field, "send exactly one of documents and passage_ids")
@@ -120,7 +152,8 @@ async def rerank(model: ServedModel, query: str, documents: list[str] | None, pa
         raise ValidationError("query", "empty; send the query text")
     if top_n is not None and top_n < 1:
         raise ValidationError("top_n", f"must be an integer >= 1, got {top_n}")
-    kwargs = dict(top_n=top_n, instruction=instruction, compression_ratio=compression_ratio)
+    kwargs = dict(top_n=top_n, instruction=instruction, compression_ratio=compression_ratio,
+                  priority=traffic_class(priority))  # fmt: skip
     attributes = {"nestrank.model": model.name, "nestrank.candidates": len(candidates)}
     with tracer.start_as_current_span("nestrank.rerank", attributes=attributes):
         if documents is not None:

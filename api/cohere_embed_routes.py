@@ -39,13 +39,13 @@ class EmbedV1Request(BaseModel):
     embedding_types: list[EmbeddingType] | None = Field(None, description="default: float")
     truncate: Literal["NONE", "START", "END"] | None = Field(None, description="default END (null too, as "
                                                              "langchain-cohere sends it)")  # fmt: skip
+    priority: calls.Priority  # Cohere v2's; an extension on v1
 
 
 class EmbedV2Request(EmbedV1Request):
     inputs: list[dict] | None = Field(None, description="not served: send texts")
     output_dimension: StrictInt | None = Field(None, description="one of the model's Matryoshka dimensions")
     max_tokens: StrictInt | None = Field(None, description="at least the model's max length (texts are cut there)")
-    priority: StrictInt | None = Field(None, description="accepted; requests are served in arrival order")
 
 
 def prompt_name(model, input_type: str | None) -> str | None:
@@ -67,7 +67,7 @@ async def embeddings_by_type(body: EmbedV1Request, request: Request, dimensions:
     texts = calls.texts_of("texts", body.texts, settings.max_inputs)
     model = await calls.embed_model(request.app.state.catalogue, body.model)
     types = list(dict.fromkeys(body.embedding_types or ["float"]))
-    options = dict(dimensions=dimensions, input_type=prompt_name(model, body.input_type),
+    options = dict(dimensions=dimensions, input_type=prompt_name(model, body.input_type), priority=body.priority,
                    **calls.truncation(body.truncate or "END"))  # fmt: skip
     by_precision, tokens = await calls.embed_precisions(model, texts, [PRECISION[t] for t in types], options,
                                                         settings.request_concurrency)  # fmt: skip

@@ -35,6 +35,7 @@ class RankingRequest(BaseModel):
     passages: list[Text]
     truncate: Literal["NONE", "END"] = Field("END", description="END cuts passages and the query at the model's "
                                              "limits; NONE is not served")  # fmt: skip
+    priority: calls.Priority
 
 
 class Ranking(BaseModel):
@@ -53,5 +54,6 @@ async def ranking(body: RankingRequest, request: Request):
                               "it was trained with: send END or leave it out")  # fmt: skip
     model = await calls.rerank_model(request.app.state.catalogue, body.model)
     ranked = await calls.rerank(model, body.query.text, [p.text for p in body.passages], None, top_n=None,
-                                instruction=None, compression_ratio=None, documents_field="passages")  # fmt: skip
+                                instruction=None, compression_ratio=None, documents_field="passages",
+                                priority=body.priority)  # fmt: skip
     return json_response({"rankings": [{"index": r.index, "logit": r.margin} for r in ranked]})

@@ -47,6 +47,7 @@ class EmbeddingsRequest(BaseModel):
     )  # fmt: skip
     truncation_direction: Literal["right", "left"] | None = Field(None, description="extension")
     layers: StrictInt | None = Field(None, description="extension: a depth on the model's ladder (default: full)")
+    priority: calls.Priority
 
 
 class EmbeddingItem(BaseModel):
@@ -97,7 +98,8 @@ async def create_embeddings(body: EmbeddingsRequest, request: Request):
     texts = calls.texts_of("input", body.input, settings.max_inputs)
     model = await calls.embed_model(request.app.state.catalogue, body.model)
     options = dict(dimensions=body.dimensions, precision=body.precision, input_type=body.input_type,
-                   layers=body.layers, **calls.truncation(body.truncate, body.truncation_direction))  # fmt: skip
+                   layers=body.layers, priority=body.priority,
+                   **calls.truncation(body.truncate, body.truncation_direction))  # fmt: skip
     vectors, tokens = await calls.embed(model, texts, options, settings.request_concurrency)
     rows = encoded_rows(vectors, body.encoding_format)
     return json_response({

@@ -29,6 +29,7 @@ class RerankExtensions(BaseModel):
     compression_ratio: StrictInt | None = Field(None, description="extension: MEP ratio, one the model exported")
     passage_ids: list[StrictStr] | None = Field(None, description="extension: ids stored with `nestrank index`, "
                                                 "instead of documents; results index into them")  # fmt: skip
+    priority: calls.Priority  # Cohere v2's; an extension on v1
 
 
 class RerankV1Request(RerankExtensions):
@@ -51,7 +52,6 @@ class RerankV2Request(RerankExtensions):
     top_n: StrictInt | None = None
     max_tokens_per_doc: StrictInt | None = Field(None, description="at least the model's passage limit (documents "
                                                  "are cut there)")  # fmt: skip
-    priority: StrictInt | None = Field(None, description="accepted; requests are served in arrival order")
 
 
 class RerankDocument(BaseModel):
@@ -112,7 +112,8 @@ async def rerank_v1(body: RerankV1Request, request: Request):
     texts = None if body.documents is None else [ranked_text(i, d, body.rank_fields) for i, d in
                                                   enumerate(body.documents)]  # fmt: skip
     ranked = await calls.rerank(model, body.query, texts, body.passage_ids, top_n=body.top_n,
-                                instruction=body.instruction, compression_ratio=body.compression_ratio)  # fmt: skip
+                                instruction=body.instruction, compression_ratio=body.compression_ratio,
+                                priority=body.priority)  # fmt: skip
     results = []
     for r in ranked:
         result = {"index": r.index, "relevance_score": r.score}
@@ -136,7 +137,8 @@ async def rerank_v2(body: RerankV2Request, request: Request):
             f"of {limit} tokens, where documents are cut; send at least {limit} or leave it out",
         )
     ranked = await calls.rerank(model, body.query, body.documents, body.passage_ids, top_n=body.top_n,
-                                instruction=body.instruction, compression_ratio=body.compression_ratio)  # fmt: skip
+                                instruction=body.instruction, compression_ratio=body.compression_ratio,
+                                priority=body.priority)  # fmt: skip
     results = [{"index": r.index, "relevance_score": r.score} for r in ranked]
     count = len(body.documents if body.documents is not None else body.passage_ids)
     return json_response({"id": str(uuid.uuid4()), "results": results, "meta": meta("2", count)})

@@ -48,6 +48,7 @@ class EmbedRequest(BaseModel):
     prompt_name: StrictStr | None = Field(None, description="a prompt of the model's, e.g. query")
     dimensions: StrictInt | None = None
     layers: StrictInt | None = Field(None, description="nestrank: a depth on the model's ladder (default: full)")
+    priority: calls.Priority
 
 
 class RerankRequest(BaseModel):
@@ -59,6 +60,7 @@ class RerankRequest(BaseModel):
     return_text: StrictBool = False
     truncate: StrictBool | None = Field(None, description="accepted; the reranker always cuts at its limits")
     truncation_direction: Direction = "right"
+    priority: calls.Priority
 
 
 class SimilarityInputs(BaseModel):
@@ -124,7 +126,7 @@ async def embed(body: EmbedRequest, request: Request):
     texts = calls.texts_of("inputs", body.inputs, request.app.state.settings.max_inputs)
     options = dict(dimensions=body.dimensions, normalize=body.normalize, input_type=body.prompt_name,
                    truncate=body.truncate, truncation_direction=body.truncation_direction.lower(),
-                   layers=body.layers)  # fmt: skip
+                   layers=body.layers, priority=body.priority)  # fmt: skip
     return json_response((await embed_vectors(request, texts, options)).tolist())
 
 
@@ -134,7 +136,7 @@ async def rerank(body: RerankRequest, request: Request):
         raise ValidationError("truncation_direction", "the reranker cuts passages on the right, as it was trained")
     model = await calls.rerank_model(request.app.state.catalogue, None)
     ranked = await calls.rerank(model, body.query, body.texts, None, top_n=None, instruction=None,
-                                compression_ratio=None, documents_field="texts")  # fmt: skip
+                                compression_ratio=None, documents_field="texts", priority=body.priority)  # fmt: skip
     ranks = []
     for r in ranked:
         rank = {"index": r.index, "score": r.margin if body.raw_scores else r.score}

@@ -561,3 +561,49 @@ def test_the_bench_http_row_measures_the_same_work_as_grpc(server, grpc_url):
     assert len(http_result.latencies_s) == len(grpc_result.latencies_s) == len(batches)
     assert http_rows.shape == grpc_rows.shape == (sum(map(len, batches)), 384)
     assert cosines(http_rows, grpc_rows).min() >= 0.99999
+
+
+# -- traffic classes and cancellation at the front -----------------------------------------------------------------
+
+
+def test_priority_reaches_the_schedulers_as_a_traffic_class(http, server):
+    """Cohere's `priority` (0 first) and the traffic classes' names, on the rerank and embed routes: a bulk request's
+    work is queued as bulk in `_encode` and the embed scheduler; a negative or unknown priority is a 400."""
+    from nestrank.bench.prometheus_text import samples
+
+    def bulk(model):
+        return sum(s.value for s in samples(server.config.metrics_url)
+                   if s.labels.get("model") == model and s.name.endswith("_bulk"))  # fmt: skip
+
+    before = {m: bulk(m) for m in (f"{TINY_T5}_encode", MINILM)}
+    stamp = time.time_ns()
+    body = {"model": TINY_T5, "query": QUERY, "documents": [f"{d} ({stamp})" for d in DOCUMENTS], "priority": 1}
+    assert http.post("/v2/rerank", json=body).status_code == 200
+    assert http.post("/v1/embeddings", json={"model": MINILM, "input": ["bulk"], "priority": "bulk"}).status_code == 200
+    assert bulk(f"{TINY_T5}_encode") > before[f"{TINY_T5}_encode"] and bulk(MINILM) > before[MINILM]
+    assert http.post("/v2/rerank", json={**body, "priority": 0}).status_code == 200
+    refused = http.post("/v2/rerank", json={**body, "priority": -1})
+    assert refused.status_code == 400 and "priority: must be >= 0" in refused.text
+    assert http.post("/embed", json={"inputs": "x", "priority": "urgent"}).status_code in (400, 413, 422)
+
+
+def test_a_caller_that_disconnects_cancels_its_work(front, server):
+    """A rerank of 600 new documents whose HTTP caller gives up after 0.3 s: the front cancels its gRPC call, and
+    the rerank model drops the encode chunks it left queued (the `_encode` scheduler's cancellations)."""
+    from nestrank.bench.prometheus_text import samples
+
+    def cancelled():
+        return sum(s.value for s in samples(server.config.metrics_url) if s.name == "nestrank_rerank_encode_cancelled"
+                   and s.labels.get("model") == f"{KALM}_encode")  # fmt: skip
+
+    before = cancelled()
+    stamp = time.time_ns()
+    body = {"model": KALM, "query": QUERY, "documents": [f"passage {k} of {stamp}: " + "read the file " * 20
+                                                         for k in range(600)]}  # fmt: skip
+    with httpx.Client(base_url=front.url, headers={"Authorization": f"Bearer {KEY}"}, timeout=0.3) as impatient:
+        with pytest.raises(httpx.TimeoutException):
+            impatient.post("/v2/rerank", json=body)
+    deadline = time.monotonic() + 30
+    while cancelled() == before and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert cancelled() > before

@@ -44,7 +44,7 @@ def documents(tag: str, n: int = 8) -> list[str]:
 
 
 def counter(server, name: str, model: str) -> float:
-    return sum(s.value for s in samples(server.config.metrics_url, name) if s.labels.get("model") == model)
+    return sum(s.value for s in samples(server.config.metrics_url) if s.name == name and s.labels.get("model") == model)
 
 
 class Traffic:
