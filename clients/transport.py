@@ -186,7 +186,8 @@ class _Call:
         endpoint_down = isinstance(err, UnavailableError) or hung
         if endpoint_down:
             endpoint.failures += 1
-            eject = min(self.policy.max_eject_s, self.policy.eject_s * 2 ** (endpoint.failures - 1))
+            doublings = min(endpoint.failures - 1, 32)  # 2 ** (failures - 1) overflowed a float past ~1,000 failures
+            eject = min(self.policy.max_eject_s, self.policy.eject_s * 2**doublings)
             endpoint.ejected_until = time.monotonic() + eject
         if self.attempt >= self.policy.attempts or not (err.retryable or endpoint_down):
             return None

@@ -72,13 +72,17 @@ def kill_and_wait(pids: list[int], timeout_s: float = 5.0) -> list[int]:
     return left
 
 
+def state(pid: int) -> str | None:
+    """The process's state letter in /proc (R, S, D, T stopped, Z zombie...); None when it is gone."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except _GONE:
+        return None
+
+
 def running(pid: int) -> bool:
     """Alive and not a zombie."""
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except _GONE:
-        return False
-    return state not in ("Z", "X")
+    return state(pid) not in (None, "Z", "X")
 
 
 def process_tree_memory(pid: int) -> list[dict]:

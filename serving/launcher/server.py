@@ -34,13 +34,43 @@ from nestrank.serving.launcher.config import ServerConfig, ServerStartError, Tls
 from nestrank.serving.launcher.flags import triton_command
 from nestrank.serving.launcher.install import find_tritonserver, prepare_backends, server_environment
 from nestrank.serving.launcher.process import ServerLog, dying_with, start_process, stop_process
-from nestrank.serving.launcher.process_tree import kill_and_wait, process_tree_memory, stub_models, stubs_with_prefix
-from nestrank.serving.launcher.served import SUB_MODELS, Override, served_repository, split_password
+from nestrank.serving.launcher.process_tree import (
+    kill_and_wait,
+    process_tree_memory,
+    state,
+    stub_models,
+    stubs_with_prefix,
+)
+from nestrank.serving.launcher.served import Override, served_repository, split_password
 from nestrank.serving.launcher.shm import SHM_DIR, Regions, new_regions, private_shm_unavailable, remove_leftovers
 from nestrank.serving.launcher.supervisor import RESTART_BACKOFF_S, RESTART_STABLE_S, EventLog, Supervisor
 
 PROGRESS_DEADLINE = "_progress_deadline_seconds"  # serving/triton/metrics.py's SchedulerMetrics gauge
 # (a family's name as prometheus_client parses it: gauges keep their whole name)
+
+
+def stalled_in_metrics(text: str, waiting_before: dict[str, float | None],
+                       now: float) -> tuple[set[str], dict[str, float | None]]:  # fmt: skip
+    """(stalled models, the models with requests waiting now and their executions) from Triton's metrics text: a
+    scheduler whose worker ran past its progress deadline (`nestrank_*_progress_deadline_seconds`: a worker stuck
+    inside a live stub), or requests waiting in Triton's queue both now and at the last look (`waiting_before`)
+    with no execution started between (`nv_inference_pending_request_count`, `nv_inference_exec_count`: a stub
+    whose `execute` never returns)."""
+    found, pending, executions = set(), set(), {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            model = sample.labels.get("model", "")
+            if family.name.startswith("nestrank_") and family.name.endswith(PROGRESS_DEADLINE):
+                if 0 < sample.value < now:
+                    found.add(model)
+            elif family.name == "nv_inference_pending_request_count" and sample.value > 0:
+                pending.add(model)
+            elif family.name == "nv_inference_exec_count":  # its samples are named with _total by the parser
+                executions[model] = sample.value
+    waiting = {model: executions.get(model) for model in pending}
+    found.update(m for m, runs in waiting.items() if m in waiting_before and waiting_before[m] == runs)
+    return found - {""}, waiting
+
 
 __all__ = [  # what callers import from here
     "SHM_DIR", "ServerConfig", "ServerStartError", "TlsConfig", "TritonServer", "free_ports", "find_tritonserver",
@@ -211,53 +241,37 @@ class TritonServer:
 
     def reload(self, model: str) -> None:
         """A stub of `model` died: unload it (not ready from now on), then load it again; restart the server if
-        that fails. A reranker's sub-model takes its entry point along: the entry point fails what waited on the
-        dead stub at once (bls.StubWatch), but the BLS calls into it never return, and only a new process of the
-        entry point is rid of them."""
+        that fails."""
         self.events.add(f"a Python backend stub of {model} died; reloading the model")
-        entry_point = next((model[: -len(s)] for s in SUB_MODELS if model.endswith(s)), None)
-        for name in [model] + ([entry_point] if entry_point in self.stub_counts() else []):
-            unloaded, loaded = self.api.reload(name)
-            if unloaded == loaded == 200 and self.model_ready(name):
-                self.events.add(f"{name} reloaded and ready")
-                continue
-            self.events.add(f"reloading {name} failed (unload {unloaded}, load {loaded}); restarting tritonserver")
+        unloaded, loaded = self.api.reload(model)
+        if unloaded == loaded == 200 and self.model_ready(model):
+            self.events.add(f"{model} reloaded and ready")
+        else:
+            self.events.add(f"reloading {model} failed (unload {unloaded}, load {loaded}); restarting tritonserver")
             with self._lock:
                 self._process.kill()
-            return
 
     def stalled(self) -> list[str]:
-        """Models that stopped making progress, from Triton's metrics endpoint: a scheduler whose worker ran past its
-        progress deadline (`nestrank_*_progress_deadline_seconds`: a worker stuck inside a live stub), or requests
-        waiting in Triton's queue while no execution started since the last look (`nv_inference_pending_request
-        _count` and `nv_inference_exec_count`: a stub that no longer takes requests, frozen or deadlocked)."""
+        """Models that stopped making progress: a stub stopped (SIGSTOP, a debugger: Triton answers "not healthy"
+        and never replaces it), or what Triton's metrics say (`stalled_in_metrics`)."""
+        with self._lock:
+            pid = self._process.pid
+        found = {model for stub, model in stub_models(pid).items() if state(stub) in ("T", "t")}
         try:
             with urllib.request.urlopen(self.config.metrics_url, timeout=2.0) as response:
                 text = response.read().decode()
         except (OSError, ValueError):
-            return []
-        now, found, pending, executions = time.time(), set(), {}, {}
-        for family in text_string_to_metric_families(text):
-            for sample in family.samples:
-                model = sample.labels.get("model", "")
-                if family.name.startswith("nestrank_") and family.name.endswith(PROGRESS_DEADLINE):
-                    if 0 < sample.value < now:
-                        found.add(model)
-                elif sample.name == "nv_inference_pending_request_count" and sample.value > 0:
-                    pending[model] = sample.value
-                elif sample.name == "nv_inference_exec_count":
-                    executions[model] = sample.value
-        waiting, self._waiting = self._waiting, {m: executions.get(m) for m in pending}
-        found.update(m for m, before in self._waiting.items() if m in waiting and waiting[m] == before)
-        return sorted(found - {""})
+            return sorted(found)
+        in_metrics, self._waiting = stalled_in_metrics(text, self._waiting, time.time())
+        return sorted(found | in_metrics)
 
     def kill_stubs(self, model: str) -> None:
         """A stalled model's stubs go (the watchdog then reloads it as for any stub that died)."""
         with self._lock:
             pid = self._process.pid
         stubs = [stub for stub, name in stub_models(pid).items() if name == model]
-        self.events.add(f"{model} stopped making progress (past its scheduler's progress deadline); killing its "
-                        f"{len(stubs)} stub(s) so that it is reloaded")  # fmt: skip
+        self.events.add(f"{model} stopped making progress; killing its {len(stubs)} stub(s) so that it is "
+                        "reloaded")  # fmt: skip
         kill_and_wait(stubs)
 
     def narrow_regions(self) -> None:

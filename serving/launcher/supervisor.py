@@ -82,7 +82,7 @@ class Supervisor:
         self.server = server
         self.backoff = Backoff(backoff_s, stable_s)
         self.poll_s = poll_s
-        self.progress_every_s = progress_every_s  # how often the schedulers' progress deadlines are read
+        self.progress_every_s = progress_every_s  # how often `stalled()` looks (it reads the metrics endpoint)
         self._thread = threading.Thread(target=self._run, name="nestrank-watchdog", daemon=True)
 
     def start(self) -> Supervisor:

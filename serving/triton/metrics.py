@@ -14,8 +14,8 @@ LOCK = threading.Lock()
 
 
 class PassageMetrics:
-    """The passage states' counters on Triton's Prometheus endpoint, labelled by model and instance (each instance
-    is a process with its own first level):
+    """The rerank model's counters on Triton's Prometheus endpoint, labelled by model and instance (each instance
+    is a process with its own first level): nestrank_rerank_in_flight and nestrank_rerank_abandoned (requests);
     nestrank_passage_cache_{hits, misses, evictions, bytes, entries} for the first level (this process), and
     nestrank_passage_store_{hits, misses, errors, corrupt, bytes_read, bytes_written} and the histogram
     nestrank_passage_store_fetch_seconds for the store (labelled with it too)."""
@@ -30,6 +30,9 @@ class PassageMetrics:
              "corrupt": "store values that failed their header or checksum",
              "bytes_read": "bytes read from the store", "bytes_written": "bytes written to the store"}  # fmt: skip
     FETCH_BUCKETS = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0]
+    REQUESTS = {"in_flight": ("GAUGE", "requests the instance works on now"),
+                "abandoned": ("COUNTER", "requests whose callers gave up while they were worked on: their work "
+                              "stopped")}  # fmt: skip
 
     def __init__(self, pb_utils, model: str, instance: str, store: str):
         family = pb_utils.MetricFamily
@@ -42,8 +45,10 @@ class PassageMetrics:
                                                    kind=family.COUNTER)  # fmt: skip
         self.families["fetch"] = family(name="nestrank_passage_store_fetch_seconds", kind=family.HISTOGRAM,
                                         description="seconds per batched fetch from the store")  # fmt: skip
+        for key, (kind, help_) in self.REQUESTS.items():
+            self.families[key] = family(name=f"nestrank_rerank_{key}", description=help_, kind=getattr(family, kind))
         labels = {"model": model, "instance": instance}
-        self.metrics = {key: f.Metric(labels=labels if key.startswith("cache") else {**labels, "store": store})
+        self.metrics = {key: f.Metric(labels={**labels, "store": store} if key.startswith("store") else labels)
                         for key, f in self.families.items() if key != "fetch"}  # fmt: skip
         self.fetch = self.families["fetch"].Metric(labels={**labels, "store": store}, buckets=self.FETCH_BUCKETS)
         self.reported: dict[str, int] = {}
@@ -52,9 +57,12 @@ class PassageMetrics:
         with LOCK:
             self.fetch.observe(seconds)
 
-    def report(self, cache_stats, store_stats) -> None:
+    def report(self, cache_stats, store_stats, in_flight: int, abandoned: int) -> None:
         with LOCK:
             self._report(cache_stats, store_stats)
+            self.metrics["in_flight"].set(in_flight)
+            self.metrics["abandoned"].increment(abandoned - self.reported.get("abandoned", 0))
+            self.reported["abandoned"] = abandoned
 
     def _report(self, cache_stats, store_stats) -> None:
         for prefix, stats, keys in (("cache", cache_stats, ("hits", "misses", "evictions")),

@@ -57,6 +57,7 @@ class TritonPythonModel:
         self.bls = BlsClient(pb_utils, name, config, self.loop)
         self.workers = ThreadPoolExecutor(config.max_requests_in_flight, thread_name_prefix=f"nestrank-{name}")
         self.in_flight: set[InFlight] = set()  # touched on the loop's thread only
+        self.abandoned = 0
         self.loop.watch(self.in_flight, self.bls.watch.refresh, log_error(pb_utils))
 
     def execute(self, requests):
@@ -90,9 +91,11 @@ class TritonPythonModel:
         finally:
             self.in_flight.discard(flight)
             self.slots.give_back(read.options.traffic_class == BULK)
+            self.abandoned += flight.abandoned.reason is not None
         try:
             send(pb_utils, flight.sender, outcome)
-            self.metrics.report(self.service.passages.first_level.stats, self.service.passages.stats)
+            passages = self.service.passages
+            self.metrics.report(passages.first_level.stats, passages.stats, len(self.in_flight), self.abandoned)
         except Exception as err:  # noqa: BLE001 - the caller went away, or the metrics: nothing to answer any more
             pb_utils.Logger.log_warn(f"nestrank: answering a rerank request failed: {err!r}")
 

@@ -104,6 +104,17 @@ def test_a_dead_endpoint_is_ejected_and_the_call_moves_on():
     assert pool.endpoints[0].ejected_until > time.monotonic()
 
 
+def test_an_endpoint_down_for_thousands_of_calls_is_ejected_for_at_most_max_eject_s():
+    """The doubling stops at max_eject_s, however many calls failed (2 ** 1023 overflowed a float)."""
+    dead = FakeClient("dead", [down()] * 3000)
+    pool = endpoints(dead, policy=RetryPolicy(attempts=1, eject_s=1.0, max_eject_s=30.0))
+    pool.endpoints[0].failures = 2000
+    with pytest.raises(UnavailableError):
+        call(pool)
+    assert pool.endpoints[0].failures == 2001
+    assert 29 < pool.endpoints[0].ejected_until - time.monotonic() <= 30
+
+
 def test_an_ejected_endpoint_is_reprobed_before_it_gets_traffic_again():
     flaky, live = FakeClient("flaky", [down()], ready=False), FakeClient("live")
     pool = endpoints(

@@ -359,3 +359,27 @@ def test_one_backoff_for_the_server_and_its_companions():
     assert [backoff.pause_after(0.5) for _ in range(4)] == [1.0, 2.0, 4.0, 4.0]  # crashes in a row, capped
     assert backoff.pause_after(None) == 4.0  # a restart that never came up is a crash in the row
     assert backoff.pause_after(10.0) == 1.0  # up for the stable period: from the first step again
+
+
+def test_a_model_is_stalled_past_its_progress_deadline_or_when_its_queue_holds_requests_and_nothing_runs():
+    from nestrank.serving.launcher.server import stalled_in_metrics
+
+    def page(deadline: float, pending: int, executions: int) -> str:
+        return "\n".join([
+            "# TYPE nestrank_rerank_encode_progress_deadline_seconds gauge",
+            f'nestrank_rerank_encode_progress_deadline_seconds{{instance="m_encode_0_0",model="m_encode"}} {deadline}',
+            "# TYPE nv_inference_pending_request_count gauge",
+            f'nv_inference_pending_request_count{{model="m_score",version="1"}} {pending}',
+            "# TYPE nv_inference_exec_count counter",
+            f'nv_inference_exec_count{{model="m_score",version="1"}} {executions}',
+            "",
+        ])  # fmt: skip
+
+    now = 1_000_000.0
+    assert stalled_in_metrics(page(0, 0, 5), {}, now) == (set(), {})  # idle
+    assert stalled_in_metrics(page(now + 30, 0, 5), {}, now)[0] == set()  # running, within its deadline
+    assert stalled_in_metrics(page(now - 1, 0, 5), {}, now)[0] == {"m_encode"}  # past it
+    found, waiting = stalled_in_metrics(page(0, 3, 5), {}, now)  # requests wait: stalled only if nothing runs
+    assert found == set() and waiting == {"m_score": 5.0}
+    assert stalled_in_metrics(page(0, 3, 6), waiting, now)[0] == set()  # an execution started meanwhile
+    assert stalled_in_metrics(page(0, 1, 5), waiting, now)[0] == {"m_score"}  # none did
