@@ -1,5 +1,6 @@
-"""`nestrank bench`: load tests (embed, rerank), FBNL rerank paths (fbnl), the passage store (store), a soak (soak),
-the peer comparison (compare), the GPU paths (gpu) and retrieval quality per depth and dims (quality)."""
+"""`nestrank bench`: load tests (embed, rerank), FBNL rerank paths (fbnl), the reranker under production traffic
+(traffic), the passage store (store), a soak (soak), the peer comparison (compare), the GPU paths (gpu) and
+retrieval quality per depth and dims (quality)."""
 
 from __future__ import annotations
 
@@ -70,6 +71,18 @@ def parser() -> argparse.ArgumentParser:
     f.add_argument("--repeats", type=int, default=3)
     f.add_argument("--ratio", type=int, default=4)
     f.add_argument("--out", type=Path, default=Path("bench/out/fbnl.json"))
+    tr = workloads.add_parser("traffic", help="the reranker under production traffic: interactive reranks idle and "
+                              "during a bulk index, requests per `_score` execution by reranks in flight, an "
+                              "abandoned warm")  # fmt: skip
+    tr.add_argument("--shape", choices=("nano", "small", "large", "tiny"), default="nano",
+                    help="KaLM-Reranker-V1 widths and vocabulary (random weights), or the tests' tiny T5")  # fmt: skip
+    tr.add_argument("--layers", type=int, help="layers on each side (default: the shape's full depth)")
+    tr.add_argument("--passage-tokens", type=int, default=256)
+    tr.add_argument("--index-passages", type=int, default=400)
+    tr.add_argument("--in-flight", type=_ints, default=(1, 4, 16, 64))
+    tr.add_argument("--warm-documents", type=int, default=3000)
+    tr.add_argument("--abandon-after", type=float, default=5.0, help="seconds before the warm is given up")
+    tr.add_argument("--out", type=Path, default=Path("bench/out/traffic.json"))
     st = workloads.add_parser("store", help="rerank by id from LMDB / Redis vs the first level; store sizes, "
                               "fetch latency, nestrank index throughput")  # fmt: skip
     st.add_argument("--shape", choices=("nano", "small", "large"), default="nano")
@@ -126,6 +139,14 @@ def main(argv: list[str]) -> int:
         run(RerankBenchConfig(shape=args.shape, layers=args.layers, passages=args.passages,
                               passage_tokens=args.passage_tokens, repeats=args.repeats, ratio=args.ratio,
                               out=args.out))  # fmt: skip
+        return 0
+    if args.workload == "traffic":
+        from nestrank.bench.traffic import TrafficBenchConfig, run
+
+        run(TrafficBenchConfig(shape=args.shape, layers=args.layers, passage_tokens=args.passage_tokens,
+                               index_passages=args.index_passages, in_flight=args.in_flight,
+                               warm_documents=args.warm_documents, abandon_after=args.abandon_after,
+                               out=args.out))  # fmt: skip
         return 0
     if args.workload == "store":
         from nestrank.bench.store import StoreBenchConfig, run

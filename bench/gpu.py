@@ -7,8 +7,9 @@
   each to the CPU fp32 reference.
 - rerank: a KaLM-Reranker-V1-shaped checkpoint (random weights at the real widths), exported at every ratio;
   |Δscore| of ORT CUDA against ORT CPU and against the official code in fp32 on CUDA at every ratio; then one query
-  over 100 passages: (a) passages pre-encoded, (b) encoded per request, (c) the official PyTorch path in bfloat16
-  on CUDA (as `KaLMReranker.predict` runs there), IO binding on and off for (a) and (b).
+  over 100 passages: (a) passages pre-encoded, (b) encoded per request, (c) the official semantics in PyTorch
+  (export/reference.py) in bfloat16 on CUDA (as `KaLMReranker.predict` runs there), IO binding on and off for (a)
+  and (b).
 
 Rows are medians of `repeats` timed passes after a warm-up; no retries; every figure names what it times.
 """
@@ -185,6 +186,7 @@ def rerank_part(config: GpuBenchConfig, log) -> dict:
     from nestrank.export.tiny_checkpoints import kalm_shaped_reranker
     from nestrank.protocol.reranking import RATIOS
     from nestrank.serving.pipeline.reranker import FBNLReranker
+    from nestrank.serving.pipeline.scorer import sigmoid
 
     name = "gpu-kalm"
     with tempfile.TemporaryDirectory() as tmp:
@@ -204,7 +206,6 @@ def rerank_part(config: GpuBenchConfig, log) -> dict:
         tokenizer = load_tokenizer(checkpoint)
         docs = make_passages(tokenizer, config.passages, config.passage_tokens)
         parity_docs = docs[: config.parity_passages]
-        sigmoid = lambda m: 1 / (1 + np.exp(-m.astype(np.float64)))  # noqa: E731
 
         # The official code on CUDA: the checkpoint loaded as KaLMReranker loads it (default attention), in fp32 for
         # parity (torch keeps TF32 off for matmuls) and in bfloat16 for speed, length-sorted batches of 32.
@@ -239,7 +240,7 @@ def rerank_part(config: GpuBenchConfig, log) -> dict:
                 scores[label] = sigmoid(margins)
         official_scores = {}
         for dtype, label in ((torch.bfloat16, "bfloat16"), (torch.float32, "fp32")):
-            paths[f"(c) official PyTorch path, {label} on CUDA"], out = median_seconds(
+            paths[f"(c) official semantics in PyTorch (export/reference.py), {label} on CUDA"], out = median_seconds(
                 lambda model=official[dtype]: reference_scores(model, tokenizer, model_config, QUERY, docs, (ratio,),
                                                                batch_size=32),
                 config.repeats, f"c official {label}")  # fmt: skip

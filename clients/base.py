@@ -61,7 +61,7 @@ class AsyncModelClient(Generic[C]):
 
     config_type: type[C]
     default_model: str
-    default_timeout_s: float = 300.0  # a 3,000-text embed through two replicas took 112 s on 2 CPU cores (README)
+    default_timeout_s: float = 300.0  # a 3,000-text embed through two replicas took 112 s on 2 CPU cores
 
     def __init__(
         self,

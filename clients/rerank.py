@@ -131,7 +131,7 @@ class AsyncRerankClient(AsyncModelClient[RerankerConfig]):
 
     config_type = RerankerConfig
     default_model = "kalm-reranker"
-    default_timeout_s = 600.0  # 100 passages encoded per request took 117 s on 2 CPU cores (README)
+    default_timeout_s = 600.0  # 100 passages encoded per request took 144 s on 2 CPU cores (bench/RESULTS.md)
 
     async def rerank(self, query: str, documents: Sequence[str] | None = None, *, passages=None,
                      instruction: str | None = None, top_n: int | None = None, compression_ratio: int | None = None,

@@ -43,10 +43,10 @@ from nestrank.serving.pipeline.tokenization import TOKENIZER_FILE
 from nestrank.texts import realistic_texts
 
 WARMUP_FILE = "documents"  # under <name>_encode/warmup/
-PARITY_MAX_SCORE_DIFF = {"fp32": 1e-4, "fp16": 2e-2, "int8": 1e-1}  # fp16/int8: measured drift bounds (README)
-FLOAT16_STATES_MAX_SCORE_DIFF = 1e-3  # what holding passage states in float16 may add (measured: ≤ 1.0e-4, README)
+PARITY_MAX_SCORE_DIFF = {"fp32": 1e-4, "fp16": 2e-2, "int8": 1e-1}  # fp16/int8: measured drifts (docs/reranker.md)
+FLOAT16_STATES_MAX_SCORE_DIFF = 1e-3  # what holding passage states in float16 may add (measured: ≤ 1.0e-4)
 # int8 stored states against float16 ones; measured on the random test checkpoints: ≤ 1.7e-3 at the KaLM Nano shape,
-# ≤ 4.5e-3 on the tiny T5 (README). Past it, the export fails: every server may be started with int8 states.
+# ≤ 4.5e-3 on the tiny T5 (docs/reranker.md). Past it, the export fails: every server may be started with int8 states.
 INT8_STATES_MAX_SCORE_DIFF = 1e-2
 
 

@@ -35,6 +35,7 @@ def test_embeddings_on_the_gpu_match_the_cpu_fp32_reference(minilm_dir, tmp_path
 @pytest.mark.parametrize("name", [KALM, TINY_T5])
 def test_rerank_scores_on_the_gpu_match_the_cpu_fp32_reference(reranker_exports, name):
     from nestrank.serving.pipeline.reranker import FBNLReranker
+    from nestrank.serving.pipeline.scorer import sigmoid
 
     export = reranker_exports[name]
     repository = export.model_dirs[0].parent
@@ -45,5 +46,4 @@ def test_rerank_scores_on_the_gpu_match_the_cpu_fp32_reference(reranker_exports,
     for ratio in export.config.ratios:
         want = cpu.margins("what is served here?", documents, ratio)
         got = gpu.margins("what is served here?", documents, ratio)
-        sigmoid = lambda m: 1 / (1 + np.exp(-m))  # noqa: E731
         assert np.abs(sigmoid(got) - sigmoid(want)).max() <= RERANK_MAX_SCORE_DIFF, ratio
