@@ -27,7 +27,7 @@ def as_exported_by_the_last_release(model_dir: Path) -> None:
 
 # What the last release's exports of a reranker declare, where this one's differ (the padded passage layout): per
 # model kind, {tensor: dims} of inputs and outputs; None drops the tensor. Their parameters lack the limits and
-# the `passage_layout` that came after, so the models read PADDED and the limits' defaults.
+# the `passage_layout` that came after: they are refused at load (test_rerank_serving.py).
 LAST_RELEASE_TENSORS = {
     "rerank_encode": ({"documents": [1]}, {"passage_groups": None}),
     "rerank_score": (

@@ -218,7 +218,7 @@ def from_triton_error(code: str | None, message: str) -> NestrankError:
     pb_utils.TritonError name ("INVALID_ARG", "UNAVAILABLE", ...). Same table and message rules as
     `from_grpc_status`, with one difference: a sub-model is part of the caller's own pipeline, so an unknown one is
     being reloaded (UnavailableError), never a misspelling. A nestrank sub-model's marker decides its kind whatever
-    code came with it: on 2.51 an overloaded `_encode` reached the rerank model's `async_exec` as another code, and
+    code came with it: on 2.51 an overloaded `_encode` reached the rerank model's BLS call as another code, and
     so reached its caller as INTERNAL (measured: `nestrank bench fbnl --shape nano`)."""
     lowered = message.lower()
     marked_kind = next((c for c, w in WIRE.items() if w.marker and w.marker in lowered), None)

@@ -11,8 +11,8 @@ every model whose config has it, or to one model and its sub-models (`MODEL:NAME
 NAME_encode and NAME_score). Each changed config is validated as the model will read it, before anything starts.
 `max_queue_wait_s` is Triton's queue policy too, so both change together.
 
-A `memory://` passage store lives in one process, so the rerank model (two instances, two processes, as exported)
-is served with one instance on it: a passage one instance warms is then found by every later request.
+A `memory://` passage store lives in one process, so a rerank model configured with several instances (processes)
+is served with one on it: a passage one instance warms is then found by every later request.
 
 A store URL's password never goes into a config (clients may read configs): the parameter keeps `:***@`, and the
 password travels to the models in the environment (STORE_PASSWORD_VARIABLE), like every other secret.

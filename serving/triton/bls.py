@@ -92,6 +92,8 @@ class RequestCalls:
     def _all(self, model: str, parts: list[tuple[dict, dict]], outputs: list[str]) -> list[list[np.ndarray]]:
         """Every part's outputs, the parts sent at once; waits in steps of POLL_S, and stops (cancelling what it
         left queued) when the request is abandoned or a part fails."""
+        if self.abandoned.reason is not None:  # nothing more is sent for a request nobody waits for
+            raise self.abandoned.reason
         generation = self.bls.watch.generation[model]
         self.sent_to.add(model)
         shared = {r.ADMISSION_GROUP: self.group, TRAFFIC_CLASS: self.traffic_class}

@@ -169,6 +169,37 @@ def test_callers_who_give_up_stop_costing_and_leave_every_model_answering(server
     assert server.is_ready()
 
 
+def test_reranks_in_flight_share_score_executions_and_64_at_once_break_nothing(server):
+    """16 reranks by id in flight on one rerank instance: their score calls meet in `_score`'s scheduler and run
+    together (at least 4 requests per execution on average); then 64 at once without retries: each a right answer
+    or an overloaded refusal, and the server serves on."""
+    stamp = time.time_ns()
+    ids = [f"merge-{stamp}-{k}" for k in range(10)]
+    with RerankClient(server.config.grpc_url, TINY_T5) as client:
+        client.index(documents(f"merge {stamp}", 10), ids)
+        expected = {r.index: r.score for r in client.rerank(QUERY, passages=ids)}
+
+    async def reranks(count: int, in_flight: int):
+        async with AsyncRerankClient(server.config.grpc_url, TINY_T5, retry=NO_RETRIES,
+                                     concurrency=in_flight) as client:  # fmt: skip
+            return await asyncio.gather(*(client.rerank(QUERY, passages=ids) for _ in range(count)),
+                                        return_exceptions=True)  # fmt: skip
+
+    admitted, batches = (counter(server, f"nestrank_rerank_score_{k}", SCORE) for k in ("admitted", "batches"))
+    results = asyncio.run(reranks(160, 16))
+    merged = (counter(server, "nestrank_rerank_score_admitted", SCORE) - admitted) / (
+        counter(server, "nestrank_rerank_score_batches", SCORE) - batches)  # fmt: skip
+    assert all(isinstance(r, list) and {x.index: x.score for x in r} == expected for r in results)
+    burst = asyncio.run(reranks(64, 64))
+    served = [r for r in burst if isinstance(r, list)]
+    assert all({x.index: x.score for x in r} == expected for r in served)
+    assert all(isinstance(r, (list, OverloadedError)) for r in burst), [r for r in burst if not isinstance(r, list)]
+    assert server.is_ready() and served
+    print(f"16 reranks by id in flight: {merged:.1f} requests per `_score` execution; 64 at once: {len(served)} "
+          f"served, {64 - len(served)} refused at once")  # fmt: skip
+    assert merged >= 4
+
+
 @pytest.mark.parametrize("sub_model", [ENCODE, SCORE, ENCODE])
 def test_a_sub_model_killed_under_traffic_ends_what_waited_on_it_within_seconds(server, sub_model):
     """kill -9 of a sub-model's stub, each time under three callers' reranks of new documents: every rerank in

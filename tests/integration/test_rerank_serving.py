@@ -93,8 +93,8 @@ STORE = "nestrank_passage_store_"
 
 
 def test_a_second_rerank_over_the_same_documents_encodes_nothing(client, server):
-    """The rerank model runs two instances, each with its own first level: the second rerank reads each passage from
-    its first level or from the store, and encodes none (no store miss)."""
+    """The second rerank reads each passage from the rerank model's first level or from the store, and encodes none
+    (no store miss)."""
     docs = [f"cache probe {i}: " + d for i, d in enumerate(DOCS[:6])]
     before, before_store = cache_counters(server), cache_counters(server, prefix=STORE)
     client.rerank(QUERY, docs)
