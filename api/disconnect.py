@@ -11,7 +11,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 
+from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from nestrank.api.errors import error_response
+from nestrank.protocol.errors import RequestTooLargeError
 
 
 class CancelledWhenTheCallerLeaves:
@@ -23,7 +27,12 @@ class CancelledWhenTheCallerLeaves:
             return await self.app(scope, receive, send)
         body: list[Message] = []
         while not body or body[-1].get("more_body", False):
-            message = await receive()
+            try:
+                message = await receive()
+            except HTTPException as refused:  # the guard counting a streamed body past the limit
+                return await error_response(scope["path"], RequestTooLargeError("body", refused.detail))(
+                    scope, receive, send
+                )
             if message["type"] == "http.disconnect":
                 return  # gone before it finished sending
             body.append(message)

@@ -191,7 +191,9 @@ class AsyncRerankClient(AsyncModelClient[RerankerConfig]):
             config = (await self._model_info(deadline)).config
             ratio = compression_ratio or config.default_ratio
             parse_rerank_options({"compression_ratio": ratio}, config)
-            chunks = split_by_length([len(d) for d in encoded], config.max_encode_documents)  # the served limit
+            # the served limits: bulk parts of bulk_encode_documents, so that interactive work waits behind small ones
+            size = config.max_encode_documents if priority != BULK else config.bulk_encode_documents
+            chunks = split_by_length([len(d) for d in encoded], min(size, config.max_encode_documents))
             with tqdm(total=len(encoded), disable=not progress, unit="doc") as bar:
 
                 async def send(chunk: np.ndarray) -> PassageStates:

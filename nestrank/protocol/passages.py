@@ -9,8 +9,7 @@ scores the same.
 
 - Wire: N passages travel ragged, as they are held: states [ΣG, H] float16, counts [ΣG] int32 and groups per
   passage [N] (`reranking.wire_tensors` / `from_wire`). `padded` / `from_padded` ([N, G_max, H], [N, G_max], a
-  count of 0 marking padding) are the scorer's one padding, right before ONNX Runtime, MEP's re-pooling, and the
-  wire of exports from before the ragged layout.
+  count of 0 marking padding) are for MEP's re-pooling (the scorer pads its own runs, right before ONNX Runtime).
 - Store: one value is `to_bytes(states)`, a versioned header (magic, version, dtype, ratio, passages, groups,
   width, tokens, a CRC-32 of the body, the model's passage fingerprint) and the arrays; `from_bytes` reads it back
   and refuses anything that fails the header or the checksum (`CorruptStates`). A store holds states as float16
@@ -147,7 +146,7 @@ class PassageStates:
     @classmethod
     def from_padded(cls, states: np.ndarray, counts: np.ndarray, ratio: int, ids: Sequence[str] = (),
                     fingerprint: str = "") -> PassageStates:  # fmt: skip
-        """The wire's zero-padded [N, G, H] / [N, G] → passages without their trailing empty groups."""
+        """Zero-padded [N, G, H] / [N, G] (MEP's pooled output) → passages without their trailing empty groups."""
         valid = counts > 0
         ends = np.where(valid.any(axis=1), counts.shape[1] - np.argmax(valid[:, ::-1], axis=1), 0)
         return cls.from_passages([(s[:e], c[:e]) for s, c, e in zip(states, counts, ends)], ratio, ids, fingerprint,
@@ -183,7 +182,7 @@ class PassageStates:
 
     def padded(self, indices: Sequence[int] | None = None, dtype=STATE_DTYPE) -> tuple[np.ndarray, np.ndarray]:
         """[n, G_max, H] states (float16, or `dtype`: the scorer's float32 graph input) and [n, G_max] int32 counts
-        (all passages, or those at `indices`), zeros past each passage's groups: the one padding."""
+        (all passages, or those at `indices`), zeros past each passage's groups (MEP re-pools them)."""
         indices = range(len(self)) if indices is None else indices
         lengths = self.lengths
         longest = max((int(lengths[i]) for i in indices), default=0)

@@ -104,8 +104,11 @@ class Supervisor:
                 server.narrow_regions()
                 if time.monotonic() - progress_read_at >= self.progress_every_s:
                     progress_read_at = time.monotonic()
-                    for model in server.stalled():
-                        server.kill_stubs(model)
+                    try:
+                        for model in server.stalled():
+                            server.kill_stubs(model)
+                    except Exception as err:  # noqa: BLE001 - the watchdog outlives a bad look (a dying server)
+                        server.events.add(f"looking for stalled models failed: {err!r}")
                 running = server.stub_counts()
                 for model, count in expected.items():
                     if running[model] < count and not server.stopping.is_set():

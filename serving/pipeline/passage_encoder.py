@@ -3,7 +3,6 @@ at a ratio → passage states stamped with the model's passage fingerprint (what
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import time
@@ -45,14 +44,6 @@ def passage_fingerprint(encode_dir: str | Path, config: RerankerConfig) -> str:
                 while block := f.read(1 << 23):
                     digest.update(block)
     return digest.hexdigest()[:32]
-
-
-def with_passage_fingerprint(config: RerankerConfig, encode_dir: str | Path) -> RerankerConfig:
-    """`config` as exported, or, for an export from before fingerprints, with the fingerprint computed from its
-    `_encode` files now (every model of the reranker computes the same)."""
-    if config.passage_fingerprint:
-        return config
-    return dataclasses.replace(config, passage_fingerprint=passage_fingerprint(encode_dir, config))
 
 
 @dataclass

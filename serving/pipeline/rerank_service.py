@@ -143,8 +143,9 @@ class RerankService:
 
     # -- candidates -------------------------------------------------------------------------------------------
 
-    def _check_count(self, field: str, count: int) -> None:
-        """The one max_candidates check of a request's path (the clients split longer lists)."""
+    def check_count(self, field: str, count: int) -> None:
+        """The max_candidates check (the clients split longer lists): the rerank model runs it on a tensor's size
+        before it decodes the texts, and `rerank` and `store` on what they are given."""
         if count == 0:
             raise ValidationError(field, "no candidates; send at least one")
         if count > self.config.max_candidates:
@@ -304,7 +305,7 @@ class RerankService:
             raise ValidationError("passage_ids", "an index request sends one id per document")
         if kind not in (WARM, INDEX):
             raise ValidationError("kind", f"{kind!r} stores nothing; send kind=warm or kind=index")
-        self._check_count("documents", len(documents))
+        self.check_count("documents", len(documents))
         self._check_documents(documents)
         ratio = options.compression_ratio
         self._check_state_bytes("documents", Candidates(documents=documents), options)
@@ -351,7 +352,7 @@ class RerankService:
                 "documents", f"send exactly one of documents, passage_ids, passage_states; got {given}"
             )
         n = candidates.count()
-        self._check_count(given[0], n)
+        self.check_count(given[0], n)
         if candidates.documents is not None:
             self._check_documents(candidates.documents)
         self._check_state_bytes(given[0], candidates, options)

@@ -15,10 +15,11 @@ Two traffic classes (nestrank/protocol/parameters.py), each with its own queue:
 Parts of one request (a rerank's encode chunks, sent at once so that they share executions) carry the same `group`:
 each part is judged against other requests' work only (the fourth chunk of a rerank of 100 new passages is not
 refused for the three ahead of it), and once a part has started, the rest are not refused for having waited behind
-it. At most `max_group_parts` parts share a group (one `max_candidates` request: a group id buys no more than one
-request's worth of work). `cancel(group)` drops a group's queued parts and refuses its later ones: the rerank model
-sends it when its caller gives up (Triton 2.51 cannot cancel a BLS request). A request whose own caller gave up
-(Triton's `is_cancelled`) is skipped when the worker reaches it.
+it. Only the first `max_group_parts` parts of a group get that (one `max_candidates` request: a group id buys no
+more than one request's worth of work); later ones are judged against everything ahead. `cancel(group)` drops a
+group's queued parts and refuses its later ones: the rerank model sends it when its caller gives up (Triton 2.51
+cannot cancel a BLS request). A request whose own caller gave up (Triton's `is_cancelled`) is skipped when the
+worker reaches it.
 
 Nothing wedges the worker: every call out (the caller's `cancelled`, `answer`, the stage itself) is guarded; a
 failed shared execution is run again request by request, so that only the request that caused it fails; an
@@ -70,7 +71,7 @@ class Admitted:
 class _Group:
     """Parts of one request that are queued or running, and what was decided for them."""
 
-    parts: int = 0  # admitted so far (never decreases: bounds the parts one decision covers)
+    parts: int = 0  # admitted while the group had parts pending (bounds the parts one decision covers)
     pending: int = 0  # queued or running now
     tokens: int = 0  # theirs, queued or running
     started: bool = False
@@ -288,7 +289,9 @@ class TokenBudgetScheduler:
         answers = self._run(live)
         elapsed = time.monotonic() - started
         tokens = sum(r.tokens for r in live)
-        if tokens and elapsed > 0:
+        if tokens and elapsed > 0 and not any(isinstance(a, Exception) for a in answers):
+            # only executions that did all their work measure the speed: a request refused in `core` (a text over
+            # the limit, say) counts its tokens without their cost, and would make every later estimate hopeful
             self.tokens_per_s += self.SMOOTHING * (tokens / elapsed - self.tokens_per_s)
         with self._wake:
             self.stats.batches += 1
@@ -312,6 +315,10 @@ class TokenBudgetScheduler:
                 return [err]
             self.stats.isolated += 1
             self.log(f"a shared execution of {len(live)} requests failed ({err!r}); running them one by one")
+            with self._wake:  # the reruns are progress too: a deadline of their own
+                self.progress_deadline = time.time() + self.STALL_GRACE_S + self.STALL_FACTOR * sum(
+                    r.tokens for r in live) / self.tokens_per_s  # fmt: skip
+            self._progress()
             return [answer for request in live for answer in self._run([request])]
         return [self._finish(request) for request in live]
 

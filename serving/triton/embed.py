@@ -23,7 +23,7 @@ from nestrank.serving.triton.glue import (
     request_parameters,
     wanted_outputs,
 )
-from nestrank.serving.triton.metrics import SchedulerMetrics
+from nestrank.serving.triton.metrics import SchedulerMetrics, report
 
 
 def read(request, config):
@@ -58,7 +58,7 @@ class TritonPythonModel:
             answer = answerer(pb_utils, request, lambda result, name=output: [pb_utils.Tensor(name, result)])
             self.scheduler.submit(Admitted(job, job.tokens, answer, request.is_cancelled,
                                            bulk=options.traffic_class == BULK))  # fmt: skip
-        self.metrics.report(self.scheduler)
+        report(pb_utils, self.metrics, self.scheduler)
         return None
 
     def finalize(self):

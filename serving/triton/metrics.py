@@ -132,3 +132,12 @@ class SchedulerMetrics:
                 values.append(drained.pop())
             for value in values:
                 self.metrics[key].observe(value)
+
+
+def report(pb_utils, metrics: SchedulerMetrics, scheduler) -> None:
+    """From `execute`, after the requests were handed on: a metrics call that fails must not fail `execute` (its
+    requests would be answered twice)."""
+    try:
+        metrics.report(scheduler)
+    except Exception as err:  # noqa: BLE001 - metrics are not worth a request
+        pb_utils.Logger.log_warn(f"nestrank: reporting the scheduler's metrics failed: {err!r}")

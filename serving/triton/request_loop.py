@@ -1,8 +1,8 @@
 """The rerank model's request loop: one asyncio loop on a thread of its own, for the requests an instance works on
-at once (serving/triton/rerank.py). It makes and reads every Triton object of those requests (their BLS calls,
-bls.py, and their answers), and every WATCH_S it looks whether each one is still worth its work: a caller that
-gave up (Triton's `is_cancelled`: a cancellation, or a gRPC deadline that passed) abandons its request, which stops
-at its next wait (bls.RequestCalls) and cancels what it left queued in the sub-models."""
+at once (serving/triton/rerank.py). It makes their BLS requests and reads their answers (bls.py), sends their
+answers, and every WATCH_S looks whether each one is still worth its work: a caller that gave up (Triton's
+`is_cancelled`: a cancellation, or a gRPC deadline that passed) abandons its request, which stops at its next wait
+(bls.RequestCalls) and cancels what it left queued in the sub-models."""
 
 from __future__ import annotations
 
@@ -39,8 +39,7 @@ class InFlight:
 
 
 class RequestLoop:
-    """An asyncio loop on a daemon thread of its own: the one thread that makes and reads Triton objects for the
-    requests in flight (see the module's docstring)."""
+    """An asyncio loop on a daemon thread of its own, for the requests in flight (see the module's docstring)."""
 
     def __init__(self, name: str):
         self.loop = asyncio.new_event_loop()
@@ -49,6 +48,23 @@ class RequestLoop:
 
     def submit(self, coroutine: Coroutine) -> concurrent.futures.Future:
         return asyncio.run_coroutine_threadsafe(coroutine, self.loop)
+
+    def drain(self, in_flight: set[InFlight], reason: Exception, timeout_s: float = 10.0) -> None:
+        """From another thread (finalize): abandons every request in flight with `reason`, and waits until they
+        have been answered (their workers stop at their next wait), for at most `timeout_s`."""
+
+        async def draining():
+            for flight in list(in_flight):
+                flight.abandoned.set(reason)
+            waited = 0.0
+            while in_flight and waited < timeout_s:
+                await asyncio.sleep(0.05)
+                waited += 0.05
+
+        try:
+            self.submit(draining()).result(timeout_s + 1)
+        except Exception:  # noqa: BLE001 - unloading goes on
+            pass
 
     def stop(self) -> None:
         if getattr(self, "watcher", None) is not None:
@@ -65,11 +81,15 @@ class RequestLoop:
                 await asyncio.sleep(WATCH_S)
                 try:
                     also()
-                    for flight in list(in_flight):
-                        if flight.abandoned.reason is None and flight.request.is_cancelled():
-                            flight.abandoned.set(UnavailableError("cancelled by the caller"))
                 except Exception as err:  # noqa: BLE001 - the watch goes on
-                    log(f"watching the requests in flight failed: {err!r}")
+                    log(f"watching the sub-models failed: {err!r}")
+                for flight in list(in_flight):
+                    try:
+                        gave_up = flight.abandoned.reason is None and flight.request.is_cancelled()
+                    except Exception:  # noqa: BLE001 - Triton no longer knows the request: nobody waits for it
+                        gave_up = True
+                    if gave_up:
+                        flight.abandoned.set(UnavailableError("cancelled by the caller"))
 
         self.watcher = self.submit(watching())
 

@@ -2,12 +2,15 @@
 store (the config's `passage_store`; default: LMDB in the serving user's cache), encodes only the misses through
 `<name>_encode`, scores through `<name>_score` (serving/triton/bls.py), and stores what warm / index requests send.
 
-Many requests in flight per instance: `execute` (Triton's thread) reads and checks each request, takes one of the
-instance's `max_requests_in_flight` slots for it (bulk requests at most half; past it, refused at once as
-overloaded) and hands it to the request loop; it returns at once, and each request is answered through its response
-sender when its work is done. The work itself runs on a worker thread per request; the loop's thread makes every
-Triton object, and asks Triton every WATCH_S whether each caller gave up (a cancellation or a passed gRPC
-deadline): an abandoned request stops at its next wait and its queued sub-requests are cancelled (bls.py).
+Many requests in flight per instance. Which thread does what:
+- Triton's thread runs `execute`: it reads and checks each request, takes one of the instance's
+  `max_requests_in_flight` slots for it (bulk requests at most half; past it, refused at once as overloaded: that
+  refusal is sent here) and hands it to the request loop; it returns at once.
+- A worker thread per request does its work (pure Python and numpy: the store, pooling, ranking).
+- The request loop's thread (request_loop.py) makes its BLS requests and reads their answers (each `exec()` waits on
+  a daemon thread of its own: bls.py), sends its answer, and asks Triton every WATCH_S whether each caller gave up
+  (a cancellation or a passed gRPC deadline): an abandoned request stops at its next wait, and its queued
+  sub-requests are cancelled.
 """
 
 import asyncio
@@ -16,6 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 import triton_python_backend_utils as pb_utils
 
 from nestrank.protocol import reranking as r
+from nestrank.protocol.errors import UnavailableError
 from nestrank.protocol.parameters import BULK
 from nestrank.serving.pipeline.passage_cache import PassageCache
 from nestrank.serving.pipeline.passage_store import configured_store, open_store
@@ -36,9 +40,13 @@ from nestrank.serving.triton.metrics import PassageMetrics
 from nestrank.serving.triton.request_loop import InFlight, RequestLoop
 
 
-def _texts(request, name):
+def _texts(request, name, service):
     array = one_row(input_array(pb_utils, request, name, required=False), name)
-    return None if array is None else decode_texts(array, name)
+    if array is None:
+        return None
+    if name != r.QUERY:
+        service.check_count(name, array.size)  # before decoding a million texts on Triton's thread
+    return decode_texts(array, name)
 
 
 class TritonPythonModel:
@@ -74,7 +82,7 @@ class TritonPythonModel:
         return None
 
     def _read(self, request) -> RerankRequest:
-        texts = {name: _texts(request, name) for name in (r.QUERY, r.DOCUMENTS, r.PASSAGE_IDS)}
+        texts = {name: _texts(request, name, self.service) for name in (r.QUERY, r.DOCUMENTS, r.PASSAGE_IDS)}
         wire = tuple(one_row(input_array(pb_utils, request, n, required=False), n)
                      for n in (r.PASSAGE_STATES, r.PASSAGE_COUNTS, r.PASSAGE_GROUPS))  # fmt: skip
         return self.service.read(request_parameters(request), texts, wire)
@@ -100,5 +108,6 @@ class TritonPythonModel:
             pb_utils.Logger.log_warn(f"nestrank: answering a rerank request failed: {err!r}")
 
     def finalize(self):
+        self.loop.drain(self.in_flight, UnavailableError("the model is unloading; retry on another replica"))
         self.workers.shutdown(wait=False, cancel_futures=True)
         self.loop.stop()
