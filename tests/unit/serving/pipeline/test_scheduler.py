@@ -3,6 +3,7 @@ would pass the bound, cancelled requests skipped, a failed execution failing onl
 interactive work ahead of bulk work, cancelled groups, and a worker that nothing a request does can stop."""
 
 import threading
+import time
 
 import pytest
 
@@ -268,16 +269,26 @@ def test_stopping_refuses_what_is_queued_as_unavailable(run):
     assert isinstance(answers["late"], UnavailableError)
 
 
-def test_the_speed_estimate_follows_what_executions_take():
-    slow = threading.Event()
-    scheduler = TokenBudgetScheduler(lambda works: slow.wait(0.2) or works, max_batch_tokens=10_000,
-                                     max_wait_s=1e6, tokens_per_s=1e9)  # fmt: skip
+def test_the_speed_estimate_follows_what_executions_take_when_they_do_their_work():
+    stage = Recorder()
+    stage.core = lambda works: time.sleep(0.2)
+    scheduler = TokenBudgetScheduler(stage, max_batch_tokens=10_000, max_wait_s=1e6, tokens_per_s=1e9)
     answers = {}
     for i in range(3):
         admitted, done = request(f"r{i}", 100, answers)
         scheduler.submit(admitted)
         done.wait(5)
     assert scheduler.tokens_per_s < 1e9 * 0.5  # 100 tokens in 0.2 s pulls the estimate far down from 1e9
+    measured = scheduler.tokens_per_s
+
+    def refused(works):
+        raise ValueError("text[0]: 5000000 characters exceed the limit")  # fails at once, its tokens not worked
+
+    stage.core = refused
+    admitted, done = request("refused", 100_000, answers)
+    scheduler.submit(admitted)
+    assert done.wait(5) and isinstance(answers["refused"], ValueError)
+    assert scheduler.tokens_per_s == measured  # a failure says nothing about the speed
     scheduler.stop()
 
 
