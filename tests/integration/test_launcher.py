@@ -145,7 +145,7 @@ def test_a_reranker_uses_the_store_and_the_limits_it_was_served_with(tiny_t5_dir
         triton = grpcclient.InferenceServerClient(config.grpc_url)  # the server enforces it too
         tensor = grpcclient.InferInput("documents", [1, 3], "BYTES")
         tensor.set_data_from_numpy(np.array([[d.encode() for d in documents[:3]]], dtype=object))
-        with pytest.raises(InferenceServerException, match="documents: 3 texts exceed the limit of 2"):
+        with pytest.raises(InferenceServerException, match="documents: 3 exceed max_candidates 2"):
             triton.infer("t5", [tensor], parameters={"warm": True})
         triton.close()
     assert open_store(store).entries()["pinned"] >= 10  # five passages' states and five ids, kept for good

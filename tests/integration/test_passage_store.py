@@ -30,7 +30,6 @@ from nestrank.protocol.reranking import (
     PASSAGE_GROUPS,
     PASSAGE_STATES,
     QUERY,
-    RAGGED,
     SCORES,
     passage_id,
     wire_tensors,
@@ -261,7 +260,7 @@ def test_states_of_one_model_are_refused_by_another(replicas):
         other_fingerprint = other.info().passage_fingerprint
     # and by the server itself, whatever a client does
     raw = grpcclient.InferenceServerClient(a.grpc_url)
-    wire = wire_tensors(states, RAGGED)
+    wire = wire_tensors(states)
     inputs = [text_input(QUERY, [QUERY_TEXT], [1, 1]), array_input(PASSAGE_STATES, wire[PASSAGE_STATES][None], "FP16"),
               array_input(PASSAGE_COUNTS, wire[PASSAGE_COUNTS][None], "INT32"),
               array_input(PASSAGE_GROUPS, wire[PASSAGE_GROUPS][None], "INT32")]  # fmt: skip

@@ -34,7 +34,9 @@ def server(reranker_exports, tmp_path_factory):
     folder = tmp_path_factory.mktemp("rerank-faults")
     for model_dir in reranker_exports[TINY_T5].model_dirs:
         shutil.copytree(model_dir, folder / "repo" / model_dir.name)
-    config = ServerConfig.on_free_ports(folder / "repo", passage_store=f"lmdb://{folder / 'passages'}")
+    config = ServerConfig.on_free_ports(
+        folder / "repo", passage_store=f"lmdb://{folder / 'passages'}", extra_args=("--exit-timeout-secs=5",)
+    )  # a lost BLS call holds none
     with TritonServer(config) as running:
         yield running
 

@@ -64,7 +64,6 @@ def test_a_ladder_on_a_family_it_cannot_cut_is_refused(tiny_decoder_dir, tmp_pat
 def test_minilm_ladder_exports_segments_gated_at_every_depth(minilm_dir, tmp_path):
     from nestrank.export.embedder import embed_at
     from nestrank.protocol.embedding import parse_options
-    from nestrank.serving.pipeline.embedder import EmbedJob
     from nestrank.texts import realistic_texts
 
     lines = []
@@ -81,9 +80,8 @@ def test_minilm_ladder_exports_segments_gated_at_every_depth(minilm_dir, tmp_pat
     assert [(s.depth, s.first, s.last) for s in embedder.segments] == [(3, True, False), (6, False, True)]
     # Mixed depths in one execution: each text leaves the chain at its own depth, as if it ran alone.
     texts = realistic_texts(24, seed=5)
-    jobs = [embedder.prepare(EmbedJob(texts[i::3], parse_options({"layers": k}, result.config)))
-            for i, k in enumerate((3, 6, 3))]  # fmt: skip
-    embedder.run(jobs)
+    jobs = [embedder.pre(texts[i::3], parse_options({"layers": k}, result.config)) for i, k in enumerate((3, 6, 3))]
+    embedder.core(jobs)
     for i, (job, k) in enumerate(zip(jobs, (3, None, 3))):
         np.testing.assert_allclose(job.result, embed_at(embedder, texts[i::3], k), atol=2e-6)
     assert np.sum(jobs[0].result * embed_at(embedder, texts[0::3], None), axis=1).max() < 0.999  # depth matters

@@ -226,7 +226,7 @@ def test_reduced_precision_writes_external_data_when_needed(tmp_path, monkeypatc
 
     source = reranker_exports[TINY_T5].model_dirs[1] / "1"
     monkeypatch.setattr(precision, "EXTERNAL_DATA_BYTES", 1024)
-    feeds = {"decoder_input_ids": np.array([[0, 5, 6]], np.int64),
+    feeds = {"decoder_input_ids": np.array([[0, 5, 6]], np.int64), "prompt_lengths": np.array([3], np.int64),
              "passage_states": np.random.default_rng(0).standard_normal((1, 3, 64), dtype=np.float32),
              "passage_mask": np.ones((1, 3), np.int64)}  # fmt: skip
     expected = ort.InferenceSession(str(source / "scorer.onnx")).run(["margins"], feeds)[0]
