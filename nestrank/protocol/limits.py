@@ -23,9 +23,11 @@ from typing import Any
 MiB = 1 << 20
 
 
-def _limit(default: int | float, what: str, low: int | float = 1):
-    """A limit: its default, what it bounds (the README's table) and the least it may be (a float: more than it)."""
-    return dataclasses.field(default=default, metadata={"what": what, "low": low})
+def _limit(default: int | float, what: str, low: int | float = 1, inclusive: bool | None = None):
+    """A limit: its default, what it bounds (the docs' table) and the least it may be (a float: more than it,
+    unless `inclusive`)."""
+    inclusive = not isinstance(default, float) if inclusive is None else inclusive
+    return dataclasses.field(default=default, metadata={"what": what, "low": low, "inclusive": inclusive})
 
 
 def _check(limits: Any) -> None:
@@ -34,8 +36,8 @@ def _check(limits: Any) -> None:
         value, low, number = getattr(limits, f.name), f.metadata["low"], isinstance(f.default, float)
         if isinstance(value, bool) or not isinstance(value, (int, float) if number else int):
             raise ValueError(f"{f.name} must be {'a number' if number else 'an integer'}, got {value!r}")
-        if value < low or (number and value == low):
-            raise ValueError(f"{f.name} must be {'>' if number else '>='} {low:g}, got {value!r}")
+        if value < low or (value == low and not f.metadata["inclusive"]):
+            raise ValueError(f"{f.name} must be {'>=' if f.metadata['inclusive'] else '>'} {low:g}, got {value!r}")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -72,6 +74,9 @@ class RerankLimits:
                                              "overloaded")  # fmt: skip
     score_batch_tokens: int = _limit(16384, "work per execution of the `_score` scheduler: prompt tokens x "
                                             "candidates + pooled groups")  # fmt: skip
+    score_batch_delay_s: float = _limit(0.005, "how long a busy `_score` waits for the score calls of concurrent "
+                                               "reranks to join an execution (0: never)", low=0.0,
+                                        inclusive=True)  # fmt: skip
     score_chunk_bytes: int = _limit(64 * MiB, "passage states per call from the rerank model to `_score` "
                                               "(through /dev/shm)")  # fmt: skip
     max_run_tokens: int = _limit(8192, "as the embedder's, for the passage encoder (padded tokens per run)")

@@ -100,9 +100,10 @@ class TokenBudgetScheduler:
     def __init__(self, stage: Stage, max_batch_tokens: int, max_wait_s: float, tokens_per_s: float,
                  name: str = "embed", max_group_parts: int = 1, max_bulk_parts: int = 256,
                  log: Callable[[str], None] = _log_to_stderr,
-                 on_progress: Callable[[], None] = lambda: None):  # fmt: skip
+                 on_progress: Callable[[], None] = lambda: None, batch_delay_s: float = 0.0):  # fmt: skip
         """`tokens_per_s` is the first estimate of the speed (measured at load), updated after every execution;
-        `on_progress` is called by the worker when it starts and ends an execution (the metrics)."""
+        `on_progress` is called by the worker when it starts and ends an execution (the metrics); `batch_delay_s`:
+        how long a busy scheduler waits for more requests to join an execution (0: never)."""
         if max_batch_tokens < 1 or max_wait_s <= 0 or tokens_per_s <= 0 or max_bulk_parts < 1:
             raise ValueError("max_batch_tokens >= 1, max_wait_s > 0, tokens_per_s > 0 and max_bulk_parts >= 1")
         self.stage = stage
@@ -113,6 +114,8 @@ class TokenBudgetScheduler:
         self.max_bulk_parts = max_bulk_parts
         self.log = log
         self.on_progress = on_progress
+        self.batch_delay_s = batch_delay_s
+        self._last_end = float("-inf")  # time.monotonic() when the last execution ended
         self.stats = SchedulerStats()
         self.progress_deadline = 0.0  # time.time() by which the running execution should be over; 0: idle
         self._groups: dict[str, _Group] = {}
@@ -210,6 +213,7 @@ class TokenBudgetScheduler:
                 self._wake.wait()
             if self._stopping:
                 return None
+            self._gather_while_busy()
             interactive = self._queues[False]
             batch, tokens = [], 0
             if interactive:
@@ -224,6 +228,19 @@ class TokenBudgetScheduler:
             expected_s = tokens / self.tokens_per_s
             self.progress_deadline = time.time() + self.STALL_GRACE_S + self.STALL_FACTOR * expected_s
             return batch
+
+    def _gather_while_busy(self) -> None:
+        """Under the lock: when the last execution ended less than `batch_delay_s` ago (the model is busy) and
+        interactive work is queued within the budget, wait up to `batch_delay_s` from its first request's arrival
+        for more to join the execution (what Triton's dynamic batcher does with max_queue_delay), so that requests
+        of concurrent callers share a run. An idle model starts at once."""
+        interactive = self._queues[False]
+        if not (self.batch_delay_s and interactive) or time.monotonic() - self._last_end > self.batch_delay_s:
+            return
+        until = interactive[0].arrived + self.batch_delay_s
+        while (self._queued_tokens[False] < self.max_batch_tokens and not self._stopping
+               and (left := until - time.monotonic()) > 0):  # fmt: skip
+            self._wake.wait(left)
 
     def _loop(self) -> None:
         while True:
@@ -294,6 +311,7 @@ class TokenBudgetScheduler:
             # the limit, say) counts its tokens without their cost, and would make every later estimate hopeful
             self.tokens_per_s += self.SMOOTHING * (tokens / elapsed - self.tokens_per_s)
         with self._wake:
+            self._last_end = time.monotonic()
             self.stats.batches += 1
             self.stats.tokens += tokens
             self.stats.batch_seconds.append(elapsed)

@@ -43,6 +43,7 @@ class TritonPythonModel:
         self.scheduler = TokenBudgetScheduler(self.scorer, config.score_batch_tokens, config.max_queue_wait_s,
                                               self.scorer.measure_tokens_per_s(), name="rerank-score",
                                               max_group_parts=config.max_candidates, log=log_error(pb_utils),
+                                              batch_delay_s=config.score_batch_delay_s,
                                               on_progress=lambda: self.metrics.report(self.scheduler))  # fmt: skip
 
     def execute(self, requests):

@@ -335,3 +335,23 @@ def test_each_part_is_judged_against_other_requests_and_a_group_covers_only_so_m
     assert isinstance(answers["a3"], OverloadedError) and str(answers["a3"]).startswith("91 tokens are queued")
     run.release.set()
     scheduler.stop()
+
+
+def test_a_busy_scheduler_waits_a_moment_for_concurrent_requests_and_an_idle_one_does_not():
+    stage = Recorder()
+    scheduler = TokenBudgetScheduler(stage, max_batch_tokens=1000, max_wait_s=1e6, tokens_per_s=1e6,
+                                     batch_delay_s=0.05)  # fmt: skip
+    answers = {}
+    started = time.monotonic()
+    admitted, done = request("alone", 10, answers)
+    scheduler.submit(admitted)
+    assert done.wait(5) and time.monotonic() - started < 0.04  # idle: at once
+    events = []
+    for name in ("a", "b", "c"):  # just after an execution ended: busy, so they gather
+        admitted, event = request(name, 10, answers)
+        scheduler.submit(admitted)
+        events.append(event)
+        time.sleep(0.01)
+    assert all(e.wait(5) for e in events)
+    assert stage.batches[1:] == [["a", "b", "c"]]
+    scheduler.stop()
