@@ -72,8 +72,9 @@ class RerankLimits:
     max_requests_in_flight: int = _limit(32, "requests each instance of the rerank model works on at once (bulk "
                                              "ones: at most half of them): past it, refused at once as "
                                              "overloaded")  # fmt: skip
-    score_batch_tokens: int = _limit(16384, "work per execution of the `_score` scheduler: prompt tokens x "
-                                            "candidates + pooled groups")  # fmt: skip
+    score_batch_tokens: int = _limit(65536, "work per execution of the `_score` scheduler (and per scorer run): "
+                                            "prompt tokens x candidates + pooled groups; four reranks of 100 "
+                                            "candidates and a 100-token prompt")  # fmt: skip
     score_batch_delay_s: float = _limit(0.005, "how long a busy `_score` waits for the score calls of concurrent "
                                                "reranks to join an execution (0: never)", low=0.0,
                                         inclusive=True)  # fmt: skip

@@ -171,35 +171,27 @@ def test_callers_who_give_up_stop_costing_and_leave_every_model_answering(server
     assert server.is_ready()
 
 
-def test_reranks_in_flight_share_score_executions_and_64_at_once_break_nothing(server):
-    """16 reranks by id in flight on one rerank instance: their score calls meet in `_score`'s scheduler and run
-    together (at least 4 requests per execution on average); then 64 at once without retries: each a right answer
-    or an overloaded refusal, and the server serves on."""
+def test_64_reranks_at_once_get_right_answers_or_quick_refusals_and_break_nothing(server):
+    """64 reranks by id at once without retries, on one rerank instance: each a right answer or an overloaded
+    refusal, and the server serves on (Triton objects and metrics touched from several threads at once crashed
+    tritonserver 2.51 before)."""
     stamp = time.time_ns()
-    ids = [f"merge-{stamp}-{k}" for k in range(10)]
+    ids = [f"burst-{stamp}-{k}" for k in range(10)]
     with RerankClient(server.config.grpc_url, TINY_T5) as client:
-        client.index(documents(f"merge {stamp}", 10), ids)
+        client.index(documents(f"burst {stamp}", 10), ids)
         expected = {r.index: r.score for r in client.rerank(QUERY, passages=ids)}
 
-    async def reranks(count: int, in_flight: int):
-        async with AsyncRerankClient(server.config.grpc_url, TINY_T5, retry=NO_RETRIES,
-                                     concurrency=in_flight) as client:  # fmt: skip
-            return await asyncio.gather(*(client.rerank(QUERY, passages=ids) for _ in range(count)),
+    async def at_once():
+        async with AsyncRerankClient(server.config.grpc_url, TINY_T5, retry=NO_RETRIES, concurrency=64) as client:
+            return await asyncio.gather(*(client.rerank(QUERY, passages=ids) for _ in range(64)),
                                         return_exceptions=True)  # fmt: skip
 
-    admitted, batches = (counter(server, f"nestrank_rerank_score_{k}", SCORE) for k in ("admitted", "batches"))
-    results = asyncio.run(reranks(160, 16))
-    merged = (counter(server, "nestrank_rerank_score_admitted", SCORE) - admitted) / (
-        counter(server, "nestrank_rerank_score_batches", SCORE) - batches)  # fmt: skip
-    assert all(isinstance(r, list) and {x.index: x.score for x in r} == expected for r in results)
-    burst = asyncio.run(reranks(64, 64))
+    burst = asyncio.run(at_once())
     served = [r for r in burst if isinstance(r, list)]
-    assert all({x.index: x.score for x in r} == expected for r in served)
+    assert served and all({x.index: x.score for x in r} == expected for r in served)
     assert all(isinstance(r, (list, OverloadedError)) for r in burst), [r for r in burst if not isinstance(r, list)]
-    assert server.is_ready() and served
-    print(f"16 reranks by id in flight: {merged:.1f} requests per `_score` execution; 64 at once: {len(served)} "
-          f"served, {64 - len(served)} refused at once")  # fmt: skip
-    assert merged >= 4
+    assert server.is_ready()
+    print(f"64 reranks at once: {len(served)} served, {64 - len(served)} refused at once")
 
 
 @pytest.mark.parametrize("sub_model", [ENCODE, SCORE, ENCODE])

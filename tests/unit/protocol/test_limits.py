@@ -22,7 +22,7 @@ def test_each_limit_has_one_name_and_its_default():
     assert vars(RerankLimits()) == {"max_candidates": 1000, "max_request_state_bytes": 512 << 20,
                                     "max_encode_documents": 32, "bulk_encode_documents": 8,
                                     "encode_batch_tokens": 16384, "max_requests_in_flight": 32,
-                                    "score_batch_tokens": 16384, "score_batch_delay_s": 0.005,
+                                    "score_batch_tokens": 65536, "score_batch_delay_s": 0.005,
                                     "score_chunk_bytes": 64 << 20,
                                     "max_run_tokens": 8192, "max_run_sequences": 64, "max_score_run_candidates": 256,
                                     "passage_cache_bytes": 512 << 20, "max_queue_wait_s": 30.0,
