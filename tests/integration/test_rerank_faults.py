@@ -171,6 +171,31 @@ def test_callers_who_give_up_stop_costing_and_leave_every_model_answering(server
     assert server.is_ready()
 
 
+def test_reranks_in_flight_share_score_executions(server):
+    """16 reranks by id in flight (160 in all) on the one rerank instance: their score calls meet in `_score`'s
+    scheduler and run together, at least 4 requests per execution on average (it was 1: each rerank instance held
+    one request), each answered with its own right scores."""
+    stamp = time.time_ns()
+    ids = [f"shared-{stamp}-{k}" for k in range(20)]
+    queries = [f"{QUERY} ({'and more ' * k})" for k in range(4)]  # prompts of four lengths share runs
+    with RerankClient(server.config.grpc_url, TINY_T5) as client:
+        client.index(documents(f"shared {stamp}", 20), ids)
+        expected = {q: {r.index: r.score for r in client.rerank(q, passages=ids)} for q in queries}
+
+    async def in_flight():
+        async with AsyncRerankClient(server.config.grpc_url, TINY_T5, retry=NO_RETRIES, concurrency=16) as client:
+            return await asyncio.gather(*(client.rerank(queries[i % 4], passages=ids) for i in range(160)))
+
+    admitted, batches = (counter(server, f"nestrank_rerank_score_{k}", SCORE) for k in ("admitted", "batches"))
+    results = asyncio.run(in_flight())
+    merged = (counter(server, "nestrank_rerank_score_admitted", SCORE) - admitted) / (
+        counter(server, "nestrank_rerank_score_batches", SCORE) - batches)  # fmt: skip
+    for i, ranked in enumerate(results):
+        assert {r.index: r.score for r in ranked} == pytest.approx(expected[queries[i % 4]], abs=1e-6)
+    print(f"16 reranks by id in flight: {merged:.1f} requests per `_score` execution")
+    assert merged >= 4
+
+
 def test_64_reranks_at_once_get_right_answers_or_quick_refusals_and_break_nothing(server):
     """64 reranks by id at once without retries, on one rerank instance: each a right answer or an overloaded
     refusal, and the server serves on (Triton objects and metrics touched from several threads at once crashed

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
-import time
 import urllib.request
 
 import numpy as np
@@ -198,36 +197,3 @@ def test_a_reranker_exported_before_the_ragged_layout_is_refused_at_load_saying_
     message = str(refused.value)
     assert f"{TINY_T5}: no passage_layout: this reranker was exported by a nestrank from before the one" in message
     assert "re-export it: `nestrank export reranker" in message
-
-
-def test_reranks_in_flight_share_score_executions(grpc_url, server):
-    """16 reranks by id in flight on the one rerank instance, where scoring is the work (the Nano widths, 8 stored
-    passages of ~170 tokens): their score calls meet in `_score`'s scheduler and run together, at least 4 requests
-    per execution on average, each answered with its own right scores."""
-    from nestrank.bench.prometheus_text import samples
-    from nestrank.clients.rerank import AsyncRerankClient
-    from nestrank.clients.transport import NO_RETRIES
-
-    def counter(name):
-        return sum(s.value for s in samples(server.config.metrics_url)
-                   if s.name == name and s.labels.get("model") == f"{KALM}_score")  # fmt: skip
-
-    stamp = time.time_ns()
-    ids = [f"shared-{stamp}-{k}" for k in range(8)]
-    queries = [f"{QUERY} ({k})" for k in range(4)]
-    with RerankClient(grpc_url, KALM) as client:
-        client.index([f"{DOCS[k % len(DOCS)]} " * 12 + f"({stamp} {k})" for k in range(8)], ids)
-        expected = {q: served(client.rerank(q, passages=ids)) for q in queries}
-
-    async def in_flight():
-        async with AsyncRerankClient(grpc_url, KALM, retry=NO_RETRIES, concurrency=16) as client:
-            return await asyncio.gather(*(client.rerank(queries[i % 4], passages=ids) for i in range(64)))
-
-    admitted, batches = counter("nestrank_rerank_score_admitted"), counter("nestrank_rerank_score_batches")
-    results = asyncio.run(in_flight())
-    merged = (counter("nestrank_rerank_score_admitted") - admitted) / (counter("nestrank_rerank_score_batches")
-                                                                        - batches)  # fmt: skip
-    for i, ranked in enumerate(results):
-        np.testing.assert_allclose(served(ranked), expected[queries[i % 4]], atol=1e-5)
-    print(f"16 reranks by id in flight (8 passages, Nano widths): {merged:.1f} requests per `_score` execution")
-    assert merged >= 4
