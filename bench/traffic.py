@@ -87,7 +87,8 @@ def run(config: TrafficBenchConfig, log=print) -> dict:
     from nestrank.clients.rerank import RerankClient
     from nestrank.clients.transport import NO_RETRIES
     from nestrank.export.reranker import export_reranker
-    from nestrank.protocol.errors import DeadlineExceededError
+    from nestrank.protocol.errors import DeadlineExceededError, NestrankError
+    from nestrank.serving.launcher.served import Override
     from nestrank.serving.launcher.server import ServerConfig, TritonServer
 
     words = max(8, int(config.passage_tokens * 0.7))  # about `passage_tokens` tokens with the template
@@ -98,28 +99,39 @@ def run(config: TrafficBenchConfig, log=print) -> dict:
         started = time.perf_counter()
         export_reranker(checkpoint, NAME, tmp / "repo", ratios=(4,), log=log, **limits)
         report["export_s"] = time.perf_counter() - started
-        server_config = ServerConfig.on_free_ports(tmp / "repo", passage_store=f"lmdb://{tmp / 'passages'}")
+        # as `nestrank serve` serves it, with room for the sweep's most reranks in flight (default 32 an instance)
+        slots = Override.limit(f"max_requests_in_flight={max(32, *config.in_flight)}")
+        server_config = ServerConfig.on_free_ports(tmp / "repo", passage_store=f"lmdb://{tmp / 'passages'}",
+                                                   overrides=(slots,))  # fmt: skip
         stored_ids = [f"stored-{k}" for k in range(config.ids)]
         with TritonServer(server_config), RerankClient(server_config.grpc_url, NAME, retry=NO_RETRIES,
                                                           timeout_s=3600) as client:  # fmt: skip
             client.index(_texts("stored", config.ids, words), stored_ids)
             metrics = server_config.metrics_url
 
-            def interactive(rounds: int, tag: str) -> dict[str, list[float]]:
+            refusals: dict[str, int] = {"idle": 0, "during_index": 0}
+
+            def interactive(rounds: int, tag: str, phase: str) -> dict[str, list[float]]:
+                """Seconds per answered rerank, by kind; a refusal (overload: the server would make it wait past
+                its bound) is counted, not retried."""
                 fresh = [_texts(f"{tag} {i}", 8, words) for i in range(rounds)]
                 seconds: dict[str, list[float]] = {"by id": [], "8 new documents": []}
                 for i in range(rounds):
                     kind = "8 new documents" if i % 2 else "by id"
                     begin = time.perf_counter()
-                    if i % 2:
-                        client.rerank(QUERY, fresh[i])
-                    else:
-                        client.rerank(QUERY, passages=stored_ids)
+                    try:
+                        if i % 2:
+                            client.rerank(QUERY, fresh[i])
+                        else:
+                            client.rerank(QUERY, passages=stored_ids)
+                    except NestrankError:
+                        refusals[phase] += 1
+                        continue
                     seconds[kind].append(time.perf_counter() - begin)
                 return seconds
 
             log("interactive reranks, idle ...")
-            idle = interactive(config.idle_rounds, "idle")
+            idle = interactive(config.idle_rounds, "idle", "idle")
             corpus = _texts("indexed", config.index_passages, words)
             log(f"interactive reranks during an index of {config.index_passages} passages ...")
             indexed: dict = {}
@@ -137,7 +149,8 @@ def run(config: TrafficBenchConfig, log=print) -> dict:
             while indexer.is_alive() and rounds < 50:
                 rounds += 1
                 results = []
-                callers = [threading.Thread(target=lambda i=i: results.append(interactive(2, f"busy {rounds}.{i}")))
+                callers = [threading.Thread(target=lambda i=i: results.append(interactive(2, f"busy {rounds}.{i}",
+                                                                                          "during_index")))
                            for i in range(config.callers)]  # fmt: skip
                 for caller in callers:
                     caller.start()
@@ -150,7 +163,7 @@ def run(config: TrafficBenchConfig, log=print) -> dict:
             report["interactive"] = {
                 "idle": {kind: _percentiles(v) for kind, v in idle.items()},
                 "during_index": {kind: _percentiles(v) for kind, v in busy.items() if v},
-                "index_passages": config.index_passages, "index_s": indexed["seconds"],
+                "refused": refusals, "index_passages": config.index_passages, "index_s": indexed["seconds"],
                 "index_passages_per_s": config.index_passages / indexed["seconds"],
             }  # fmt: skip
 
@@ -170,10 +183,16 @@ def run(config: TrafficBenchConfig, log=print) -> dict:
                                     return
                                 pending.pop()
                             begin = time.perf_counter()
-                            own.rerank(QUERY, passages=ids)
+                            try:
+                                own.rerank(QUERY, passages=ids)
+                            except NestrankError as err:  # counted, not retried
+                                with lock:
+                                    refused.append(type(err).__name__)
+                                continue
                             with lock:
                                 seconds.append(time.perf_counter() - begin)
 
+                refused: list[str] = []
                 begin = time.perf_counter()
                 threads = [threading.Thread(target=caller) for _ in range(level)]
                 for thread in threads:
@@ -184,7 +203,8 @@ def run(config: TrafficBenchConfig, log=print) -> dict:
                 after = _counters(metrics, NAME)
                 delta = {k: after[k] - before[k] for k in after}
                 sweep[level] = {
-                    **_percentiles(seconds), "reranks_per_s": requests / wall,
+                    **_percentiles(seconds or [float("nan")]), "reranks_per_s": len(seconds) / wall,
+                    "refused": len(refused),
                     "requests_per_score_execution": delta["nestrank_rerank_score_admitted"]
                     / max(1.0, delta["nestrank_rerank_score_batches"]),
                     "triton_requests_per_execute": delta["nv_inference_request_success"]
@@ -226,10 +246,12 @@ def results_markdown(report: dict) -> str:
                                                                  else "")  # fmt: skip
     lines = [f"## The reranker under production traffic ({c['shape']} shape)", "",
              f"Regenerated by `{command}`: served as `nestrank serve` serves it (LMDB, one rerank instance, default "
-             f"limits), passages of about {c['passage_tokens']} tokens, ratio 4, no client retries.", "",
+             "limits but `max_requests_in_flight` as high as the most reranks in flight), passages of about "
+             f"{c['passage_tokens']} tokens, ratio 4, no client retries.", "",
              f"Interactive reranks (one caller idle; {c['callers']} callers during `index` of "
              f"{i['index_passages']} new passages at the client's default concurrency, which took "
-             f"{i['index_s']:.0f} s, {i['index_passages_per_s']:.2f} passages/s):", "",
+             f"{i['index_s']:.0f} s, {i['index_passages_per_s']:.2f} passages/s; interactive calls refused at once, "
+             f"idle / during: {i['refused']['idle']} / {i['refused']['during_index']}):", "",
              "| rerank | idle p50 ms | idle p99 ms | during index p50 ms | during index p99 ms | p99 vs idle p50 |",
              "| --- | --- | --- | --- | --- | --- |"]  # fmt: skip
     for kind, idle in i["idle"].items():
@@ -238,12 +260,12 @@ def results_markdown(report: dict) -> str:
         lines[-1] += (f" | {idle['p50_ms']:.0f} | {idle['p99_ms']:.0f} | {busy['p50_ms']:.0f} | {busy['p99_ms']:.0f} "
                       f"| {busy['p99_ms'] / idle['p50_ms']:.1f}x |")  # fmt: skip
     lines += ["", f"Reranks by id ({c['sweep_candidates']} stored passages each), closed loop, twice as many as in "
-              "flight:", "", "| in flight | reranks/s | p50 ms | p99 ms | requests per `_score` execution | Triton: "
-              "requests per `execute` |", "| --- | --- | --- | --- | --- | --- |"]  # fmt: skip
+              "flight:", "", "| in flight | reranks/s | p50 ms | p99 ms | refused | requests per `_score` execution | "
+              "Triton: requests per `execute` |", "| --- | --- | --- | --- | --- | --- | --- |"]  # fmt: skip
     for level, row in report["in_flight"].items():
         merged, per_execute = row["requests_per_score_execution"], row["triton_requests_per_execute"]
         lines.append(f"| {level} | {row['reranks_per_s']:.2f} | {row['p50_ms']:.0f} | {row['p99_ms']:.0f} | "
-                     f"{merged:.1f} | {per_execute:.1f} |")  # fmt: skip
+                     f"{row['refused']} | {merged:.1f} | {per_execute:.1f} |")  # fmt: skip
     lines += ["", f"- A warm of {a['documents']:,} documents given up after {a['gave_up_after_s']:g} s: the next "
               f"rerank of 8 new documents answered {a['next_answer_s']:.2f} s after; `_encode` encoded "
               f"{a['tokens_encoded_in_5_s_after']:,.0f} passage tokens in the 5 s after (the next rerank's own are "
