@@ -176,10 +176,10 @@ def test_reranks_in_flight_share_score_executions(server):
     scheduler and run together, at least 4 requests per execution on average (it was 1: each rerank instance held
     one request), each answered with its own right scores."""
     stamp = time.time_ns()
-    ids = [f"shared-{stamp}-{k}" for k in range(20)]
+    ids = [f"shared-{stamp}-{k}" for k in range(60)]  # scoring is most of a rerank's work, as in production
     queries = [f"{QUERY} ({'and more ' * k})" for k in range(4)]  # prompts of four lengths share runs
     with RerankClient(server.config.grpc_url, TINY_T5) as client:
-        client.index(documents(f"shared {stamp}", 20), ids)
+        client.index([d + " then the file is closed and its lines are counted" * 8 for d in documents(stamp, 60)], ids)
         expected = {q: {r.index: r.score for r in client.rerank(q, passages=ids)} for q in queries}
 
     async def in_flight():
