@@ -100,11 +100,14 @@ class TritonPythonModel:
             self.in_flight.discard(flight)
             self.slots.give_back(read.options.traffic_class == BULK)
             self.abandoned += flight.abandoned.reason is not None
-        try:
-            send(pb_utils, flight.sender, outcome)
+        try:  # before the answer: a caller that reads the metrics next sees its own request counted
             passages = self.service.passages
             self.metrics.report(passages.first_level.stats, passages.stats, len(self.in_flight), self.abandoned)
-        except Exception as err:  # noqa: BLE001 - the caller went away, or the metrics: nothing to answer any more
+        except Exception as err:  # noqa: BLE001 - metrics must not cost the answer
+            pb_utils.Logger.log_warn(f"nestrank: reporting the rerank metrics failed: {err!r}")
+        try:
+            send(pb_utils, flight.sender, outcome)
+        except Exception as err:  # noqa: BLE001 - the caller went away: nothing to answer any more
             pb_utils.Logger.log_warn(f"nestrank: answering a rerank request failed: {err!r}")
 
     def finalize(self):

@@ -107,6 +107,8 @@ def test_a_forgotten_client_is_finalized(server):
 
 
 def test_ctrl_c_cancels_the_call_and_its_request(server):
+    # Python's own Ctrl-C handler, whatever this process inherited: a shell's background job starts with SIGINT ignored
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     server.answer = hold
     client = EmbedClient(server.url, "m", retry=NO_RETRIES)
     interrupter = threading.Thread(
@@ -122,3 +124,4 @@ def test_ctrl_c_cancels_the_call_and_its_request(server):
     finally:
         interrupter.join(BOUND_S)
         client.close()
+        signal.signal(signal.SIGINT, previous)
