@@ -82,19 +82,20 @@ class Scorer:
     def core(self, jobs: Sequence[ScoreJob]) -> None:
         """Every job's margins, its candidates run with the other jobs' (each row answered at its own prompt's
         last position, in its own job's order)."""
-        rows = [(job, i) for job in jobs for i in range(len(job.passages))]
-        prompt_lengths = np.array([len(job.prompt) for job, _ in rows], dtype=np.int64)
-        groups = np.array([int(job.passages.lengths[i]) for job, i in rows], dtype=np.int64)
-        margins = {id(job): np.empty(len(job.passages), dtype=np.float32) for job in jobs}
+        rows = [(k, i) for k, job in enumerate(jobs) for i in range(len(job.passages))]
+        prompt_lengths = np.repeat([len(job.prompt) for job in jobs], [len(job.passages) for job in jobs])
+        groups = np.concatenate([job.passages.lengths for job in jobs]).astype(np.int64)
+        margins = [np.empty(len(job.passages), dtype=np.float32) for job in jobs]
         budget = max(self.config.score_batch_tokens, int((prompt_lengths + groups).max(initial=1)))
         for run in padded_buckets(prompt_lengths, groups, self.config.max_score_run_candidates, budget):
             picked = [rows[r] for r in run]
-            feeds = self._feeds(picked, int(prompt_lengths[run].max()), int(groups[run].max()))
+            feeds = self._feeds([(jobs[k], i) for k, i in picked], int(prompt_lengths[run].max()),
+                                int(groups[run].max()))  # fmt: skip
             (run_margins,) = self.session.run([g.MARGINS], feeds)
-            for (job, i), margin in zip(picked, run_margins):
-                margins[id(job)][i] = margin
-        for job in jobs:
-            job.result = margins[id(job)]
+            for (k, i), margin in zip(picked, run_margins):
+                margins[k][i] = margin
+        for job, job_margins in zip(jobs, margins):
+            job.result = job_margins
 
     def _feeds(self, rows: list[tuple[ScoreJob, int]], longest_prompt: int, most_groups: int) -> dict:
         """One run's inputs: prompts right-padded, passage states padded with zeros (their mask 0): the one padding
