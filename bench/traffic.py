@@ -2,7 +2,7 @@
 rerank instance, the default limits, no client retries unless said), on a KaLM-Reranker-V1-shaped model (`--shape
 nano`, random weights; `--layers` cuts the depth) or the tests' tiny T5 (`--shape tiny`, for a quick run):
 
-1. interactive reranks (alternately: `--ids` stored ids, and 8 new documents) idle, then during `nestrank index` of
+1. interactive reranks (alternately: 20 stored ids, and 8 new documents) idle, then during `nestrank index` of
    `--index-passages` new passages at the client's default concurrency (bulk), four interactive callers at once:
    p50 / p99 of each kind, and how long the index took;
 2. reranks by id at 1, 4, 16 and 64 in flight (closed loop): reranks/s, p50 / p99, and requests per `_score`
@@ -130,6 +130,9 @@ def run(config: TrafficBenchConfig, log=print) -> dict:
                     seconds[kind].append(time.perf_counter() - begin)
                 return seconds
 
+            def merged(rounds: list[dict[str, list[float]]]) -> dict[str, list[float]]:
+                return {kind: [v for r in rounds for v in r[kind]] for kind in ("by id", "8 new documents")}
+
             def together(phase: str, tag: str) -> dict[str, list[float]]:
                 """`config.callers` callers at once, two reranks each (one of each kind)."""
                 results: list[dict[str, list[float]]] = []
@@ -139,10 +142,7 @@ def run(config: TrafficBenchConfig, log=print) -> dict:
                     caller.start()
                 for caller in callers:
                     caller.join()
-                return {kind: [v for r in results for v in r[kind]] for kind in ("by id", "8 new documents")}
-
-            def merged(rounds: list[dict[str, list[float]]]) -> dict[str, list[float]]:
-                return {kind: [v for r in rounds for v in r[kind]] for kind in ("by id", "8 new documents")}
+                return merged(results)
 
             log("interactive reranks, idle: one caller, then callers at once ...")
             alone = interactive(config.idle_rounds, "alone", "alone")

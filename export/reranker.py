@@ -310,11 +310,11 @@ def check_parity(model, tokenizer, config: RerankerConfig, encode_dir: Path, sco
 
 
 def model_configs(name: str, config: RerankerConfig, max_batch_size: int) -> dict[str, mc.ModelConfig]:
-    """`_encode` batches documents across requests. `_score` and the entry point take one request each
-    (max_batch_size 1: a leading dimension of 1 on the wire, and the dynamic batcher's bounded queue in front of
-    them). Every model hands its requests on at once (to its scheduler, or the entry point's request loop), so
-    Triton's queues stay short; the entry point runs one instance (one process, one first level), which works on
-    up to max_requests_in_flight requests at once. The tensors are the contract's."""
+    """`_encode` takes several requests per `execute` (its scheduler merges their documents). `_score` and the
+    entry point take one request each (max_batch_size 1: a leading dimension of 1 on the wire, and the dynamic
+    batcher's bounded queue in front of them). Every model hands its requests on at once (to its scheduler, or the
+    entry point's request loop), so Triton's queues stay short; the entry point runs one instance (one process, one
+    first level), which works on up to max_requests_in_flight requests at once. The tensors are the contract's."""
     params, hidden = config.to_parameters(), config.hidden_size
     return {
         f"{name}_encode": python_model_config(

@@ -178,15 +178,15 @@ class PassageStates:
         return PassageStates.from_passages([self.passage(i) for i in indices], self.ratio, ids, self.fingerprint,
                                            width=self.width, dtype=self.states.dtype)  # fmt: skip
 
-    # -- the wire ---------------------------------------------------------------------------------------------
+    # -- padded, for MEP -----------------------------------------------------------------------------------------
 
-    def padded(self, indices: Sequence[int] | None = None, dtype=STATE_DTYPE) -> tuple[np.ndarray, np.ndarray]:
-        """[n, G_max, H] states (float16, or `dtype`: the scorer's float32 graph input) and [n, G_max] int32 counts
-        (all passages, or those at `indices`), zeros past each passage's groups (MEP re-pools them)."""
+    def padded(self, indices: Sequence[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """[n, G_max, H] float16 states and [n, G_max] int32 counts (all passages, or those at `indices`),
+        zeros past each passage's groups (MEP re-pools them)."""
         indices = range(len(self)) if indices is None else indices
         lengths = self.lengths
         longest = max((int(lengths[i]) for i in indices), default=0)
-        states = np.zeros((len(indices), longest, self.width), dtype=dtype)
+        states = np.zeros((len(indices), longest, self.width), dtype=STATE_DTYPE)
         counts = np.zeros((len(indices), longest), dtype=np.int32)
         for row, i in enumerate(indices):
             s, c = self.passage(i)

@@ -5,8 +5,9 @@ Passage states travel in one layout across every hop (states [ΣG, H] float16, c
 [N]), padded once, right before ONNX Runtime, in the scorer. `<name>_encode` answers them with the passage
 fingerprint of the model that made them (states are float16 everywhere: `passages.py`). Every request to the three
 models has a leading dimension of 1 (`<name>` and `<name>_score`: max_batch_size 1; `<name>_encode`: one chunk of
-documents per request, which its dynamic batcher merges). A request to `<name>` is of one kind (REQUEST_KINDS:
-rerank, warm, index) and of one traffic class (`traffic_class`: interactive or bulk; parameters.py).
+documents per request, which its scheduler merges with other requests': serving/pipeline/scheduler.py). A request
+to `<name>` is of one kind (REQUEST_KINDS: rerank, warm, index) and of one traffic class (`traffic_class`:
+interactive or bulk; parameters.py).
 """
 
 from __future__ import annotations
@@ -84,8 +85,9 @@ RE_EXPORT = ("this reranker was exported by a nestrank from before the one passa
 
 
 def encode_signature(hidden: int, max_batch_size: int) -> Signature:
-    """One request is one chunk of documents ([1, n]); the dynamic batcher merges up to `max_batch_size` of them,
-    whatever their n (ragged batching: the model reads each request on its own)."""
+    """One request is one chunk of documents ([1, n]); the dynamic batcher hands up to `max_batch_size` of them to
+    one `execute`, whatever their n (ragged batching: the model reads each request on its own), and the model's
+    scheduler forms the executions."""
     return Signature(
         inputs=(Tensor(DOCUMENTS, "BYTES", (-1,), ragged_batch=True),),
         outputs=(Tensor(PASSAGE_STATES, "FP16", (-1, hidden)), Tensor(PASSAGE_COUNTS, "INT32", (-1,)),
@@ -186,7 +188,8 @@ class RerankerConfig(RerankLimits):
     # How passage states travel between the models: RAGGED, the only one. Exports from before it say nothing (they
     # sent padded states) and are refused at load (`from_parameters`): re-export them.
     passage_layout: str = RAGGED
-    # serving/pipeline/passage_encoder.py's passage_fingerprint; "" in exports from before it existed
+    # serving/pipeline/passage_encoder.py's passage_fingerprint (exports from before it also predate
+    # `passage_layout`, so a served config has one)
     passage_fingerprint: str = ""
 
     def __post_init__(self):

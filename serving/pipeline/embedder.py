@@ -26,6 +26,7 @@ from nestrank.protocol.errors import BackendError
 from nestrank.serving.pipeline.batching import length_buckets
 from nestrank.serving.pipeline.matryoshka import truncate_dimensions
 from nestrank.serving.pipeline.quantization import quantize
+from nestrank.serving.pipeline.stages import result_of
 from nestrank.serving.pipeline.tokenization import TOKENIZER_FILE, TextTokenizer, pad
 
 MODEL_FILE = "model.onnx"
@@ -207,11 +208,7 @@ class Embedder:
             except Exception as err:
                 job.result = err
 
-    @staticmethod
-    def post(job: EmbedJob) -> np.ndarray:
-        if isinstance(job.result, Exception):
-            raise job.result
-        return job.result
+    post = staticmethod(result_of)
 
     def measure_tokens_per_s(self) -> float:
         """This model's speed on this machine, for the scheduler's first estimate, in the scheduler's units

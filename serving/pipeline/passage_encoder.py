@@ -18,6 +18,7 @@ from nestrank.protocol.passages import STATE_DTYPE, PassageStates
 from nestrank.protocol.reranking import RerankerConfig
 from nestrank.serving.pipeline import mep
 from nestrank.serving.pipeline.batching import length_buckets
+from nestrank.serving.pipeline.stages import result_of
 from nestrank.serving.pipeline.tokenization import TOKENIZER_FILE, RerankTokenizer, pad
 
 ENCODER_FILE = "encoder.onnx"
@@ -123,11 +124,7 @@ class PassageEncoder:
             job.result = PassageStates.concat(passages[start : start + len(job.sequences)])
             start += len(job.sequences)
 
-    @staticmethod
-    def post(job: EncodeJob) -> PassageStates:
-        if isinstance(job.result, Exception):
-            raise job.result
-        return job.result
+    post = staticmethod(result_of)
 
     def measure_tokens_per_s(self) -> float:
         """This model's speed on this machine in passage tokens/s, for the scheduler's first estimate: 16 passages of

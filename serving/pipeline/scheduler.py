@@ -102,7 +102,8 @@ class TokenBudgetScheduler:
                  log: Callable[[str], None] = _log_to_stderr,
                  on_progress: Callable[[], None] = lambda: None, batch_delay_s: float = 0.0):  # fmt: skip
         """`tokens_per_s` is the first estimate of the speed (measured at load), updated after every execution;
-        `on_progress` is called by the worker when it starts and ends an execution (the metrics); `batch_delay_s`:
+        `on_progress` (the metrics) is called through `progress`: by the worker when it starts and ends an
+        execution, and by the glue after it queued requests; `batch_delay_s`:
         how long a busy scheduler waits for more requests to join an execution (0: never)."""
         if max_batch_tokens < 1 or max_wait_s <= 0 or tokens_per_s <= 0 or max_bulk_parts < 1:
             raise ValueError("max_batch_tokens >= 1, max_wait_s > 0, tokens_per_s > 0 and max_bulk_parts >= 1")
@@ -225,9 +226,12 @@ class TokenBudgetScheduler:
                 tokens = batch[0].tokens
             self._queued_tokens[batch[0].bulk] -= tokens
             self._running_tokens = tokens
-            expected_s = tokens / self.tokens_per_s
-            self.progress_deadline = time.time() + self.STALL_GRACE_S + self.STALL_FACTOR * expected_s
+            self._expect(tokens)
             return batch
+
+    def _expect(self, tokens: int) -> None:
+        """Under the lock: the progress deadline of work of `tokens` starting now."""
+        self.progress_deadline = time.time() + self.STALL_GRACE_S + self.STALL_FACTOR * tokens / self.tokens_per_s
 
     def _gather_while_busy(self) -> None:
         """Under the lock: when the last execution ended less than `batch_delay_s` ago (the model is busy) and
@@ -249,7 +253,7 @@ class TokenBudgetScheduler:
                 batch = self._next_batch()
                 if batch is None:
                     return
-                self._progress()
+                self.progress()
                 self._execute(batch)
             except BaseException as err:  # noqa: BLE001 - the worker must outlive anything one execution does
                 self.log(f"scheduler error (the worker goes on):\n{''.join(traceback.format_exception(err))}")
@@ -263,9 +267,9 @@ class TokenBudgetScheduler:
                 with self._wake:
                     self._running_tokens = 0
                     self.progress_deadline = 0.0
-                self._progress()
+                self.progress()
 
-    def _progress(self) -> None:
+    def progress(self) -> None:
         try:
             self.on_progress()
         except Exception as err:  # noqa: BLE001 - metrics are not worth a request
@@ -334,9 +338,8 @@ class TokenBudgetScheduler:
             self.stats.isolated += 1
             self.log(f"a shared execution of {len(live)} requests failed ({err!r}); running them one by one")
             with self._wake:  # the reruns are progress too: a deadline of their own
-                self.progress_deadline = time.time() + self.STALL_GRACE_S + self.STALL_FACTOR * sum(
-                    r.tokens for r in live) / self.tokens_per_s  # fmt: skip
-            self._progress()
+                self._expect(sum(r.tokens for r in live))
+            self.progress()
             return [answer for request in live for answer in self._run([request])]
         return [self._finish(request) for request in live]
 

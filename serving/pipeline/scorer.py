@@ -15,6 +15,7 @@ from nestrank.protocol.errors import ValidationError
 from nestrank.protocol.passages import PassageStates
 from nestrank.protocol.reranking import RerankerConfig
 from nestrank.serving.pipeline.batching import padded_buckets
+from nestrank.serving.pipeline.stages import result_of
 
 SCORER_FILE = "scorer.onnx"
 PROMPT_PAD_ID = 0  # what pads a shorter prompt in a run: the decoder is causal, so no real position ever sees it
@@ -112,11 +113,7 @@ class Scorer:
             mask[row, : len(counts)] = counts > 0
         return {g.DECODER_INPUT_IDS: ids, g.PROMPT_LENGTHS: lengths, g.PASSAGE_STATES: states, g.PASSAGE_MASK: mask}
 
-    @staticmethod
-    def post(job: ScoreJob) -> np.ndarray:
-        if isinstance(job.result, Exception):
-            raise job.result
-        return job.result
+    post = staticmethod(result_of)
 
     def margins(self, prompt_ids: np.ndarray, passages: PassageStates) -> np.ndarray:
         """logit(yes) - logit(no) per passage, in input order (in-process: the parity gates, the benchmarks)."""

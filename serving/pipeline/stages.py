@@ -17,12 +17,11 @@ the in-process pipeline (reranker.py), the exporter's parity gates and the bench
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Protocol, TypeVar, runtime_checkable
+from typing import Protocol, TypeVar
 
 J = TypeVar("J")
 
 
-@runtime_checkable
 class Stage(Protocol[J]):
     def core(self, jobs: Sequence[J]) -> None:
         """Runs the jobs together; a job whose own input fails holds its error (its `result`), the others run on.
@@ -30,3 +29,10 @@ class Stage(Protocol[J]):
 
     def post(self, job: J) -> object:
         """The job's answer: its result, or raises its error."""
+
+
+def result_of(job) -> object:
+    """Every stage's `post` where the job's result is its answer: the result, or raises the error it holds."""
+    if isinstance(job.result, Exception):
+        raise job.result
+    return job.result

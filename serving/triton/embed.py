@@ -23,7 +23,7 @@ from nestrank.serving.triton.glue import (
     request_parameters,
     wanted_outputs,
 )
-from nestrank.serving.triton.metrics import SchedulerMetrics, report
+from nestrank.serving.triton.metrics import SchedulerMetrics
 
 
 def read(request, config):
@@ -58,7 +58,7 @@ class TritonPythonModel:
             answer = answerer(pb_utils, request, lambda result, name=output: [pb_utils.Tensor(name, result)])
             self.scheduler.submit(Admitted(job, job.tokens, answer, request.is_cancelled,
                                            bulk=options.traffic_class == BULK))  # fmt: skip
-        report(pb_utils, self.metrics, self.scheduler)
+        self.scheduler.progress()  # the metrics, from Triton's thread too: the requests just queued
         return None
 
     def finalize(self):

@@ -91,6 +91,7 @@ class SchedulerMetrics:
                 "answer_failures": "answers that could not be sent (their callers went away)",
                 "batches": "executions", "tokens": "tokens of work done (the kind's unit)"}  # fmt: skip
     PROGRESS = "progress_deadline_seconds"
+    HISTOGRAMS = ("queue_seconds", "batch_seconds")
     BUCKETS = [0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0]
 
     def __init__(self, pb_utils, model: str, instance: str, kind: str = "embed"):
@@ -102,11 +103,10 @@ class SchedulerMetrics:
         self.families[self.PROGRESS] = family(name=f"nestrank_{kind}_{self.PROGRESS}", kind=family.GAUGE,
                                               description="Unix time by which the running execution should be "
                                                           "over (0: idle)")  # fmt: skip
-        for key in ("queue_seconds", "batch_seconds"):
+        for key in self.HISTOGRAMS:
             self.families[key] = family(name=f"nestrank_{kind}_{key}", kind=family.HISTOGRAM,
                                         description=f"{key.split('_')[0]} time in seconds")  # fmt: skip
-        histograms = ("queue_seconds", "batch_seconds")
-        self.metrics = {key: f.Metric(labels=labels, **({"buckets": self.BUCKETS} if key in histograms else {}))
+        self.metrics = {key: f.Metric(labels=labels, **({"buckets": self.BUCKETS} if key in self.HISTOGRAMS else {}))
                         for key, f in self.families.items()}  # fmt: skip
         self.reported = dict.fromkeys(self.COUNTERS, 0)
 
@@ -126,18 +126,9 @@ class SchedulerMetrics:
             if value != self.reported.get(key):
                 self.metrics[key].set(value)
                 self.reported[key] = value
-        for key in ("queue_seconds", "batch_seconds"):
+        for key in self.HISTOGRAMS:
             drained, values = getattr(stats, key), []
             while drained:  # the worker appends while this drains
                 values.append(drained.pop())
             for value in values:
                 self.metrics[key].observe(value)
-
-
-def report(pb_utils, metrics: SchedulerMetrics, scheduler) -> None:
-    """From `execute`, after the requests were handed on: a metrics call that fails must not fail `execute` (its
-    requests would be answered twice)."""
-    try:
-        metrics.report(scheduler)
-    except Exception as err:  # noqa: BLE001 - metrics are not worth a request
-        pb_utils.Logger.log_warn(f"nestrank: reporting the scheduler's metrics failed: {err!r}")

@@ -45,6 +45,7 @@ class RequestLoop:
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, name=f"nestrank-{name}-loop", daemon=True)
         self.thread.start()
+        self.watcher: concurrent.futures.Future | None = None  # `watch`'s task
 
     def submit(self, coroutine: Coroutine) -> concurrent.futures.Future:
         return asyncio.run_coroutine_threadsafe(coroutine, self.loop)
@@ -67,7 +68,7 @@ class RequestLoop:
             pass
 
     def stop(self) -> None:
-        if getattr(self, "watcher", None) is not None:
+        if self.watcher is not None:
             self.watcher.cancel()
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(timeout=10)

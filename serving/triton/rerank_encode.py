@@ -35,7 +35,7 @@ from nestrank.serving.triton.glue import (
     read_model_args,
     request_parameters,
 )
-from nestrank.serving.triton.metrics import SchedulerMetrics, report
+from nestrank.serving.triton.metrics import SchedulerMetrics
 
 
 def tensors(passages: PassageStates):
@@ -79,7 +79,7 @@ class TritonPythonModel:
                 continue
             self.scheduler.submit(Admitted(job, job.tokens, answer, request.is_cancelled, group,
                                            traffic_class == BULK))  # fmt: skip
-        report(pb_utils, self.metrics, self.scheduler)
+        self.scheduler.progress()  # the metrics, from Triton's thread too: the requests just queued
         return None
 
     def finalize(self):

@@ -25,7 +25,7 @@ from nestrank.protocol.reranking import (
 from nestrank.serving.pipeline.scheduler import Admitted, TokenBudgetScheduler
 from nestrank.serving.pipeline.scorer import SCORER_FILE, Scorer
 from nestrank.serving.triton.glue import answerer, input_array, log_error, one_row, read_model_args, request_parameters
-from nestrank.serving.triton.metrics import SchedulerMetrics, report
+from nestrank.serving.triton.metrics import SchedulerMetrics
 
 INPUTS = (DECODER_INPUT_IDS, PASSAGE_STATES, PASSAGE_COUNTS, PASSAGE_GROUPS)
 
@@ -63,7 +63,7 @@ class TritonPythonModel:
                 continue
             self.scheduler.submit(Admitted(job, job.tokens, answer, request.is_cancelled, group,
                                            traffic_class == BULK))  # fmt: skip
-        report(pb_utils, self.metrics, self.scheduler)
+        self.scheduler.progress()  # the metrics, from Triton's thread too: the requests just queued
         return None
 
     def finalize(self):
